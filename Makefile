@@ -1,0 +1,27 @@
+# The whole set-up on a fresh machine: `make run` and `make test` (each installs what it needs).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the bundled sample photographs, then PNG previews of the edge result.
+run: $(STAMP)
+	$(BIN)/pipeline run configs/example.yaml --overwrite
+	$(BIN)/pipeline export out/example.zarr out/previews --format png
+	$(BIN)/pipeline inspect out/example.zarr
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache .hypothesis

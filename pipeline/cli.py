@@ -1,0 +1,315 @@
+"""The ``pipeline`` command: thin commands that gather arguments, call one library function, print.
+
+Errors a user can cause are raised deep as PipelineError subclasses and caught only here: one line
+on stderr, the documented exit code, no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.errors import ConfigError, PipelineError
+
+app = typer.Typer(
+    name="pipeline",
+    help="Convolve large image collections: YAML config → lazy Dask arrays → overlapped convolution → Zarr.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False}
+
+EXIT_INTERRUPTED = 130
+
+
+class Scheduler(StrEnum):
+    sync = "sync"
+    threads = "threads"
+    processes = "processes"
+
+
+class ExportFormat(StrEnum):
+    png = "png"
+    jpeg = "jpeg"
+    tiff = "tiff"
+
+
+class ExportNormalize(StrEnum):
+    auto = "auto"
+    minmax = "minmax"
+    none = "none"
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn errors into one line and an exit code; ``--debug`` shows the traceback instead."""
+    try:
+        yield
+    except PipelineError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        err.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"pipeline {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = None,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML job file.", show_default=False)]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config value: dotted.key=value (repeatable; beats the file)."),
+]
+
+
+def _overrides(
+    sets: list[str] | None,
+    *,
+    overwrite: bool | None = None,
+    scheduler: Scheduler | None = None,
+    workers: int | None = None,
+) -> list[str]:
+    """Flags become --set overrides so the merged result is validated once, flags last."""
+    merged = list(sets or [])
+    if overwrite is not None:
+        merged.append(f"output.overwrite={str(overwrite).lower()}")
+    if scheduler is not None:
+        merged.append(f"execution.scheduler={scheduler.value}")
+    if workers is not None:
+        merged.append(f"execution.workers={workers}")
+    return merged
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOption = None,
+    overwrite: Annotated[
+        Optional[bool], typer.Option("--overwrite/--no-overwrite", help="Replace an existing store.")
+    ] = None,
+    scheduler: Annotated[Optional[Scheduler], typer.Option(help="Dask scheduler.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers (default: CPU count).")] = None,
+    progress: Annotated[
+        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Run a job: read the images, apply the steps, write the Zarr store."""
+    from pipeline.config import load_config
+    from pipeline.execution import show_progress
+    from pipeline.run import run as run_job
+
+    with reported_errors():
+        cfg = load_config(config, _overrides(set_, overwrite=overwrite, scheduler=scheduler, workers=workers))
+        summary = run_job(cfg, progress=show_progress(progress) and not quiet)
+    if not quiet:
+        out.print(
+            f"wrote {summary.images} images {summary.shape} {summary.dtype} to {summary.store} "
+            f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+            highlight=False,
+        )
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOption = None) -> None:
+    """Check a job file: print every problem with its key path, or a short summary if it is valid."""
+    from pipeline.config import load_config
+    from pipeline.sources.images import list_images
+
+    try:
+        cfg = load_config(config, _overrides(set_))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"{config}: {problem}" if not problem.startswith(str(config)) else problem, highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    with reported_errors():
+        files = list_images(cfg.input.paths)
+    steps = ", ".join(
+        f"convolve {s.convolve.kernel if isinstance(s.convolve.kernel, str) else 'inline'} ({s.convolve.mode})"
+        if hasattr(s, "convolve")
+        else f"normalize {s.normalize}"
+        for s in cfg.steps
+    ) or "no steps"
+    out.print(f"{config}: valid: {len(files)} input files; {steps}; output {cfg.output.path}", highlight=False)
+
+
+@app.command()
+def kernels(
+    name: Annotated[Optional[str], typer.Argument(help="Show one kernel's full matrix.")] = None,
+    param: Annotated[
+        Optional[list[str]], typer.Option("--param", "-p", help="Kernel parameter key=value (repeatable).")
+    ] = None,
+) -> None:
+    """List the built-in kernels with their parameters and matrices."""
+    from pipeline.steps.kernels import BUILTINS, build_kernel
+
+    with reported_errors():
+        if name is not None:
+            kernel = build_kernel(name, _parse_params(param))
+            out.print(f"{name} {dict(kernel.params) or ''} shape {kernel.weights.shape}", highlight=False)
+            out.print(_format_matrix(kernel.weights), highlight=False)
+            return
+    table = Table("name", "parameters (defaults)", "matrix", "description", show_lines=True)
+    for builtin in BUILTINS.values():
+        weights = builtin.factory()
+        matrix = _format_matrix(weights) if weights.size <= 25 else f"{weights.shape} (pipeline kernels {builtin.name})"
+        params = ", ".join(f"{k}={v}" for k, v in builtin.defaults.items()) or "-"
+        table.add_row(builtin.name, params, matrix, builtin.description)
+    out.print(table)
+
+
+def _parse_params(items: list[str] | None) -> dict[str, float | int]:
+    params: dict[str, float | int] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r}: expected key=value, e.g. sigma=2.0")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            try:
+                params[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"--param {item!r}: {value!r} is not a number") from None
+    return params
+
+
+def _format_matrix(weights: np.ndarray) -> str:
+    return np.array2string(weights, precision=4, suppress_small=True, max_line_width=200)
+
+
+@app.command()
+def inspect(
+    store: Annotated[str, typer.Argument(help="Zarr store written by `pipeline run`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    sources: Annotated[int, typer.Option(help="How many source files to list.")] = 5,
+) -> None:
+    """Show a store's shape, dtype, chunks, codec, status, steps and source files."""
+    from pipeline.sinks.zarr_store import describe_codec, open_result
+
+    with reported_errors():
+        result = open_result(store)
+        names = result.sources
+    prov = result.provenance
+    info = {
+        "store": store,
+        "status": result.status,
+        "shape": list(result.array.shape),
+        "dtype": str(result.array.dtype),
+        "chunks": list(result.array.chunks),
+        "axes": list(result.array.metadata.dimension_names or ()),
+        "codec": describe_codec(result.array),
+        "version": prov.get("version"),
+        "started": prov.get("started"),
+        "finished": prov.get("finished"),
+        "error": prov.get("error"),
+        "steps": prov.get("steps", []),
+        "source_count": len(names),
+        "sources": names[:sources] if sources >= 0 else names,
+    }
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("store", "status", "shape", "axes", "dtype", "chunks", "codec", "version", "started", "finished", "error"):
+        if info[key] is not None:
+            table.add_row(f"[bold]{key}", str(info[key]))
+    for index, step in enumerate(info["steps"]):
+        table.add_row(f"[bold]step {index}", _describe_step(step))
+    shown = info["sources"]
+    more = f" (+{len(names) - len(shown)} more)" if len(names) > len(shown) else ""
+    table.add_row("[bold]sources", f"{len(names)} files{more}")
+    for index, name in enumerate(shown):
+        table.add_row("", f"{index}: {name}")
+    out.print(table)
+
+
+def _describe_step(step: dict) -> str:
+    if step.get("step") != "convolve":
+        return f"{step.get('step')} {step.get('how', '')}"
+    kernel = step["kernel"]
+    op = "correlate" if step.get("correlate") else "convolve"
+    params = f" {kernel['params']}" if kernel.get("params") else ""
+    return f"{op} {kernel['source']}{params} {tuple(kernel['shape'])} mode={step['mode']} boundary={step['boundary']}"
+
+
+@app.command()
+def export(
+    store: Annotated[str, typer.Argument(help="Zarr store written by `pipeline run`.")],
+    outdir: Annotated[str, typer.Argument(help="Folder to write the images into.")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="Image format.")] = ExportFormat.png,
+    normalize: Annotated[
+        ExportNormalize, typer.Option(help="auto: stretch to 0-255 only what the format cannot hold.")
+    ] = ExportNormalize.auto,
+    index: Annotated[Optional[str], typer.Option(help="Images to write: N or START:STOP (default all).")] = None,
+) -> None:
+    """Write stored images back out as PNG, JPEG or TIFF files."""
+    from pipeline.sinks.export import export_images
+
+    with reported_errors():
+        written = export_images(
+            store, outdir, fmt=format.value, normalize=normalize.value, indices=_parse_index(index)
+        )
+    out.print(f"wrote {len(written)} {format.value} files to {outdir}", highlight=False)
+
+
+def _parse_index(text: str | None) -> slice:
+    if text is None:
+        return slice(None)
+    try:
+        if ":" in text:
+            start, _, stop = text.partition(":")
+            return slice(int(start) if start else None, int(stop) if stop else None)
+        position = int(text)
+        return slice(position, position + 1 if position != -1 else None)
+    except ValueError:
+        raise ConfigError(f"--index {text!r}: expected N or START:STOP, e.g. 0:10") from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,250 @@
+"""The YAML job file as immutable pydantic models: parsed and validated once, trusted downstream.
+
+Relative paths (inputs, output, kernel files) are taken relative to the current working directory,
+like every other command-line tool, so ``--set output.path=out/x.zarr`` means what it says.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ConfigError, KernelError
+from pipeline.steps.convolve import Boundary, Mode
+from pipeline.steps.kernels import BUILTINS, KERNEL_FILE_SUFFIXES, build_kernel, check_matrix
+
+OutputDType = Literal["float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32"]
+Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
+Scheduler = Literal["sync", "threads", "processes"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Frozen):
+    paths: Union[str, list[str]] = Field(
+        description="glob, directory, single file, or a list of them; sorted naturally"
+    )
+    color: Literal["gray", "keep"] = Field(
+        "gray", description="gray: ITU-R BT.601 luma, alpha dropped; keep: channels convolved separately"
+    )
+
+    @field_validator("paths")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if not value or (isinstance(value, list) and not all(value)):
+            raise ValueError("give at least one path, directory or glob")
+        return value
+
+
+class ConvolveSpec(_Frozen):
+    kernel: Union[str, list[Any]] = Field(
+        description="built-in name, inline matrix (1-D to 3-D), or a .npy/.csv/.txt file"
+    )
+    params: dict[str, Union[int, float]] = Field(
+        default_factory=dict, description="parameters of a parametric built-in, e.g. {sigma: 2.0}"
+    )
+    mode: Mode = Field("same", description="same | valid (n-m+1) | full (n+m-1)")
+    boundary: Boundary = Field("reflect", description="values beyond the edge, for mode=same")
+    cval: float = Field(0.0, description="value beyond the edge for boundary=constant")
+    correlate: bool = Field(False, description="cross-correlate (kernel not flipped), as CNN layers do")
+
+    @field_validator("kernel")
+    @classmethod
+    def _kernel_exists(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, list):
+            check_matrix(value, what="inline kernel")
+        elif value not in BUILTINS and not value.lower().endswith(KERNEL_FILE_SUFFIXES):
+            build_kernel(value)  # raises the "unknown kernel ... did you mean" message
+        return value
+
+    @model_validator(mode="after")
+    def _kernel_builds(self) -> ConvolveSpec:
+        build_kernel(self.kernel, self.params)
+        return self
+
+
+class ConvolveStep(_Frozen):
+    convolve: ConvolveSpec
+
+
+class NormalizeStep(_Frozen):
+    normalize: Literal["minmax", "max"] = Field(
+        description="per image: minmax maps [min, max] to [0, 1]; max divides by the largest |value|"
+    )
+
+
+STEP_KINDS = ("convolve", "normalize")
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        keys = list(value)
+        return keys[0] if len(keys) == 1 and keys[0] in STEP_KINDS else None
+    return next((kind for kind in STEP_KINDS if hasattr(value, kind)), None)
+
+
+Step = Annotated[
+    Union[Annotated[ConvolveStep, Tag("convolve")], Annotated[NormalizeStep, Tag("normalize")]],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step is a mapping with exactly one key: " + " or ".join(STEP_KINDS),
+    ),
+]
+
+
+class OutputConfig(_Frozen):
+    path: str = Field(description="Zarr store to create (a directory)")
+    dtype: OutputDType = Field(
+        "float32", description="integer outputs are rounded and clipped to the type's range, never wrapped"
+    )
+    overwrite: bool = Field(False, description="replace an existing store written by this tool")
+    codec: Codec = Field("blosc-lz4", description="chunk compression; blosc-lz4 (+shuffle) is the fastest to write")
+
+
+class ExecutionConfig(_Frozen):
+    scheduler: Scheduler = Field("threads", description="sync | threads | processes")
+    workers: Union[PositiveInt, Literal["auto"]] = Field("auto", description="parallel workers; auto = CPU count")
+    compute_dtype: Literal["auto", "float32", "float64"] = Field(
+        "auto", description="float type of the computation; auto = float64 for 32/64-bit outputs, else float32"
+    )
+
+
+class PipelineConfig(_Frozen):
+    input: InputConfig
+    steps: list[Step] = Field(default_factory=list, description="applied in order")
+    output: OutputConfig
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+
+# Which model holds the keys below a given parent key, to suggest the closest valid key.
+_MODELS_BY_PARENT: dict[str, type[BaseModel]] = {
+    "": PipelineConfig,
+    "input": InputConfig,
+    "output": OutputConfig,
+    "execution": ExecutionConfig,
+    "convolve": ConvolveSpec,
+}
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read a YAML job file, apply ``dotted.key=value`` overrides, and validate the result once."""
+    raw = read_yaml(path)
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"config file {str(path)!r} must be a mapping of sections (input, steps, output), but it is {kind}")
+    return data
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.0.c=value`` in the raw mapping; the value is read as YAML (``3``, ``true``, ``[1, 2]``)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected dotted.key=value, e.g. output.path=out/x.zarr")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {where!r} is not an index of the {len(node)}-item list")
+            index = int(part)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+
+
+def validate_config(raw: dict[str, Any], *, source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = tuple(_describe(error) for error in exc.errors(include_url=False))
+        summary = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more problems; run 'pipeline validate')"
+        raise ConfigError(f"{source}: {summary}", problems) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = _clean_loc(error["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key{_suggest(loc)}"
+    message = error["msg"]
+    ctx_error = (error.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, KernelError):
+        message = str(ctx_error)
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
+    # Tagged unions put the tag into the path (steps.0.convolve.convolve.kernel); and a plain
+    # union adds the member type name (str / list[any]): neither is a key the user wrote.
+    cleaned: list[Any] = []
+    for part in loc:
+        if cleaned and part == cleaned[-1] and part in STEP_KINDS:
+            continue
+        if isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool")):
+            continue
+        cleaned.append(part)
+    return cleaned
+
+
+def _suggest(loc: list[Any]) -> str:
+    parents = [part for part in loc[:-1] if isinstance(part, str)]
+    model = _MODELS_BY_PARENT.get(parents[-1] if parents else "")
+    if model is None:
+        return ""
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}valid keys: {', '.join(valid)})"

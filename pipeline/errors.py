@@ -1,0 +1,57 @@
+"""One family of errors a user can cause, each carrying the exit code the CLI returns.
+
+Exit codes (documented in the README):
+
+==== =========================================================
+0    success
+1    unexpected internal error (a bug: please report it)
+2    configuration or usage error (bad YAML, unknown key, bad kernel)
+3    input error (missing files, empty glob, unreadable or mismatched image)
+4    output error (store exists, not writable, not a pipeline store)
+130  interrupted (Ctrl-C)
+==== =========================================================
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(ValueError):
+    """Base of every error a user can cause; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError):
+    """The configuration (file, ``--set`` overrides or kernel) is invalid."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()):
+        super().__init__(message)
+        # Every problem found, one "key.path: message" line each, for `pipeline validate`.
+        self.problems = problems or (message,)
+
+    def __reduce__(self):  # keep the problems when crossing process boundaries
+        return (type(self), (str(self), self.problems))
+
+
+class KernelError(ConfigError):
+    """A kernel cannot be built: unknown name, bad parameters, bad matrix or file."""
+
+
+class InputError(PipelineError, FileNotFoundError):
+    """The input images cannot be found, read or stacked."""
+
+    exit_code = 3
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise print "[Errno ...]" forms
+        return str(self.args[0]) if self.args else ""
+
+
+class OutputError(PipelineError, FileExistsError):
+    """The output store cannot be written (exists, not a store, not writable)."""
+
+    exit_code = 4
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,155 @@
+"""Folders, globs and lists of image files as ONE lazy Dask array, one chunk per image.
+
+Only the first file is opened while the graph is built (for its shape and type); each file is
+decoded inside its own task, converted to the compute dtype on the input's own scale (uint8 stays
+0-255, 16-bit stays 0-65535), and its shape is checked there, failing with the file's name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dask.array as da
+import imageio.v3 as iio
+import numpy as np
+from natsort import natsorted, ns
+
+from pipeline.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+# ITU-R BT.601 luma weights, applied to the values on their own scale.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+Color = Literal["gray", "keep"]
+
+
+@dataclass(frozen=True)
+class ImageCollection:
+    """A lazy stack of images and what each index came from."""
+
+    array: da.Array
+    sources: tuple[str, ...]
+    axes: tuple[str, ...]
+
+    @property
+    def spatial_ndim(self) -> int:
+        return sum(axis in ("z", "y", "x") for axis in self.axes)
+
+
+def list_images(paths: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand globs and directories into a naturally sorted list of files, without opening any.
+
+    Entries keep the order they are given in; files within an entry are sorted naturally
+    (``img2`` before ``img10``). A file named twice is kept once, at its first place.
+    """
+    entries = [paths] if isinstance(paths, str) else list(paths)
+    found: list[str] = []
+    for entry in entries:
+        found.extend(_expand(entry))
+    return list(dict.fromkeys(found))
+
+
+def _expand(entry: str) -> list[str]:
+    if glob.has_magic(entry):
+        matches = [path for path in glob.glob(entry, recursive=True) if os.path.isfile(path)]
+        if not matches:
+            raise InputError(f"input.paths: {entry!r} matches no files; check the pattern and the working directory")
+        return natsorted(matches, alg=ns.PATH)
+    if os.path.isdir(entry):
+        with os.scandir(entry) as listing:
+            matches = [
+                item.path
+                for item in listing
+                if item.name.lower().endswith(IMAGE_SUFFIXES) and item.is_file()
+            ]
+        if not matches:
+            raise InputError(
+                f"input.paths: directory {entry!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        return natsorted(matches, alg=ns.PATH)
+    if os.path.isfile(entry):
+        return [entry]
+    raise InputError(f"input.paths: {entry!r} does not exist")
+
+
+def open_collection(
+    paths: str | list[str] | tuple[str, ...], *, color: Color = "gray", dtype: str = "float32"
+) -> ImageCollection:
+    """Build the lazy stack: axes (image, y, x) for gray, (image, c, y, x) with ``color="keep"``."""
+    sources = list_images(paths)
+    first = sources[0]
+    image_shape = _converted_shape(first, _probe_shape(first), color)
+    axes = ("image", "y", "x") if color == "gray" else ("image", "c", "y", "x")
+    names = np.empty(len(sources), dtype=object)
+    names[:] = sources
+    array = da.from_array(names, chunks=1, name=False).map_blocks(
+        _read_block,
+        new_axis=list(range(1, 1 + len(image_shape))),
+        chunks=((1,) * len(sources), *((n,) for n in image_shape)),
+        dtype=dtype,
+        meta=np.empty((0,) * (1 + len(image_shape)), dtype=dtype),
+        color=color,
+        shape=image_shape,
+        reference=first,
+        out_dtype=dtype,
+    )
+    return ImageCollection(array=array, sources=tuple(sources), axes=axes)
+
+
+def _probe_shape(path: str) -> tuple[int, ...]:
+    try:
+        return tuple(iio.improps(path).shape)
+    except Exception as exc:  # imageio raises many types for unreadable files
+        raise InputError(f"cannot read image {path!r}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int, ...]:
+    """Shape of the image after colour handling: (y, x) for gray, (c, y, x) for keep."""
+    if len(raw) == 2:
+        return raw if color == "gray" else (1, *raw)
+    if len(raw) == 3 and raw[-1] in (1, 2, 3, 4):
+        return raw[:2] if color == "gray" else (raw[2], *raw[:2])
+    raise InputError(
+        f"image {path!r} has shape {raw}, which is not a 2-D gray, gray+alpha, RGB or RGBA image"
+    )
+
+
+def read_image(path: str, *, color: Color = "gray", dtype: str = "float32") -> np.ndarray:
+    """Decode one file into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped."""
+    try:
+        pixels = iio.imread(path)
+    except FileNotFoundError:
+        raise InputError(f"image {path!r} disappeared after the input was listed") from None
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {_reason(exc)}") from None
+    _converted_shape(path, pixels.shape, color)  # rejects shapes we cannot interpret
+    if pixels.ndim == 2:
+        image = pixels.astype(dtype, copy=False)
+        return image if color == "gray" else image[np.newaxis]
+    if color == "keep":
+        return np.moveaxis(pixels, -1, 0).astype(dtype)
+    if pixels.shape[-1] < 3:  # gray (+ alpha)
+        return pixels[..., 0].astype(dtype)
+    rgb = pixels[..., :3].astype(dtype, copy=False)
+    return rgb @ np.asarray(LUMA_WEIGHTS, dtype=dtype)
+
+
+def _read_block(
+    names: np.ndarray, *, color: Color, shape: tuple[int, ...], reference: str, out_dtype: str
+) -> np.ndarray:
+    path = names.item()
+    image = read_image(path, color=color, dtype=out_dtype)
+    if image.shape != shape:
+        raise InputError(
+            f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
+            f"all images of a collection must have the same size and channels"
+        )
+    return image[np.newaxis]

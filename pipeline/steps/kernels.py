@@ -1,0 +1,224 @@
+"""Kernels as data: built-in constants and small factories, inline matrices, and kernel files.
+
+A kernel is always returned as a float64 ndarray of 1 to 3 dimensions. Its orientation is the one
+of *true convolution*: the convolve step flips it (as the definition does) unless the step asks for
+cross-correlation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import KernelError
+
+MAX_KERNEL_NDIM = 3
+
+# Separable parts, combined below with outer products (as scikit-image builds its edge kernels).
+_SMOOTH = np.array([1.0, 2.0, 1.0])
+_AVERAGE = np.array([1.0, 1.0, 1.0])
+# As a convolution kernel (flipped when applied) [1, 0, -1] gives f(x+1) - f(x-1): +d/dx.
+_DIFF = np.array([1.0, 0.0, -1.0])
+
+SOBEL_X = np.outer(_SMOOTH, _DIFF)
+SOBEL_Y = SOBEL_X.T.copy()
+PREWITT_X = np.outer(_AVERAGE, _DIFF)
+PREWITT_Y = PREWITT_X.T.copy()
+BLUR = np.full((3, 3), 1.0 / 9.0)
+EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
+LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+SHARPEN = np.array([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]])
+EMBOSS = np.array([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
+
+
+def _check_ndim(ndim: int) -> int:
+    if ndim not in (1, 2, 3):
+        raise KernelError(f"ndim must be 1, 2 or 3, got {ndim}")
+    return ndim
+
+
+def identity(*, size: int = 3, ndim: int = 2) -> np.ndarray:
+    """A centred 1 in a cube of zeros: convolution leaves the image unchanged."""
+    if size < 1 or size % 2 == 0:
+        raise KernelError(f"identity size must be a positive odd integer, got {size}")
+    kernel = np.zeros((size,) * _check_ndim(ndim))
+    kernel[(size // 2,) * ndim] = 1.0
+    return kernel
+
+
+def box(*, size: int = 3, ndim: int = 2) -> np.ndarray:
+    """Moving average over a cube of ``size`` samples per axis (any size, odd or even)."""
+    if size < 1:
+        raise KernelError(f"box size must be a positive integer, got {size}")
+    return np.full((size,) * _check_ndim(ndim), 1.0 / size ** ndim)
+
+
+def gaussian(*, sigma: float = 1.0, truncate: float = 4.0, ndim: int = 2) -> np.ndarray:
+    """Sampled, normalised Gaussian, cut at ``truncate`` standard deviations (as scipy.ndimage)."""
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise KernelError(f"gaussian sigma must be a positive number, got {sigma}")
+    if not (truncate > 0 and math.isfinite(truncate)):
+        raise KernelError(f"gaussian truncate must be a positive number, got {truncate}")
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    profile = np.exp(-0.5 * (x / sigma) ** 2)
+    profile /= profile.sum()
+    kernel = profile
+    for _ in range(_check_ndim(ndim) - 1):
+        kernel = np.multiply.outer(kernel, profile)
+    return kernel
+
+
+def _constant(matrix: np.ndarray) -> Callable[[], np.ndarray]:
+    def factory() -> np.ndarray:
+        return matrix.copy()
+
+    return factory
+
+
+@dataclass(frozen=True)
+class BuiltinKernel:
+    name: str
+    description: str
+    factory: Callable[..., np.ndarray]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The parameters the factory accepts, with their default values."""
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.factory).parameters.items()
+        }
+
+
+BUILTINS: dict[str, BuiltinKernel] = {
+    k.name: k
+    for k in (
+        BuiltinKernel("identity", "leaves the image unchanged", identity),
+        BuiltinKernel("box", "moving average of size^ndim samples", box),
+        BuiltinKernel("blur", "3x3 average", _constant(BLUR)),
+        BuiltinKernel("gaussian", "Gaussian blur, radius = int(truncate*sigma+0.5)", gaussian),
+        BuiltinKernel("edge", "3x3 edge detector [[1,1,1],[1,-8,1],[1,1,1]]", _constant(EDGE)),
+        BuiltinKernel("laplacian", "4-neighbour Laplacian", _constant(LAPLACIAN)),
+        BuiltinKernel("sobel_x", "Sobel derivative along x (finds vertical edges)", _constant(SOBEL_X)),
+        BuiltinKernel("sobel_y", "Sobel derivative along y (finds horizontal edges)", _constant(SOBEL_Y)),
+        BuiltinKernel("prewitt_x", "Prewitt derivative along x", _constant(PREWITT_X)),
+        BuiltinKernel("prewitt_y", "Prewitt derivative along y", _constant(PREWITT_Y)),
+        BuiltinKernel("sharpen", "3x3 sharpening", _constant(SHARPEN)),
+        BuiltinKernel("emboss", "3x3 emboss", _constant(EMBOSS)),
+    )
+}
+
+KERNEL_FILE_SUFFIXES = (".npy", ".csv", ".txt")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A resolved kernel: where it came from and its actual matrix."""
+
+    source: str
+    weights: np.ndarray = field(repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_provenance(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "params": dict(self.params),
+            "shape": list(self.weights.shape),
+            "matrix": self.weights.tolist(),
+        }
+
+
+def build_kernel(spec: str | list | np.ndarray, params: dict[str, Any] | None = None) -> Kernel:
+    """Resolve a kernel spec: a built-in name, an inline matrix, or a path to .npy/.csv/.txt.
+
+    Examples
+    --------
+    >>> build_kernel("edge").weights
+    array([[ 1.,  1.,  1.],
+           [ 1., -8.,  1.],
+           [ 1.,  1.,  1.]])
+    >>> build_kernel("box", {"size": 2}).weights.shape
+    (2, 2)
+    """
+    params = dict(params or {})
+    if isinstance(spec, str):
+        if spec in BUILTINS:
+            weights = _call_builtin(BUILTINS[spec], params)
+            return Kernel(spec, check_matrix(weights, what=f"kernel {spec!r}"), params)
+        if spec.lower().endswith(KERNEL_FILE_SUFFIXES):
+            _no_params(spec, params)
+            return Kernel(spec, load_kernel_file(spec), {})
+        raise KernelError(_unknown_name_message(spec))
+    _no_params("an inline matrix", params)
+    return Kernel("inline", check_matrix(spec, what="inline kernel"), {})
+
+
+def _unknown_name_message(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, BUILTINS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"unknown kernel {name!r}{hint}; use a built-in name ({', '.join(BUILTINS)}), "
+        f"an inline matrix, or a path ending in {', '.join(KERNEL_FILE_SUFFIXES)}"
+    )
+
+
+def _no_params(what: str, params: dict[str, Any]) -> None:
+    if params:
+        raise KernelError(f"params {sorted(params)} given, but {what} takes no parameters")
+
+
+def _call_builtin(builtin: BuiltinKernel, params: dict[str, Any]) -> np.ndarray:
+    accepted = builtin.defaults
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        takes = ", ".join(f"{k} (default {v})" for k, v in accepted.items()) or "no parameters"
+        raise KernelError(f"kernel {builtin.name!r} does not take {unknown}; it takes {takes}")
+    for key, value in params.items():
+        default = accepted[key]
+        if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise KernelError(f"kernel {builtin.name!r} param {key!r} must be an integer, got {value!r}")
+        if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise KernelError(f"kernel {builtin.name!r} param {key!r} must be a number, got {value!r}")
+    return builtin.factory(**params)
+
+
+def check_matrix(matrix: Any, *, what: str) -> np.ndarray:
+    """Turn a nested list or array into a finite float64 kernel of 1 to 3 dimensions."""
+    try:
+        weights = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise KernelError(
+            f"{what} must be a rectangular matrix of numbers (rows of equal length)"
+        ) from None
+    if weights.ndim == 0 or weights.size == 0:
+        raise KernelError(f"{what} is empty; give at least one number")
+    if weights.ndim > MAX_KERNEL_NDIM:
+        raise KernelError(f"{what} has {weights.ndim} dimensions; at most {MAX_KERNEL_NDIM} are supported")
+    if not np.all(np.isfinite(weights)):
+        raise KernelError(f"{what} contains NaN or infinite values")
+    return weights
+
+
+def load_kernel_file(path: str) -> np.ndarray:
+    """Read a kernel from .npy (no pickles), .csv (comma separated) or .txt (whitespace separated)."""
+    file = Path(path)
+    if not file.is_file():
+        raise KernelError(f"kernel file {path!r} does not exist")
+    try:
+        if file.suffix.lower() == ".npy":
+            data = np.load(file, allow_pickle=False)
+        else:
+            delimiter = "," if file.suffix.lower() == ".csv" else None
+            data = np.loadtxt(file, delimiter=delimiter, ndmin=1, dtype=np.float64)
+    except (ValueError, OSError) as exc:
+        reason = "it needs pickle, which is refused" if "pickle" in str(exc) else "not a numeric matrix"
+        raise KernelError(f"kernel file {path!r} cannot be read: {reason}") from None
+    return check_matrix(data, what=f"kernel file {path!r}")
