@@ -14,7 +14,7 @@ SCHEDULERS = {"sync": "synchronous", "threads": "threads", "processes": "process
 
 
 def resolve_workers(workers: int | str) -> int:
-    return os.cpu_count() or 1 if workers == "auto" else int(workers)
+    return (os.cpu_count() or 1) if workers == "auto" else int(workers)
 
 
 class RichProgress(Callback):

@@ -1,0 +1,119 @@
+"""One job end to end through the library: results read back from disk against scipy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage, signal
+
+from pipeline import __version__
+from pipeline.config import validate_config
+from pipeline.errors import InputError
+from pipeline.run import compute_dtype, run
+from pipeline.steps.kernels import EDGE
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(4):
+        iio.imwrite(images / f"img{index}.png", RNG.integers(0, 256, size=(20, 24, 3), dtype=np.uint8))
+    return images
+
+
+def _gray(folder: Path) -> np.ndarray:
+    rgb = np.stack([iio.imread(p).astype(np.float64) for p in sorted(folder.glob("*.png"))])
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _config(folder: Path, out: Path, steps: list[dict[str, Any]], **output: Any) -> Any:
+    return validate_config(
+        {
+            "input": {"paths": str(folder)},
+            "steps": steps,
+            "output": {"path": str(out), **output},
+            "execution": {"scheduler": "threads", "workers": 2},
+        }
+    )
+
+
+def _stored(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    group = zarr.open_group(str(path), mode="r")
+    return group["0"][:], dict(group.attrs["pipeline"])
+
+
+def test_edge_result_and_provenance(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edge.zarr"
+    summary = run(_config(folder, out, [{"convolve": {"kernel": "edge"}}]))
+    stored, prov = _stored(out)
+    expected = ndimage.convolve(_gray(folder), EDGE[None], mode="reflect")
+    np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-3)
+    assert summary.images == 4 and summary.shape == (4, 20, 24)
+    assert prov["status"] == "complete" and prov["version"] == __version__
+    assert prov["started"] <= prov["finished"]
+    assert prov["steps"][0]["kernel"]["matrix"] == EDGE.tolist()
+    assert prov["config"]["output"]["path"] == str(out)
+    assert prov["axes"] == ["image", "y", "x"]
+    names = [Path(str(s)).name for s in zarr.open_group(str(out))["sources"][:]]
+    assert names == [f"img{i}.png" for i in range(4)]
+
+
+def test_chained_steps_valid_then_full(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "chain.zarr"
+    steps = [
+        {"convolve": {"kernel": "box", "params": {"size": 4}, "mode": "valid"}},
+        {"convolve": {"kernel": [[1, 2, 3]], "mode": "full", "correlate": True}},
+    ]
+    run(_config(folder, out, steps, dtype="float64"))
+    stored, _ = _stored(out)
+    expected = np.stack(
+        [
+            signal.correlate(signal.convolve(image, np.full((4, 4), 1 / 16), mode="valid"), [[1, 2, 3]], mode="full")
+            for image in _gray(folder)
+        ]
+    )
+    assert stored.shape == (4, 17, 23)
+    np.testing.assert_allclose(stored, expected, rtol=1e-10)
+
+
+def test_normalize_then_uint8_spans_the_range(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n.zarr"
+    run(_config(folder, out, [{"convolve": {"kernel": "edge"}}, {"normalize": "minmax"}], dtype="uint8"))
+    stored, _ = _stored(out)
+    edges = ndimage.convolve(_gray(folder), EDGE[None], mode="reflect")
+    low = edges.min(axis=(1, 2), keepdims=True)
+    high = edges.max(axis=(1, 2), keepdims=True)
+    expected = np.rint((edges - low) / (high - low) * 255)
+    assert stored.dtype == np.uint8
+    assert np.abs(stored.astype(int) - expected).max() <= 1  # float32 rounding at .5 boundaries
+    assert (stored.min(axis=(1, 2)) == 0).all() and (stored.max(axis=(1, 2)) == 255).all()
+
+
+def test_no_steps_writes_the_gray_images(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gray.zarr"
+    run(_config(folder, out, [], dtype="float64"))
+    np.testing.assert_allclose(_stored(out)[0], _gray(folder), rtol=1e-12)
+
+
+def test_failed_run_is_marked_failed_not_complete(folder: Path, tmp_path: Path) -> None:
+    (folder / "img9.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(InputError, match="img9"):
+        run(_config(folder, out, [{"convolve": {"kernel": "blur"}}]))
+    _, prov = _stored(out)
+    assert prov["status"] == "failed" and "img9" in prov["error"]
+
+
+@pytest.mark.parametrize(
+    "output, chosen", [("float32", "float32"), ("uint8", "float32"), ("float64", "float64"), ("int32", "float64")]
+)
+def test_compute_dtype_auto(folder: Path, tmp_path: Path, output: str, chosen: str) -> None:
+    assert compute_dtype(_config(folder, tmp_path / "x.zarr", [], dtype=output)) == chosen

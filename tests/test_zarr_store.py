@@ -1,0 +1,108 @@
+"""The store: layout, provenance, status, and the rules for replacing what exists."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.errors import InputError, OutputError
+from pipeline.sinks.zarr_store import (
+    StoreLayout,
+    check_output_path,
+    create_store,
+    describe_codec,
+    open_result,
+    set_status,
+)
+
+LAYOUT = StoreLayout(shape=(3, 4, 5), chunks=(1, 4, 5), dtype="float32", dimension_names=("image", "y", "x"), codec="blosc-lz4")
+SOURCES = ("a/img1.png", "a/img2.png", "b/ü.png")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    path = str(tmp_path / "out.zarr")
+    array = create_store(path, LAYOUT, sources=SOURCES, provenance={"version": "test", "steps": []})
+    array[:] = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    return path
+
+
+def test_layout_read_back_from_disk(store: str) -> None:
+    group = zarr.open_group(store, mode="r")
+    array = group["0"]
+    assert array.shape == (3, 4, 5) and array.chunks == (1, 4, 5) and array.dtype == np.float32
+    assert array.metadata.dimension_names == ("image", "y", "x")
+    assert [str(s) for s in group["sources"][:]] == list(SOURCES)
+    assert "lz4" in describe_codec(array) and "shuffle" in describe_codec(array)
+    np.testing.assert_array_equal(array[:], np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+
+
+def test_status_is_running_until_marked(store: str) -> None:
+    meta = json.loads((Path(store) / "zarr.json").read_text())
+    assert meta["attributes"]["pipeline"]["status"] == "running"
+    assert meta["attributes"]["pipeline"]["sources"] == {"array": "sources", "count": 3}
+    set_status(store, "complete", finished="now")
+    result = open_result(store)
+    assert result.status == "complete" and result.provenance["finished"] == "now"
+    assert result.provenance["version"] == "test"
+
+
+@pytest.mark.parametrize("codec, name", [("zstd", "zstd"), ("blosc-zstd", "blosc"), ("none", "none")])
+def test_codecs(tmp_path: Path, codec: str, name: str) -> None:
+    layout = StoreLayout(**{**LAYOUT.__dict__, "codec": codec})
+    array = create_store(str(tmp_path / "s.zarr"), layout, sources=SOURCES, provenance={})
+    array[:] = 1.5
+    assert describe_codec(zarr.open_array(str(tmp_path / "s.zarr" / "0"))).startswith(name)
+    assert float(zarr.open_array(str(tmp_path / "s.zarr" / "0"))[2, 3, 4]) == 1.5
+
+
+def test_existing_store_needs_overwrite(store: str) -> None:
+    with pytest.raises(OutputError, match="already exists.*overwrite"):
+        check_output_path(store, overwrite=False)
+    check_output_path(store, overwrite=True)
+
+
+def test_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not a store written by this pipeline"):
+        check_output_path(str(tmp_path), overwrite=True)
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_empty_folder_is_fine(tmp_path: Path) -> None:
+    check_output_path(str(tmp_path), overwrite=False)
+
+
+def test_output_path_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "x.zarr").write_text("")
+    with pytest.raises(OutputError, match="is a file"):
+        check_output_path(str(tmp_path / "x.zarr"), overwrite=True)
+
+
+def test_output_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests may run as root, who may write anywhere: ask the permission check itself.
+    asked: list[str] = []
+    monkeypatch.setattr(os, "access", lambda path, mode: asked.append(str(path)) or False)
+    with pytest.raises(OutputError, match="not writable"):
+        check_output_path(str(tmp_path / "new" / "x.zarr"), overwrite=False)
+    assert asked == [str(tmp_path)]
+
+
+def test_overwrite_replaces_the_old_store(store: str) -> None:
+    array = create_store(store, LAYOUT, sources=SOURCES[:1], provenance={})
+    assert array[:].max() == 0
+    assert open_result(store).sources == [SOURCES[0]]
+
+
+@pytest.mark.parametrize("make", ["missing", "plain folder"])
+def test_open_result_rejects_non_stores(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "x"
+    if make == "plain folder":
+        path.mkdir()
+    with pytest.raises(InputError):
+        open_result(str(path))
