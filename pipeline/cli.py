@@ -62,7 +62,7 @@ def reported_errors() -> Iterator[None]:
     except PipelineError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/red] {_first_line(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
@@ -71,11 +71,17 @@ def reported_errors() -> Iterator[None]:
         if _state["debug"]:
             raise
         err.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            f"[red]internal error:[/red] {type(exc).__name__}: {_first_line(exc)} "
+            "(rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _version(value: bool) -> None:
@@ -176,6 +182,51 @@ def validate(config: ConfigArg, set_: SetOption = None) -> None:
         for s in cfg.steps
     ) or "no steps"
     out.print(f"{config}: valid: {len(files)} input files; {steps}; output {cfg.output.path}", highlight=False)
+
+
+@app.command()
+def plan(
+    config: ConfigArg,
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Show what a job will do, without doing it: per stage the strategy, halo, chunks; tasks, memory, bytes."""
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
+    with reported_errors():
+        job = build_plan(load_config(config, _overrides(set_)))
+        estimates = job.estimates()
+    stages = [
+        {
+            "steps": list(stage.steps),
+            "what": stage.description,
+            "strategy": list(stage.strategies) or ["-"],
+            "halo": list(stage.halo),
+            "shape": list(stage.shape),
+            "chunks": list(stage.chunks),
+        }
+        for stage in job.stages
+    ]
+    if as_json:
+        out.print_json(json.dumps({"stages": stages, **estimates, "compute_dtype": job.compute_dtype}))
+        return
+    table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "chunk")
+    for stage in stages:
+        table.add_row(
+            ",".join(map(str, stage["steps"])), stage["what"], ", ".join(stage["strategy"]),
+            str(tuple(stage["halo"])), str(tuple(stage["shape"])), str(tuple(stage["chunks"])),
+        )
+    out.print(table)
+    mib = 1024 * 1024
+    out.print(
+        f"{estimates['images']} images, {estimates['tasks']} tasks, compute dtype {job.compute_dtype}; "
+        f"peak memory ≈ {estimates['peak_memory_per_task'] / mib:.1f} MiB per task, "
+        f"≈ {estimates['peak_memory_all_workers'] / mib:.1f} MiB for {estimates['workers']} workers; "
+        f"read ≈ {estimates['bytes_read_estimate'] / mib:.1f} MiB, "
+        f"write {estimates['bytes_written_uncompressed'] / mib:.1f} MiB before compression",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -7,8 +7,9 @@ like every other command-line tool, so ``--set output.path=out/x.zarr`` means wh
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 import yaml
 from pydantic import (
@@ -16,7 +17,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PositiveInt,
     Tag,
     ValidationError,
     field_validator,
@@ -63,6 +63,9 @@ class ConvolveSpec(_Frozen):
     boundary: Boundary = Field("reflect", description="values beyond the edge, for mode=same")
     cval: float = Field(0.0, description="value beyond the edge for boundary=constant")
     correlate: bool = Field(False, description="cross-correlate (kernel not flipped), as CNN layers do")
+    strategy: Literal["auto", "direct", "separable", "fft"] = Field(
+        "auto", description="how blocks are computed; auto picks the cheapest for the kernel (see `pipeline plan`)"
+    )
 
     @field_validator("kernel")
     @classmethod
@@ -120,7 +123,9 @@ class OutputConfig(_Frozen):
 
 class ExecutionConfig(_Frozen):
     scheduler: Scheduler = Field("threads", description="sync | threads | processes")
-    workers: Union[PositiveInt, Literal["auto"]] = Field("auto", description="parallel workers; auto = CPU count")
+    workers: Union[Literal["auto"], Annotated[int, Field(gt=0, strict=True)]] = Field(
+        "auto", description="parallel workers; auto = CPU count"
+    )
     compute_dtype: Literal["auto", "float32", "float64"] = Field(
         "auto", description="float type of the computation; auto = float64 for 32/64-bit outputs, else float32"
     )
@@ -128,7 +133,7 @@ class ExecutionConfig(_Frozen):
 
 class PipelineConfig(_Frozen):
     input: InputConfig
-    steps: list[Step] = Field(default_factory=list, description="applied in order")
+    steps: tuple[Step, ...] = Field(default=(), description="applied in order")
     output: OutputConfig
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
@@ -205,13 +210,13 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> PipelineC
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = tuple(_describe(error) for error in exc.errors(include_url=False))
+        problems = _merge_union_branches(_describe(error) for error in exc.errors(include_url=False))
         summary = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more problems; run 'pipeline validate')"
         raise ConfigError(f"{source}: {summary}", problems) from None
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = _clean_loc(error["loc"])
+    loc = _clean_loc(error["loc"], error["type"])
     key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key{_suggest(loc)}"
@@ -221,22 +226,44 @@ def _describe(error: dict[str, Any]) -> str:
         message = str(ctx_error)
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
+    # Sequences are stored as tuples (immutable), but in YAML they are lists.
+    message = message.replace("a valid tuple", "a valid list")
     if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
         message += f" (got {error['input']!r})"
     return f"{key}: {message}"
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
-    # Tagged unions put the tag into the path (steps.0.convolve.convolve.kernel); and a plain
-    # union adds the member type name (str / list[any]): neither is a key the user wrote.
+# How pydantic names the members of a union in an error's path ("str", "list[str]",
+# "constrained-int", "literal['auto']", "function-after[...]"): never a key the user wrote.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|[a-z]+(-[a-z]+)+|[a-z-]+\[.*\])$")
+
+
+def _clean_loc(loc: tuple[Any, ...], error_type: str) -> list[Any]:
+    # Tagged unions also put the tag into the path (steps.0.convolve.convolve.kernel).
     cleaned: list[Any] = []
-    for part in loc:
+    last = len(loc) - 1
+    for position, part in enumerate(loc):
         if cleaned and part == cleaned[-1] and part in STEP_KINDS:
             continue
-        if isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool")):
+        user_key = error_type == "extra_forbidden" and position == last
+        if isinstance(part, str) and not user_key and _UNION_MEMBER.match(part):
             continue
         cleaned.append(part)
     return cleaned
+
+
+def _merge_union_branches(problems: Iterable[str]) -> tuple[str, ...]:
+    """One line per key: a value that fits no member of a union fails once per member."""
+    merged: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
+    for problem in problems:
+        key, _, message = problem.partition(": ")
+        message, sep, value = message.partition(" (got ")
+        if sep:
+            got[key] = f" (got {value}"
+        if message not in merged.setdefault(key, []):
+            merged[key].append(message)
+    return tuple(f"{key}: {' or '.join(messages)}{got.get(key, '')}" for key, messages in merged.items())
 
 
 def _suggest(loc: list[Any]) -> str:

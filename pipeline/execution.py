@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import dask
@@ -66,10 +67,31 @@ def show_progress(requested: bool | None) -> bool:
     return sys.stderr.isatty() if requested is None else requested
 
 
+def limit_library_threads(threads: int) -> None:
+    """Cap the thread pools of the compiled libraries inside one dask worker.
+
+    Dask already runs one task per core; OpenCV and BLAS each starting a pool per task on top
+    of that would oversubscribe the cores (workers × library threads ≤ cores).
+    """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(threads)
+    threadpool_limits(threads)
+
+
+def library_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def execute(*collections: Any, scheduler: str, workers: int | str, progress: bool = False) -> None:
     """Compute dask collections (e.g. ``da.store(..., compute=False)``) on the chosen scheduler."""
-    options: dict[str, Any] = {"scheduler": SCHEDULERS[scheduler]}
-    if scheduler != "sync":
-        options["num_workers"] = resolve_workers(workers)
+    count = 1 if scheduler == "sync" else resolve_workers(workers)
+    options: dict[str, Any] = {"scheduler": SCHEDULERS[scheduler], "num_workers": count}
+    threads = library_threads(count)
+    if scheduler == "processes":  # spawned workers start with fresh pools: cap them at start-up
+        options["multiprocessing.initializer"] = partial(limit_library_threads, threads)
+    else:
+        limit_library_threads(threads)
     with dask.config.set(options), (RichProgress() if progress else nullcontext()):
         dask.compute(*collections)

@@ -13,7 +13,7 @@ from dask.callbacks import Callback
 
 from pipeline.config import validate_config
 from pipeline.execution import RichProgress, execute, resolve_workers, show_progress
-from pipeline.run import plan_result
+from pipeline.plan import build_plan
 
 SIDE = 48
 
@@ -47,7 +47,7 @@ def _peak_images_held(folder: Path, count: int, tmp_path: Path) -> float:
             "output": {"path": str(tmp_path / "x.zarr")},
         }
     )
-    result = plan_result(config)[0][:count]
+    result = build_plan(config).result[:count]
     target = zarr.open_array(str(tmp_path / f"{count}.zarr"), mode="w", shape=result.shape, chunks=(1, SIDE, SIDE), dtype="float32")
     with PeakHeld() as peak:
         execute(da.store(result, target, lock=False, compute=False), scheduler="threads", workers=2)
@@ -64,7 +64,7 @@ def test_memory_is_bounded_by_a_few_images_not_the_collection(many: Path, tmp_pa
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
 def test_every_scheduler_computes(scheduler: str, tmp_path: Path) -> None:
-    data = da.arange(12, chunks=3).reshape(3, 4).astype("float32")
+    data = da.arange(12, chunks=4).reshape(3, 4).astype("float32")
     target = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=(3, 4), chunks=(1, 4), dtype="float32")
     execute(da.store(data * 2, target, lock=False, compute=False), scheduler=scheduler, workers=2)
     np.testing.assert_array_equal(target[:], np.arange(12).reshape(3, 4) * 2)

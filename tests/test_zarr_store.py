@@ -106,3 +106,15 @@ def test_open_result_rejects_non_stores(tmp_path: Path, make: str) -> None:
         path.mkdir()
     with pytest.raises(InputError):
         open_result(str(path))
+
+
+def test_writes_that_would_share_a_zarr_chunk_are_refused(tmp_path: Path) -> None:
+    import dask.array as da
+
+    from pipeline.sinks.zarr_store import write_lazily
+
+    target = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(4, 4), chunks=(2, 4), dtype="float32")
+    with pytest.raises(ValueError, match="split zarr chunks"):
+        write_lazily(da.ones((4, 4), chunks=(1, 4)), target)
+    write_lazily(da.ones((4, 4), chunks=(2, 4)), target).compute()  # whole zarr chunks: fine
+    assert target[:].sum() == 16

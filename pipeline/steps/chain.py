@@ -1,15 +1,20 @@
-"""Turn the validated ``steps:`` list into plain array → array functions, composed in order."""
+"""Turn the validated ``steps:`` list into array → array functions, composed in order.
+
+Runs of consecutive convolve steps are handed to ``convolve_steps`` together, so that ``same``
+steps share one halo exchange (one ``map_overlap``) instead of one each.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import dask.array as da
 
 from pipeline.errors import KernelError
-from pipeline.steps.convolve import convolve
+from pipeline.steps.convolve import Convolution, apply_group, fusable_groups, halo
 from pipeline.steps.kernels import build_kernel
 from pipeline.steps.normalize import normalize
 
@@ -19,31 +24,49 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: a name for logs and errors, the array function, and what provenance records."""
+    """One step: a name for logs and errors, what it does, and what provenance records."""
 
     name: str
-    apply: Callable[[da.Array], da.Array] = field(repr=False)
     provenance: dict[str, Any] = field(repr=False)
+    convolution: Convolution | None = field(default=None, repr=False)
+    apply: Callable[[da.Array], da.Array] | None = field(default=None, repr=False)
     # True when the step leaves every image in [0, 1], so an integer output spans its full range.
     unit_range: bool = False
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one map_overlap/map_blocks stage of the graph does, for provenance and `pipeline plan`."""
+
+    steps: tuple[int, ...]
+    description: str
+    halo: tuple[int, ...]  # samples exchanged with neighbouring chunks, per axis
+    strategies: tuple[str, ...]
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    array: da.Array
+    unit_range: bool
+    stages: tuple[Stage, ...]
 
 
 def build_steps(
     configs: Sequence[ConvolveStep | NormalizeStep], *, spatial_ndim: int, image_axes: int
 ) -> list[Step]:
-    return [
-        _convolve_step(cfg, spatial_ndim) if hasattr(cfg, "convolve") else _normalize_step(cfg, image_axes)
-        for cfg in configs
-    ]
+    del spatial_ndim  # convolve steps learn it from the array they are applied to
+    return [_convolve_step(cfg) if hasattr(cfg, "convolve") else _normalize_step(cfg, image_axes) for cfg in configs]
 
 
-def _convolve_step(cfg: ConvolveStep, spatial_ndim: int) -> Step:
+def _convolve_step(cfg: ConvolveStep) -> Step:
     spec = cfg.convolve
     kernel = build_kernel(spec.kernel, spec.params)
     options = dict(mode=spec.mode, boundary=spec.boundary, cval=spec.cval, correlate=spec.correlate)
     return Step(
         name=f"convolve {kernel.source}",
-        apply=partial(convolve, weights=kernel.weights, spatial_ndim=spatial_ndim, **options),
+        convolution=Convolution(kernel.weights, strategy=spec.strategy, **options),
         provenance={"step": "convolve", "kernel": kernel.to_provenance(), **options},
     )
 
@@ -57,11 +80,58 @@ def _normalize_step(cfg: NormalizeStep, image_axes: int) -> Step:
     )
 
 
-def apply_steps(array: da.Array, steps: Sequence[Step]) -> tuple[da.Array, bool]:
-    """Compose the steps lazily; also say whether the result is in [0, 1] (last step normalised)."""
-    for index, step in enumerate(steps):
-        try:
+def chain(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int) -> ChainResult:
+    """Compose the steps lazily and describe each stage of the resulting graph."""
+    stages: list[Stage] = []
+    index = 0
+    while index < len(steps):
+        step = steps[index]
+        if step.convolution is None:
             array = step.apply(array)
-        except KernelError as exc:
-            raise KernelError(f"steps.{index} ({step.name}): {exc}") from None
-    return array, bool(steps) and steps[-1].unit_range
+            stages.append(_stage(array, (index,), step.name, (0,) * array.ndim, ()))
+            index += 1
+            continue
+        run = [index]
+        while run[-1] + 1 < len(steps) and steps[run[-1] + 1].convolution is not None:
+            run.append(run[-1] + 1)
+        array = _convolve_run(array, steps, run, spatial_ndim, stages)
+        index = run[-1] + 1
+    return ChainResult(array, bool(steps) and steps[-1].unit_range, tuple(stages))
+
+
+def _convolve_run(
+    array: da.Array, steps: Sequence[Step], run: list[int], spatial_ndim: int, stages: list[Stage]
+) -> da.Array:
+    for index in run:  # plan each step alone first, so an error names the right step
+        with _named(steps, index):
+            fusable_groups(array, [steps[index].convolution], spatial_ndim=spatial_ndim)
+    groups = fusable_groups(array, [steps[i].convolution for i in run], spatial_ndim=spatial_ndim)
+    position = 0
+    for group in groups:
+        members = tuple(run[position : position + len(group)])
+        position += len(group)
+        depth = halo(array, group)[0] if group[0].convolution.mode == "same" else {}
+        with _named(steps, members[0]):
+            array = apply_group(array, group, spatial_ndim=spatial_ndim)
+        exchanged = tuple(depth.get(axis, 0) for axis in range(array.ndim))
+        strategies = tuple(f"{planned.plan.strategy} ({planned.plan.engine})" for planned in group)
+        stages.append(_stage(array, members, " + ".join(steps[i].name for i in members), exchanged, strategies))
+    return array
+
+
+@contextmanager
+def _named(steps: Sequence[Step], index: int) -> Iterator[None]:
+    try:
+        yield
+    except KernelError as exc:
+        raise KernelError(f"steps.{index} ({steps[index].name}): {exc}") from None
+
+
+def _stage(array: da.Array, members: tuple[int, ...], name: str, halo: tuple[int, ...], strategies: tuple[str, ...]) -> Stage:
+    return Stage(members, name, halo, strategies, tuple(array.shape), tuple(array.chunksize))
+
+
+def apply_steps(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int = 2) -> tuple[da.Array, bool]:
+    """Compose the steps lazily; also say whether the result is in [0, 1] (last step normalised)."""
+    result = chain(array, steps, spatial_ndim=spatial_ndim)
+    return result.array, result.unit_range

@@ -192,6 +192,8 @@ def _call_builtin(builtin: BuiltinKernel, params: dict[str, Any]) -> np.ndarray:
 
 def check_matrix(matrix: Any, *, what: str) -> np.ndarray:
     """Turn a nested list or array into a finite float64 kernel of 1 to 3 dimensions."""
+    if not isinstance(matrix, np.ndarray) and not all(_is_number(v) for v in _leaves(matrix)):
+        raise KernelError(f"{what} must be a rectangular matrix of numbers; it holds a non-number")
     try:
         weights = np.asarray(matrix, dtype=np.float64)
     except (TypeError, ValueError):
@@ -205,6 +207,18 @@ def check_matrix(matrix: Any, *, what: str) -> np.ndarray:
     if not np.all(np.isfinite(weights)):
         raise KernelError(f"{what} contains NaN or infinite values")
     return weights
+
+
+def _leaves(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
 
 
 def load_kernel_file(path: str) -> np.ndarray:

@@ -1,0 +1,230 @@
+"""How one kernel is computed on one in-memory block: direct, separable or FFT, picked by cost.
+
+Every strategy computes the same thing as ``scipy.ndimage.correlate(block, weights, mode, cval,
+origin)`` (the oracle), only faster:
+
+* ``direct`` — OpenCV ``filter2D`` for 2-D float blocks, ``scipy.ndimage.correlate`` otherwise;
+* ``separable`` — an exact SVD rank test splits the kernel into ``r`` outer products of 1-D vectors;
+  each is one 1-D pass per axis (OpenCV ``sepFilter2D`` in 2-D, ``scipy.ndimage.correlate1d`` in
+  N-D) and the ``r`` results are summed;
+* ``fft`` — for large kernels that do not separate: OpenCV's DFT-based ``filter2D`` in 2-D (it
+  switches to the DFT for kernels of 11×11 and up), ``scipy.signal.oaconvolve`` (overlap-add) in N-D.
+
+OpenCV only correlates and names its borders differently; the table below maps scipy's names.
+``constant`` with a non-zero ``cval`` pads the block with ``cval`` explicitly (a separable pass
+would otherwise treat the cval as a sample of the previous pass) and crops the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from scipy import ndimage, signal
+
+Strategy = Literal["direct", "separable", "fft"]
+STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")
+
+# scipy.ndimage mode → OpenCV border; `wrap` has no OpenCV equivalent in filter2D.
+CV_BORDERS = {
+    "reflect": cv2.BORDER_REFLECT,  # d c b a | a b c d
+    "mirror": cv2.BORDER_REFLECT_101,  # d c b | a b c d
+    "nearest": cv2.BORDER_REPLICATE,
+    "constant": cv2.BORDER_CONSTANT,  # zero; non-zero cval is shifted out first
+}
+CV_DTYPES = (np.float32, np.float64)
+# Singular values below this fraction of the largest are rounding noise, not rank.
+RANK_TOLERANCE = 1e-9
+Engine = Literal["opencv", "scipy"]
+# Costs in "direct taps" of each engine, measured with one thread on float32 blocks.
+# OpenCV, 2048x2048: ≈ 0.25 ms per tap direct or separable (filter2D 3x3 ≈ 2.7 ms, sepFilter2D
+# 15+15 taps ≈ 7.6 ms), its DFT path ≈ 45 ms whatever the size → 180 taps.
+# scipy, 64x256x256: ndimage.correlate ≈ 2.5 ms per tap; correlate1d ≈ 1.5 ms per tap plus ≈ 20 ms
+# per pass → 8 taps of overhead per axis; oaconvolve ≈ 250 ms → 100 taps.
+FFT_COST_IN_TAPS: dict[str, float] = {"opencv": 180.0, "scipy": 100.0}
+SEPARABLE_PASS_OVERHEAD: dict[str, float] = {"opencv": 0.0, "scipy": 8.0}
+MAX_SEPARABLE_RANK = 4
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """A kernel ready for blocks: correlation weights, origin, the chosen strategy and its factors."""
+
+    weights: np.ndarray  # correlation orientation, as many dims as the block
+    origin: tuple[int, ...]
+    strategy: Strategy
+    engine: Engine
+    # separable: r terms, each one 1-D vector per axis (length-1 vectors on non-filtered axes)
+    factors: tuple[tuple[np.ndarray, ...], ...] = ()
+
+    def cost_in_taps(self) -> float:
+        """Estimated work per output sample, in kernel taps of the engine."""
+        return _cost(self.strategy, self.weights, len(self.factors), self.engine)
+
+
+def _cost(strategy: str, weights: np.ndarray, rank: int, engine: str) -> float:
+    if strategy == "direct":
+        return float(weights.size)
+    if strategy == "separable":
+        passes = [m for m in weights.shape if m > 1]
+        return rank * (sum(passes) + SEPARABLE_PASS_OVERHEAD[engine] * len(passes))
+    return FFT_COST_IN_TAPS[engine]
+
+
+def separate(weights: np.ndarray, *, max_rank: int = MAX_SEPARABLE_RANK) -> tuple[tuple[np.ndarray, ...], ...] | None:
+    """Exact low-rank split of a kernel into sums of outer products of 1-D vectors, or None.
+
+    2-D kernels use the SVD (rank r → r terms). Kernels with more filtered axes are split only when
+    they are a single outer product (rank 1 in every unfolding).
+    """
+    axes = [axis for axis, m in enumerate(weights.shape) if m > 1]
+    if len(axes) < 2:
+        return None
+    core = weights.reshape([weights.shape[axis] for axis in axes])
+    if len(axes) == 2:
+        u, s, vt = np.linalg.svd(core)
+        rank = int(np.sum(s > s[0] * RANK_TOLERANCE)) if s[0] > 0 else 0
+        if rank == 0 or rank > max_rank:
+            return None
+        terms = [(u[:, i] * np.sqrt(s[i]), vt[i] * np.sqrt(s[i])) for i in range(rank)]
+    else:
+        vectors = _rank_one(core)
+        if vectors is None:
+            return None
+        terms = [tuple(vectors)]
+    return tuple(_embed(term, axes, weights.ndim) for term in terms)
+
+
+def _rank_one(core: np.ndarray) -> list[np.ndarray] | None:
+    """Vectors whose outer product is ``core`` (any ndim), or None if it is not rank one."""
+    if core.ndim == 1:
+        return [core.copy()]
+    unfolded = core.reshape(core.shape[0], -1)
+    u, s, vt = np.linalg.svd(unfolded, full_matrices=False)
+    if s[0] == 0 or (len(s) > 1 and s[1] > s[0] * RANK_TOLERANCE):
+        return None
+    rest = _rank_one((vt[0] * s[0]).reshape(core.shape[1:]))
+    return None if rest is None else [u[:, 0], *rest]
+
+
+def _embed(term: tuple[np.ndarray, ...], axes: list[int], ndim: int) -> tuple[np.ndarray, ...]:
+    vectors = [np.ones(1)] * ndim
+    for axis, vector in zip(axes, term):
+        vectors[axis] = np.ascontiguousarray(vector, dtype=np.float64)
+    return tuple(vectors)
+
+
+def choose_engine(dtype: np.dtype, weights: np.ndarray, edge_mode: str) -> Engine:
+    """OpenCV for float blocks filtered along their last two axes with a border it knows."""
+    axes = _filtered_axes(weights)
+    fits = bool(axes) and all(axis >= weights.ndim - 2 for axis in axes)
+    return "opencv" if np.dtype(dtype).type in CV_DTYPES and edge_mode in CV_BORDERS and fits else "scipy"
+
+
+def plan_kernel(
+    weights: np.ndarray, origin: tuple[int, ...], *, engine: Engine, strategy: str = "auto"
+) -> KernelPlan:
+    """Pick the cheapest strategy for correlation ``weights`` on ``engine`` (or honour a forced one)."""
+    factors = separate(weights) or ()
+    candidates: dict[str, float] = {"direct": _cost("direct", weights, 0, engine)}
+    if factors:
+        candidates["separable"] = _cost("separable", weights, len(factors), engine)
+    if weights.size > 1:
+        candidates["fft"] = _cost("fft", weights, 0, engine)
+    if strategy == "auto":
+        chosen = min(candidates, key=candidates.__getitem__)
+    elif strategy in candidates:
+        chosen = strategy
+    else:  # a forced strategy that does not apply (separable for a kernel that does not split)
+        chosen = "direct"
+    return KernelPlan(
+        weights=weights,
+        origin=origin,
+        strategy=chosen,
+        engine=engine,
+        factors=factors if chosen == "separable" else (),
+    )
+
+
+def correlate_block(block: np.ndarray, plan: KernelPlan, *, edge_mode: str, cval: float) -> np.ndarray:
+    """``scipy.ndimage.correlate(block, plan.weights, mode=edge_mode, cval=cval, origin=plan.origin)``."""
+    if plan.weights.size == 1:
+        return block * block.dtype.type(plan.weights.flat[0])
+    if edge_mode == "constant" and cval != 0:
+        pads = _reach(plan)
+        padded = np.pad(block, pads, mode="constant", constant_values=cval)
+        result = correlate_block(padded, plan, edge_mode="constant", cval=0.0)
+        return result[tuple(slice(before, before + n) for (before, _), n in zip(pads, block.shape))]
+    if _opencv_can(block, plan, edge_mode):
+        return _opencv(block, plan, edge_mode)
+    return _scipy(block, plan, edge_mode)
+
+
+def _filtered_axes(weights: np.ndarray) -> list[int]:
+    return [axis for axis, m in enumerate(weights.shape) if m > 1]
+
+
+def _opencv_can(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> bool:
+    return (
+        plan.engine == "opencv"
+        and block.dtype.type in CV_DTYPES
+        and edge_mode in CV_BORDERS
+        # OpenCV reflects only once; a kernel reaching past a whole block goes to scipy.
+        and all(m // 2 + abs(o) < n for m, o, n in zip(plan.weights.shape, plan.origin, block.shape))
+    )
+
+
+def _opencv(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+    """Run OpenCV on each (y, x) plane of the block (a 1-D block is one row)."""
+    shape2d = (1,) * (2 - block.ndim) + block.shape[-2:]
+    weights = plan.weights.reshape((1,) * (2 - plan.weights.ndim) + plan.weights.shape[-2:])
+    origin = ((0,) * 2 + plan.origin)[-2:]
+    # OpenCV's anchor is the kernel index over the output sample: scipy's centre m//2 plus origin.
+    anchor = (weights.shape[1] // 2 + origin[1], weights.shape[0] // 2 + origin[0])
+    border = CV_BORDERS[edge_mode]
+    dtype = block.dtype
+    planes = np.ascontiguousarray(block).reshape((-1, *shape2d))
+    out = np.empty_like(planes)
+    if plan.strategy == "separable":
+        terms = [(term[-1].astype(dtype), term[-2].astype(dtype)) for term in plan.factors]
+        for index, plane in enumerate(planes):
+            total = cv2.sepFilter2D(plane, -1, *terms[0], anchor=anchor, borderType=border)
+            for row, column in terms[1:]:
+                total += cv2.sepFilter2D(plane, -1, row, column, anchor=anchor, borderType=border)
+            out[index] = total
+    else:
+        kernel = weights.astype(dtype)
+        for index, plane in enumerate(planes):
+            out[index] = cv2.filter2D(plane, -1, kernel, anchor=anchor, borderType=border)
+    return out.reshape(block.shape)
+
+
+def _scipy(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+    if plan.strategy == "separable":
+        total = None
+        for term in plan.factors:
+            part = block
+            for axis, vector in enumerate(term):
+                if vector.size > 1:
+                    part = ndimage.correlate1d(part, vector, axis=axis, mode=edge_mode, origin=plan.origin[axis])
+            total = part if total is None else total + part
+        return total
+    if plan.strategy == "fft":
+        return _overlap_add(block, plan, edge_mode)
+    return ndimage.correlate(block, plan.weights, mode=edge_mode, origin=list(plan.origin))
+
+
+def _overlap_add(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+    # Pad by the kernel's reach with the boundary rule, then a `valid` FFT correlation leaves
+    # exactly the block's shape. numpy's names for scipy.ndimage's modes:
+    pad_mode = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+    padded = np.pad(block, _reach(plan), mode=pad_mode[edge_mode])
+    flipped = plan.weights[(slice(None, None, -1),) * plan.weights.ndim]
+    return signal.oaconvolve(padded, flipped.astype(block.dtype), mode="valid").astype(block.dtype, copy=False)
+
+
+def _reach(plan: KernelPlan) -> list[tuple[int, int]]:
+    """Samples the kernel reads before and after the output sample, per axis."""
+    return [(m // 2 + o, m - 1 - (m // 2 + o)) for m, o in zip(plan.weights.shape, plan.origin)]

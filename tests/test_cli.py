@@ -1,0 +1,419 @@
+"""The ``pipeline`` command end to end: results checked against scipy, read back from disk with zarr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+LUMA = np.array([0.299, 0.587, 0.114])
+EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
+SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])  # not symmetric: catches flips
+NATURAL_ORDER = ["img1.png", "img2.png", "img3.png", "img10.png"]
+BUILTIN_NAMES = [
+    "identity", "box", "blur", "gaussian", "edge", "laplacian",
+    "sobel_x", "sobel_y", "prewitt_x", "prewitt_y", "sharpen", "emboss",
+]  # fmt: skip
+# float32 computation against a float64 oracle on 0-255 values (edge responses reach ~2000).
+TOLERANCE = dict(rtol=1e-5, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- oracle and readers
+
+
+def gray(path: Path) -> np.ndarray:
+    """BT.601 luma of the 0-255 values, computed here independently of the package."""
+    pixels = iio.imread(path).astype(np.float64)
+    return pixels if pixels.ndim == 2 else pixels[..., :3] @ LUMA
+
+
+def oracle(paths: list[Path], kernel: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.convolve(gray(path), kernel, mode="reflect") for path in paths])
+
+
+def read_store(path: Path) -> tuple[np.ndarray, dict, list[str]]:
+    """The result array '0', the pipeline attributes and the sources, read back from disk."""
+    group = zarr.open_group(str(path), mode="r")
+    return group["0"][:], dict(group.attrs["pipeline"]), [str(s) for s in group["sources"][:]]
+
+
+def assert_ok(result) -> None:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+
+
+def assert_error(result, exit_code: int, *fragments: str) -> str:
+    """A user error: the documented exit code, one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == exit_code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def images(small_images) -> Path:
+    """Four 48x64 PNGs (RGB and gray mixed) named img10, img2, img1, img3."""
+    return small_images()
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "out.zarr"
+
+
+@pytest.fixture
+def job(images, store, make_job, write_config):
+    """Factory: a job file convolving ``paths`` (default: the small images) into ``store``."""
+
+    def write(kernel="sobel_x", paths=None, name="job.yaml", **convolve) -> Path:
+        return write_config(make_job(images if paths is None else paths, store, kernel, **convolve), name)
+
+    return write
+
+
+@pytest.fixture
+def ran(job, store, run_cli) -> Path:
+    """A completed sobel_x run over the small images; returns the store."""
+    assert_ok(run_cli("run", job()))
+    return store
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_run_matches_scipy(job, images, store, run_cli):
+    result = run_cli("run", job())
+    assert_ok(result)
+    assert f"wrote 4 images (4, 48, 64) float32 to {store}" in result.stdout
+
+    stored, attrs, sources = read_store(store)
+    expected = oracle([images / name for name in NATURAL_ORDER], SOBEL_X)
+    assert stored.dtype == np.float32 and stored.shape == (4, 48, 64)
+    np.testing.assert_allclose(stored, expected, **TOLERANCE)
+    assert attrs["status"] == "complete"
+    assert sources == [str(images / name) for name in NATURAL_ORDER]
+
+
+def test_correlate_flips_nothing(job, images, store, run_cli):
+    assert_ok(run_cli("run", job(correlate=True)))
+    expected = np.stack([ndimage.correlate(gray(images / n), SOBEL_X, mode="reflect") for n in NATURAL_ORDER])
+    np.testing.assert_allclose(read_store(store)[0], expected, **TOLERANCE)
+
+
+def test_uint8_output_is_clipped_never_wrapped(small_images, job, store, run_cli):
+    images = small_images(gray=True, folder="gray")  # integer pixels: the oracle is exact
+    assert_ok(run_cli("run", job("edge", paths=images), "--set", "output.dtype=uint8"))
+    stored = read_store(store)[0]
+    expected = oracle([images / name for name in NATURAL_ORDER], EDGE)
+    assert expected.min() < 0 and expected.max() > 255, "the test needs values outside 0-255"
+    assert stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, np.clip(np.rint(expected), 0, 255))
+
+
+def test_schedulers_give_identical_bytes(job, tmp_path, run_cli):
+    config = job()
+    stored = {}
+    for scheduler in ("threads", "sync", "processes"):
+        target = tmp_path / f"{scheduler}.zarr"
+        assert_ok(run_cli("run", config, "--scheduler", scheduler, "--workers", "2", "--set", f"output.path={target}"))
+        stored[scheduler], attrs, _ = read_store(target)
+        assert attrs["status"] == "complete"
+    assert stored["sync"].tobytes() == stored["threads"].tobytes()
+    assert stored["processes"].tobytes() == stored["threads"].tobytes()
+
+
+def test_bundled_example(repo_root, sample_dir, tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(repo_root)  # the example's input glob is relative to the repository
+    target = tmp_path / "example.zarr"
+    assert_ok(run_cli("run", "configs/example.yaml", "--set", f"output.path={target}"))
+    stored, attrs, sources = read_store(target)
+    assert stored.shape == (8, 512, 512) and attrs["status"] == "complete"
+    assert sources[0] == "data/samples/01-astronaut.jpg"
+    expected = ndimage.convolve(gray(sample_dir / "01-astronaut.jpg"), EDGE, mode="reflect")
+    np.testing.assert_allclose(stored[0], expected, **TOLERANCE)
+
+
+# --------------------------------------------------------------------------- run: errors
+
+# imageio tries every plugin on a garbage file, including its deprecated DICOM reader.
+IGNORE_IMAGEIO_PLUGIN_WARNINGS = pytest.mark.filterwarnings("ignore:The legacy `DICOM` plugin:DeprecationWarning")
+
+
+def test_missing_config_file(tmp_path, run_cli):
+    assert_error(run_cli("run", tmp_path / "nope.yaml"), 2, "nope.yaml", "not found")
+
+
+def test_unknown_key(run_cli, write_config, make_job, images, store):
+    raw = make_job(images, store)
+    raw["output"]["overwrit"] = True
+    assert_error(run_cli("run", write_config(raw)), 2, "output.overwrit", "did you mean 'overwrite'?")
+
+
+def test_unknown_kernel(job, run_cli):
+    assert_error(run_cli("run", job("edgee")), 2, "steps.0.convolve.kernel", "did you mean 'edge'?")
+
+
+def test_bad_set_override(job, run_cli):
+    assert_error(run_cli("run", job(), "--set", "novalue"), 2, "'novalue'", "dotted.key=value")
+
+
+def test_empty_glob(job, images, run_cli, store):
+    assert_error(run_cli("run", job(paths=images / "*.tif")), 3, "*.tif", "matches no files")
+    assert not store.exists()
+
+
+def test_missing_input_path(job, tmp_path, run_cli, store):
+    assert_error(run_cli("run", job(paths=tmp_path / "nowhere")), 3, "nowhere", "does not exist")
+    assert not store.exists()
+
+
+@IGNORE_IMAGEIO_PLUGIN_WARNINGS
+def test_corrupt_image(job, images, store, run_cli):
+    (images / "img5.png").write_bytes(b"this is not a png" * 10)
+    assert_error(run_cli("run", job()), 3, "cannot read image", "img5.png")
+    attrs = read_store(store)[1]  # failed mid-run: the store says so
+    assert attrs["status"] == "failed" and "img5.png" in attrs["error"]
+
+
+@IGNORE_IMAGEIO_PLUGIN_WARNINGS
+def test_corrupt_first_image(job, images, run_cli):
+    (images / "img0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert_error(run_cli("run", job()), 3, "cannot read image", "img0.png")
+
+
+def test_image_of_another_size(small_images, job, run_cli):
+    small_images(("img7.png",), size=(32, 24))
+    assert_error(run_cli("run", job()), 3, "img7.png", "(24, 32)", "same size")
+
+
+def test_existing_output_needs_overwrite(ran, job, images, run_cli):
+    assert_error(run_cli("run", job()), 4, str(ran), "already exists", "--overwrite")
+    assert_ok(run_cli("run", job(), "--overwrite", "--set", "steps.0.convolve.kernel=edge"))
+    stored, attrs, _ = read_store(ran)
+    assert attrs["status"] == "complete"
+    np.testing.assert_allclose(stored[0], oracle([images / "img1.png"], EDGE)[0], **TOLERANCE)
+
+
+def test_output_path_is_a_file(job, store, run_cli):
+    store.write_text("precious")
+    assert_error(run_cli("run", job(), "--overwrite"), 4, str(store), "is a file")
+    assert store.read_text() == "precious"
+
+
+def test_refuses_to_replace_a_foreign_directory(job, store, run_cli):
+    store.mkdir()
+    (store / "thesis.txt").write_text("precious")
+    assert_error(run_cli("run", job(), "--overwrite"), 4, "refusing to replace", str(store))
+    assert (store / "thesis.txt").read_text() == "precious"
+
+
+def test_debug_lets_the_exception_through(job, run_cli):
+    result = run_cli("--debug", "run", job("edgee"))
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ == "ConfigError"
+    assert result.exc_info[2] is not None  # the traceback is kept, not swallowed
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def test_validate_lists_every_problem(make_job, write_config, images, store, run_cli):
+    raw = make_job(images, store, "edgee")
+    raw["output"]["overwrit"] = True
+    path = write_config(raw)
+    result = run_cli("validate", path)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert any("steps.0.convolve.kernel: unknown kernel 'edgee'" in line for line in lines)
+    assert any("output.overwrit: unknown key" in line for line in lines)
+    assert "Traceback" not in result.output
+
+
+def test_validate_good_file(job, run_cli, store):
+    result = run_cli("validate", job())
+    assert_ok(result)
+    assert "valid: 4 input files" in result.stdout
+    assert not store.exists()  # validating writes nothing
+
+
+def test_validate_missing_input(job, tmp_path, run_cli):
+    assert_error(run_cli("validate", job(paths=tmp_path / "nowhere")), 3, "does not exist")
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def test_kernels_lists_every_builtin(run_cli):
+    result = run_cli("kernels")
+    assert_ok(result)
+    for name in BUILTIN_NAMES:
+        assert f" {name} " in result.stdout, name
+
+
+def test_kernel_matrix_with_params(run_cli):
+    result = run_cli("kernels", "gaussian", "-p", "sigma=2")
+    assert_ok(result)
+    header, *matrix = result.stdout.strip().splitlines()
+    assert "shape (17, 17)" in header
+    assert len(matrix) == 17
+    assert all(len(row.strip(" []").split()) == 17 for row in matrix)
+
+
+def test_kernel_matrix_values(run_cli):
+    result = run_cli("kernels", "sobel_x")
+    assert_ok(result)
+    rows = result.stdout.strip().splitlines()[1:]
+    np.testing.assert_array_equal(np.array([row.strip(" []").split() for row in rows], dtype=float), SOBEL_X)
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["nosuch"], ["unknown kernel 'nosuch'"]),
+        (["gaussian", "-p", "sigma"], ["--param 'sigma'", "key=value"]),
+        (["gaussian", "-p", "sigma=wide"], ["'wide' is not a number"]),
+        (["gaussian", "-p", "size=3"], ["does not take ['size']"]),
+    ],
+)
+def test_kernel_errors(run_cli, args, fragments):
+    assert_error(run_cli("kernels", *args), 2, *fragments)
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect(ran, images, run_cli):
+    result = run_cli("inspect", ran)
+    assert_ok(result)
+    fields = dict(line.split(None, 1) for line in result.stdout.splitlines() if len(line.split(None, 1)) == 2)
+    assert fields["status"].strip() == "complete"
+    assert fields["shape"].strip() == "[4, 48, 64]"
+    assert fields["dtype"].strip() == "float32"
+    assert "blosc" in fields["codec"] and "lz4" in fields["codec"]
+    assert f"0: {images / 'img1.png'}" in result.stdout
+
+
+def test_inspect_json(ran, images, run_cli):
+    result = run_cli("inspect", "--json", ran)
+    assert_ok(result)
+    info = json.loads(result.stdout)
+    assert info["status"] == "complete"
+    assert (info["shape"], info["dtype"], info["axes"]) == ([4, 48, 64], "float32", ["image", "y", "x"])
+    assert "lz4" in info["codec"]
+    assert info["sources"][0] == str(images / "img1.png")
+    assert info["source_count"] == 4
+    assert info["steps"][0]["kernel"]["source"] == "sobel_x"
+
+
+def test_inspect_missing_store(tmp_path, run_cli):
+    assert_error(run_cli("inspect", tmp_path / "nope.zarr"), 3, "nope.zarr", "does not exist")
+
+
+def test_inspect_folder_that_is_not_a_store(tmp_path, run_cli):
+    assert_error(run_cli("inspect", tmp_path), 3, "not a store written by this pipeline")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def exported(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_export_png(ran, tmp_path, run_cli):
+    outdir = tmp_path / "png"
+    result = run_cli("export", ran, outdir, "--format", "png")
+    assert_ok(result)
+    assert "wrote 4 png files" in result.stdout
+    assert exported(outdir) == ["0_img1.png", "1_img2.png", "2_img3.png", "3_img10.png"]
+    stored = read_store(ran)[0].astype(np.float64)
+    for index, name in enumerate(exported(outdir)):
+        pixels = iio.imread(outdir / name)
+        assert pixels.dtype == np.uint8 and pixels.shape == (48, 64)
+        image = stored[index]  # float results are stretched to 0-255 per image
+        np.testing.assert_array_equal(pixels, np.rint((image - image.min()) / (image.max() - image.min()) * 255))
+
+
+def test_export_tiff_keeps_float_values(ran, tmp_path, run_cli):
+    outdir = tmp_path / "tiff"
+    assert_ok(run_cli("export", ran, outdir, "--format", "tiff"))
+    stored = read_store(ran)[0]
+    for index, name in enumerate(exported(outdir)):
+        pixels = iio.imread(outdir / name)
+        assert pixels.dtype == np.float32
+        np.testing.assert_array_equal(pixels, stored[index])
+
+
+def test_export_index_range(ran, tmp_path, run_cli):
+    outdir = tmp_path / "some"
+    assert_ok(run_cli("export", ran, outdir, "--format", "tiff", "--index", "1:3"))
+    assert exported(outdir) == ["1_img2.tif", "2_img3.tif"]
+
+
+@pytest.mark.parametrize("index, exit_code, fragment", [("9:12", 3, "no images selected"), ("one", 2, "--index 'one'")])
+def test_export_bad_index(ran, tmp_path, run_cli, index, exit_code, fragment):
+    assert_error(run_cli("export", ran, tmp_path / "none", "--index", index), exit_code, fragment)
+
+
+# --------------------------------------------------------------------------- the installed command
+
+
+LAUNCHERS = {
+    "console-script": [str(Path(sys.executable).parent / "pipeline")],
+    "python-m": [sys.executable, "-m", "pipeline"],
+}
+
+
+def launch(launcher: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    command = LAUNCHERS[launcher] + [str(arg) for arg in args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_command_version(launcher, tmp_path):
+    done = launch(launcher, "--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"pipeline {version('imageconv-pipeline')}"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_command_runs(launcher, job, store, tmp_path):
+    done = launch(launcher, "run", job(), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wrote 4 images")
+    assert read_store(store)[1]["status"] == "complete"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_command_config_error(launcher, job, tmp_path):
+    done = launch(launcher, "run", job("edgee"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and "steps.0.convolve.kernel" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_command_debug_shows_traceback(job, tmp_path):
+    done = launch("console-script", "--debug", "run", job("edgee"), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "ConfigError" in done.stderr and "unknown kernel 'edgee'" in done.stderr
