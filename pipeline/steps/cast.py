@@ -11,6 +11,9 @@ def cast_block(block: np.ndarray, *, out_dtype: np.dtype, scale: float) -> np.nd
         block = block * scale
     if out_dtype.kind in "ui":
         info = np.iinfo(out_dtype)
+        if out_dtype.itemsize >= block.dtype.itemsize:
+            # float32 cannot hold 2**31 - 1: it would round the bound up and astype would wrap.
+            block = block.astype(np.float64)
         return np.clip(np.rint(block), info.min, info.max).astype(out_dtype)
     return block.astype(out_dtype, copy=False)
 

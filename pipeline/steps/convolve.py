@@ -221,16 +221,16 @@ def _overlap_chain(array: da.Array, group: list[PlannedConvolution]) -> da.Array
         array = array.rechunk(whole)
         if wrap:  # no periodic halo along a whole axis: blocks must wrap by themselves
             group = [_with_edge(planned, "wrap") for planned in group]
-    return array.map_overlap(
-        _correlate_chain,
-        depth=depth,
-        boundary="periodic" if wrap else "none",
+    options = dict(
         dtype=array.dtype,
         meta=np.empty((0,) * array.ndim, dtype=array.dtype),
         plans=tuple(planned.plan for planned in group),
         edge_modes=tuple(planned.edge_mode for planned in group),
         cvals=tuple(planned.cval for planned in group),
     )
+    if not depth:  # every block holds its neighbours (whole images): a plain blockwise task fuses
+        return array.map_blocks(_correlate_chain, **options)
+    return array.map_overlap(_correlate_chain, depth=depth, boundary="periodic" if wrap else "none", **options)
 
 
 def _with_edge(planned: PlannedConvolution, edge_mode: str) -> PlannedConvolution:

@@ -232,7 +232,17 @@ def load_kernel_file(path: str) -> np.ndarray:
         else:
             delimiter = "," if file.suffix.lower() == ".csv" else None
             data = np.loadtxt(file, delimiter=delimiter, ndmin=1, dtype=np.float64)
-    except (ValueError, OSError) as exc:
-        reason = "it needs pickle, which is refused" if "pickle" in str(exc) else "not a numeric matrix"
-        raise KernelError(f"kernel file {path!r} cannot be read: {reason}") from None
+    except (ValueError, OSError):
+        raise KernelError(f"kernel file {path!r} cannot be read: {_unreadable_reason(file)}") from None
+    if np.iscomplexobj(data) or data.dtype.kind not in "uif":
+        raise KernelError(f"kernel file {path!r} holds {data.dtype} values; a kernel needs real numbers")
     return check_matrix(data, what=f"kernel file {path!r}")
+
+
+def _unreadable_reason(file: Path) -> str:
+    if file.suffix.lower() != ".npy":
+        return "not a numeric matrix"
+    with file.open("rb") as handle:
+        is_npy = handle.read(6) == b"\x93NUMPY"
+    # np.load calls every non-.npy file a pickle: tell the two apart.
+    return "it holds Python objects, which need pickle (refused)" if is_npy else "not a .npy file (use np.save)"

@@ -212,17 +212,23 @@ def _scipy(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
             total = part if total is None else total + part
         return total
     if plan.strategy == "fft":
-        return _overlap_add(block, plan, edge_mode)
+        flipped = plan.weights[(slice(None, None, -1),) * plan.weights.ndim].astype(block.dtype)
+        return signal.oaconvolve(_pad(block, plan, edge_mode), flipped, mode="valid").astype(block.dtype, copy=False)
+    if any(m // 2 >= n for m, n in zip(plan.weights.shape, block.shape)):
+        # scipy.ndimage.correlate misreads `reflect` for kernels far longer than the axis
+        # (scipy 1.17): extend the block ourselves, then keep the samples that need no border.
+        same = ndimage.correlate(_pad(block, plan, edge_mode), plan.weights, mode="constant", origin=list(plan.origin))
+        return same[tuple(slice(before, before + n) for (before, _), n in zip(_reach(plan), block.shape))]
     return ndimage.correlate(block, plan.weights, mode=edge_mode, origin=list(plan.origin))
 
 
-def _overlap_add(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
-    # Pad by the kernel's reach with the boundary rule, then a `valid` FFT correlation leaves
-    # exactly the block's shape. numpy's names for scipy.ndimage's modes:
-    pad_mode = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
-    padded = np.pad(block, _reach(plan), mode=pad_mode[edge_mode])
-    flipped = plan.weights[(slice(None, None, -1),) * plan.weights.ndim]
-    return signal.oaconvolve(padded, flipped.astype(block.dtype), mode="valid").astype(block.dtype, copy=False)
+# numpy.pad's names for scipy.ndimage's boundary modes
+NUMPY_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+
+
+def _pad(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+    """The block extended by the kernel's reach with the boundary rule (zeros for constant)."""
+    return np.pad(block, _reach(plan), mode=NUMPY_PAD_MODES[edge_mode])
 
 
 def _reach(plan: KernelPlan) -> list[tuple[int, int]]:
