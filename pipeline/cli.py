@@ -12,7 +12,7 @@ import sys
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import numpy as np
 import typer
@@ -21,6 +21,9 @@ from rich.table import Table
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.events import Reporter
 
 app = typer.Typer(
     name="pipeline",
@@ -36,10 +39,9 @@ _state = {"debug": False}
 EXIT_INTERRUPTED = 130
 
 
-class Scheduler(StrEnum):
-    sync = "sync"
-    threads = "threads"
-    processes = "processes"
+class LogFormat(StrEnum):
+    plain = "plain"
+    json = "json"
 
 
 class ExportFormat(StrEnum):
@@ -55,13 +57,15 @@ class ExportNormalize(StrEnum):
 
 
 @contextmanager
-def reported_errors() -> Iterator[None]:
+def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
     """Turn errors into one line and an exit code; ``--debug`` shows the traceback instead."""
     try:
         yield
     except PipelineError as exc:
         if _state["debug"]:
             raise
+        if reporter is not None and reporter.log_format == "json":
+            reporter.error(_first_line(exc), exc.exit_code)
         err.print(f"[red]error:[/red] {_first_line(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -117,17 +121,20 @@ def _overrides(
     sets: list[str] | None,
     *,
     overwrite: bool | None = None,
-    scheduler: Scheduler | None = None,
+    scheduler: str | None = None,
     workers: int | None = None,
+    batch_size: int | None = None,
 ) -> list[str]:
     """Flags become --set overrides so the merged result is validated once, flags last."""
     merged = list(sets or [])
     if overwrite is not None:
         merged.append(f"output.overwrite={str(overwrite).lower()}")
     if scheduler is not None:
-        merged.append(f"execution.scheduler={scheduler.value}")
+        merged.append(f"execution.scheduler={scheduler}")
     if workers is not None:
         merged.append(f"execution.workers={workers}")
+    if batch_size is not None:
+        merged.append(f"execution.batch_size={batch_size}")
     return merged
 
 
@@ -138,27 +145,38 @@ def run(
     overwrite: Annotated[
         Optional[bool], typer.Option("--overwrite/--no-overwrite", help="Replace an existing store.")
     ] = None,
-    scheduler: Annotated[Optional[Scheduler], typer.Option(help="Dask scheduler.")] = None,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option(help="sync | threads | processes | local | tcp://HOST:PORT | slurm | pbs | sge."),
+    ] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers (default: CPU count).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per batch (default: auto).")] = None,
+    append: Annotated[
+        bool, typer.Option("--append", help="Add input files the store has not seen (daily jobs).")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Finish an interrupted run (also what a plain rerun of the same job does)."),
+    ] = False,
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="plain: a summary line; json: one JSON object per event on stdout.")
+    ] = LogFormat.plain,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success (cron).")] = False,
 ) -> None:
-    """Run a job: read the images, apply the steps, write the Zarr store."""
+    """Run a job: read the images, apply the steps, write the Zarr store; a rerun resumes it."""
     from pipeline.config import load_config
-    from pipeline.execution import show_progress
+    from pipeline.events import Reporter
     from pipeline.run import run as run_job
 
-    with reported_errors():
-        cfg = load_config(config, _overrides(set_, overwrite=overwrite, scheduler=scheduler, workers=workers))
-        summary = run_job(cfg, progress=show_progress(progress) and not quiet)
-    if not quiet:
-        out.print(
-            f"wrote {summary.images} images {summary.shape} {summary.dtype} to {summary.store} "
-            f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
-            highlight=False,
-        )
+    del resume  # resuming is what a rerun does; the flag lets scripts say so
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    reporter = Reporter(log_format=log_format.value, quiet=quiet, progress=show_bar)
+    with reported_errors(reporter):
+        overrides = _overrides(set_, overwrite=overwrite, scheduler=scheduler, workers=workers, batch_size=batch_size)
+        run_job(load_config(config, overrides), append=append, reporter=reporter)
 
 
 @app.command()
@@ -286,10 +304,12 @@ def inspect(
     with reported_errors():
         result = open_result(store)
         names = result.sources
+        done = int(result.done.sum())
     prov = result.provenance
     info = {
         "store": store,
         "status": result.status,
+        "progress": f"{done}/{len(names)} images written",
         "shape": list(result.array.shape),
         "dtype": str(result.array.dtype),
         "chunks": list(result.array.chunks),
@@ -307,7 +327,7 @@ def inspect(
         out.print_json(json.dumps(info))
         return
     table = Table(show_header=False, box=None)
-    for key in ("store", "status", "shape", "axes", "dtype", "chunks", "codec", "version", "started", "finished", "error"):
+    for key in ("store", "status", "progress", "shape", "axes", "dtype", "chunks", "codec", "version", "started", "finished", "error"):
         if info[key] is not None:
             table.add_row(f"[bold]{key}", str(info[key]))
     for index, step in enumerate(info["steps"]):

@@ -29,7 +29,8 @@ from pipeline.steps.kernels import BUILTINS, KERNEL_FILE_SUFFIXES, build_kernel,
 
 OutputDType = Literal["float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32"]
 Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
-Scheduler = Literal["sync", "threads", "processes"]
+SCHEDULER_NAMES = ("sync", "threads", "processes", "local", "slurm", "pbs", "sge")
+PositiveCount = Annotated[int, Field(gt=0, strict=True)]
 
 
 class _Frozen(BaseModel):
@@ -122,13 +123,35 @@ class OutputConfig(_Frozen):
 
 
 class ExecutionConfig(_Frozen):
-    scheduler: Scheduler = Field("threads", description="sync | threads | processes")
-    workers: Union[Literal["auto"], Annotated[int, Field(gt=0, strict=True)]] = Field(
-        "auto", description="parallel workers; auto = CPU count"
+    scheduler: str = Field(
+        "threads",
+        description="sync | threads | processes | local (a LocalCluster) | tcp://HOST:PORT | slurm | pbs | sge",
     )
+    workers: Union[Literal["auto"], PositiveCount] = Field(
+        "auto", description="parallel workers (threads, processes or LocalCluster workers); auto = CPU count"
+    )
+    threads_per_worker: PositiveCount = Field(1, description="threads of each LocalCluster worker")
+    memory_limit: str = Field("auto", description="memory limit of each LocalCluster worker, e.g. 4GiB")
+    batch_size: Union[Literal["auto"], PositiveCount] = Field(
+        "auto", description="images per batch: the unit of graph size, progress and resume"
+    )
+    cluster: dict[str, Any] = Field(
+        default_factory=dict, description="options passed to the dask-jobqueue cluster (cores, memory, queue, ...)"
+    )
+    jobs: PositiveCount = Field(1, description="dask-jobqueue jobs to start")
+    connect_timeout: float = Field(30.0, gt=0, description="seconds to wait for a tcp:// scheduler")
     compute_dtype: Literal["auto", "float32", "float64"] = Field(
         "auto", description="float type of the computation; auto = float64 for 32/64-bit outputs, else float32"
     )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value in SCHEDULER_NAMES or (value.startswith("tcp://") and len(value) > len("tcp://")):
+            return value
+        close = difflib.get_close_matches(value, SCHEDULER_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown scheduler {value!r}; {hint}use one of {', '.join(SCHEDULER_NAMES)} or tcp://HOST:PORT")
 
 
 class PipelineConfig(_Frozen):

@@ -7,7 +7,8 @@ Exit codes (documented in the README):
 1    unexpected internal error (a bug: please report it)
 2    configuration or usage error (bad YAML, unknown key, bad kernel)
 3    input error (missing files, empty glob, unreadable or mismatched image)
-4    output error (store exists, not writable, not a pipeline store)
+4    output error (store exists with other settings, not writable, not a pipeline store)
+5    store busy: another run holds its lock
 130  interrupted (Ctrl-C)
 ==== =========================================================
 """
@@ -55,3 +56,9 @@ class OutputError(PipelineError, FileExistsError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class StoreLockedError(OutputError):
+    """Another live run holds the store's lock."""
+
+    exit_code = 5

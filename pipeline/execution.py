@@ -1,70 +1,32 @@
-"""Which dask scheduler runs the graph, with how many workers, and how progress is shown."""
+"""Which dask scheduler runs the graphs, with how many workers, and how library threads are capped.
+
+Local schedulers (``sync``, ``threads``, ``processes``) run in this process or its children; the
+distributed ones (``local`` = a LocalCluster, ``tcp://HOST:PORT`` = an existing scheduler, and
+``slurm``/``pbs``/``sge`` through dask-jobqueue) are reached through a ``distributed.Client``.
+Either way a run hands its batches to one ``Executor``.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import dask
 from dask.callbacks import Callback
 
-SCHEDULERS = {"sync": "synchronous", "threads": "threads", "processes": "processes"}
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config import ExecutionConfig
+
+LOCAL_SCHEDULERS = {"sync": "synchronous", "threads": "threads", "processes": "processes"}
+JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
 
 
 def resolve_workers(workers: int | str) -> int:
     return (os.cpu_count() or 1) if workers == "auto" else int(workers)
-
-
-class RichProgress(Callback):
-    """A rich progress bar over the graph's tasks, with elapsed time and ETA (local schedulers)."""
-
-    def __init__(self, description: str = "convolving") -> None:
-        super().__init__()
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tasks"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task(description, total=None)
-
-    def __enter__(self) -> RichProgress:
-        self._progress.start()
-        return super().__enter__()
-
-    def __exit__(self, *args: Any) -> None:
-        super().__exit__(*args)
-        self._progress.stop()
-
-    def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
-        total = sum(len(state[key]) for key in ("ready", "waiting", "running", "finished"))
-        self._progress.update(self._task, total=total, completed=len(state["finished"]))
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], worker_id: Any) -> None:
-        self._progress.advance(self._task)
-
-
-def show_progress(requested: bool | None) -> bool:
-    """Progress bars only on a terminal unless asked for explicitly (cron logs stay clean)."""
-    return sys.stderr.isatty() if requested is None else requested
 
 
 def limit_library_threads(threads: int) -> None:
@@ -84,14 +46,103 @@ def library_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def execute(*collections: Any, scheduler: str, workers: int | str, progress: bool = False) -> None:
-    """Compute dask collections (e.g. ``da.store(..., compute=False)``) on the chosen scheduler."""
-    count = 1 if scheduler == "sync" else resolve_workers(workers)
-    options: dict[str, Any] = {"scheduler": SCHEDULERS[scheduler], "num_workers": count}
-    threads = library_threads(count)
-    if scheduler == "processes":  # spawned workers start with fresh pools: cap them at start-up
-        options["multiprocessing.initializer"] = partial(limit_library_threads, threads)
+class TaskCounter(Callback):
+    """Calls ``on_progress(fraction)`` as a local scheduler finishes each task of a graph."""
+
+    def __init__(self, on_progress: Callable[[float], None]) -> None:
+        super().__init__()
+        self._on_progress = on_progress
+        self._share = 0.0
+
+    def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
+        total = sum(len(state[key]) for key in ("ready", "waiting", "running", "finished"))
+        self._share = 1.0 / max(total, 1)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], worker_id: Any) -> None:
+        self._on_progress(self._share)
+
+
+class Executor:
+    """Computes dask collections on the configured scheduler; made by ``open_executor``."""
+
+    def __init__(self, scheduler: str, workers: int, client: Any = None) -> None:
+        self.scheduler = scheduler
+        self.workers = workers
+        self.client = client
+
+    @property
+    def dashboard(self) -> str | None:
+        return getattr(self.client, "dashboard_link", None) if self.client is not None else None
+
+    def compute(self, *collections: Any, on_progress: Callable[[float], None] | None = None) -> None:
+        """Compute ``collections``; ``on_progress`` receives fractions of the work as it finishes."""
+        if self.client is not None:
+            futures = self.client.compute(list(collections))
+            self.client.gather(futures)  # lost workers' tasks are rerun elsewhere by the scheduler
+            if on_progress is not None:
+                on_progress(1.0)
+            return
+        options: dict[str, Any] = {"scheduler": LOCAL_SCHEDULERS[self.scheduler], "num_workers": self.workers}
+        if self.scheduler == "processes":  # spawned workers start with fresh pools: cap them at start-up
+            options["multiprocessing.initializer"] = partial(limit_library_threads, library_threads(self.workers))
+        with dask.config.set(options), (TaskCounter(on_progress) if on_progress else ExitStack()):
+            dask.compute(*collections)
+
+
+@contextmanager
+def open_executor(execution: ExecutionConfig) -> Iterator[Executor]:
+    """Start or connect to the configured scheduler for the duration of a run."""
+    scheduler = execution.scheduler
+    if scheduler in LOCAL_SCHEDULERS:
+        workers = 1 if scheduler == "sync" else resolve_workers(execution.workers)
+        if scheduler != "processes":
+            limit_library_threads(library_threads(workers))
+        yield Executor(scheduler, workers)
+        return
+    with ExitStack() as stack:
+        client = stack.enter_context(_client(execution, stack))
+        # Distributed workers run one task per thread: one library thread per task.
+        from pipeline.worker_plugin import LimitLibraryThreads
+
+        client.register_plugin(LimitLibraryThreads(1), name="pipeline-limit-threads")
+        yield Executor(scheduler, len(client.scheduler_info().get("workers", {})), client)
+
+
+def _client(execution: ExecutionConfig, stack: ExitStack) -> Any:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError("execution.scheduler: distributed schedulers need the 'distributed' package") from None
+    scheduler = execution.scheduler
+    if scheduler.startswith("tcp://"):
+        try:
+            return Client(scheduler, timeout=execution.connect_timeout)
+        except OSError as exc:
+            raise ConfigError(f"execution.scheduler: cannot reach {scheduler}: {exc}") from None
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=resolve_workers(execution.workers),
+            threads_per_worker=execution.threads_per_worker,
+            memory_limit=execution.memory_limit,
+            processes=True,
+        )
     else:
-        limit_library_threads(threads)
-    with dask.config.set(options), (RichProgress() if progress else nullcontext()):
-        dask.compute(*collections)
+        cluster = _jobqueue_cluster(execution)
+    stack.enter_context(cluster)
+    return Client(cluster)
+
+
+def _jobqueue_cluster(execution: ExecutionConfig) -> Any:
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ConfigError(
+            f"execution.scheduler: {execution.scheduler} needs dask-jobqueue: pip install 'imageconv-pipeline[cluster]'"
+        ) from None
+    cluster_class = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[execution.scheduler])
+    try:
+        cluster = cluster_class(**execution.cluster)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"execution.cluster: {exc}") from None
+    cluster.scale(jobs=execution.jobs)
+    return cluster

@@ -1,14 +1,17 @@
 """What a job will do, before it does it: the lazy result, its stages, and what they will cost.
 
-``run`` executes a JobPlan; ``pipeline plan`` prints one. Building it decodes nothing: only the
-first image is opened, for its shape and type.
+``run`` executes a JobPlan batch by batch; ``pipeline plan`` prints one. Building it decodes
+nothing: only the first image is opened, for its shape and type, and the graph of a batch is built
+only when that batch runs, so a million files never sit in one graph.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import dask
 import dask.array as da
@@ -16,41 +19,83 @@ import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.execution import resolve_workers
-from pipeline.sources.images import open_collection
+from pipeline.sources.images import ImageSpec, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
-from pipeline.steps.chain import Stage, build_steps, chain
+from pipeline.steps.chain import Stage, Step, build_steps, chain
 from pipeline.steps.normalize import unit_range_to
 
 
 @dataclass(frozen=True)
 class JobPlan:
     config: PipelineConfig
-    result: da.Array
-    axes: tuple[str, ...]
     sources: tuple[str, ...]
+    spec: ImageSpec
     compute_dtype: str
-    stages: tuple[Stage, ...]
-    steps: tuple[dict[str, Any], ...]  # provenance of each step, with the strategy chosen for it
-    input_chunk: tuple[int, ...]
+    steps: tuple[Step, ...]
+    stages: tuple[Stage, ...]  # shapes are those of the whole collection
+    image_shape: tuple[int, ...]  # the result of one image: ([c,] y, x)
+    dtype: str  # of the stored result
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.sources), *self.image_shape)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return self.spec.axes
+
+    @property
+    def step_provenance(self) -> list[dict[str, Any]]:
+        """Each step's provenance, with the strategy, fusion and halo chosen for it."""
+        records = [dict(step.provenance) for step in self.steps]
+        for stage in self.stages:
+            for member, strategy in zip(stage.steps, stage.strategies):
+                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo))
+        return records
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes two runs write the same values for the same file: a rerun may resume only then.
+
+        The kernels' actual matrices count (a kernel file may change), the input list does not
+        (``--append`` adds to it) and neither do the scheduler, paths or overwrite flag.
+        """
+        config = self.config.model_dump(mode="json")
+        identity = {
+            "steps": [
+                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo")}
+                for step in self.step_provenance
+            ],
+            "color": config["input"]["color"],
+            "dtype": self.dtype,
+            "codec": config["output"]["codec"],
+            "compute_dtype": self.compute_dtype,
+            "image_shape": list(self.image_shape),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def result(self, start: int = 0, stop: int | None = None) -> da.Array:
+        """The lazy result for images ``start:stop``, one chunk per image, in the output dtype."""
+        return _lazy_result(self.config, self.sources[start:stop], self.spec, self.steps, self.compute_dtype)[0]
 
     def estimates(self) -> dict[str, Any]:
         """Task count, peak memory per worker and bytes moved, for `pipeline plan`."""
-        workers = resolve_workers(self.config.execution.workers)
-        compute_item = np.dtype(self.compute_dtype).itemsize
-        block = int(np.prod(self.input_chunk)) * compute_item
-        largest = max([block] + [int(np.prod(stage.chunks)) * compute_item for stage in self.stages])
-        # A task holds the decoded image, its float copy, and an input and output per fused kernel.
-        per_task = block + 2 * largest + int(np.prod(self.result.chunksize)) * self.result.dtype.itemsize
+        workers = 1 if self.config.execution.scheduler == "sync" else resolve_workers(self.config.execution.workers)
+        item = np.dtype(self.compute_dtype).itemsize
+        block = int(np.prod(self.spec.shape)) * item
+        largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
+        # A task holds the decoded image, its float copy, an input and output per kernel, the cast.
+        per_task = block + 2 * largest + int(np.prod(self.image_shape)) * np.dtype(self.dtype).itemsize
         first_file = os.path.getsize(self.sources[0]) if os.path.exists(self.sources[0]) else 0
-        (optimized,) = dask.optimize(self.result)
+        (one_image,) = dask.optimize(self.result(0, 1))
         return {
             "images": len(self.sources),
-            "tasks": len(optimized.__dask_graph__()),
-            "workers": 1 if self.config.execution.scheduler == "sync" else workers,
+            "tasks": len(one_image.__dask_graph__()) * len(self.sources),
+            "workers": workers,
             "peak_memory_per_task": per_task,
-            "peak_memory_all_workers": per_task * (1 if self.config.execution.scheduler == "sync" else workers),
+            "peak_memory_all_workers": per_task * workers,
             "bytes_read_estimate": first_file * len(self.sources),
-            "bytes_written_uncompressed": int(self.result.nbytes),
+            "bytes_written_uncompressed": int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize,
         }
 
 
@@ -62,30 +107,24 @@ def compute_dtype(config: PipelineConfig) -> str:
     return "float64" if config.output.dtype in ("float64", "int32", "uint32") else "float32"
 
 
-def build_plan(config: PipelineConfig) -> JobPlan:
-    """Source → steps → cast, lazily; raises InputError/KernelError for what cannot work."""
+def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> JobPlan:
+    """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early."""
+    sources = tuple(list_images(config.input.paths) if sources is None else sources)
+    spec = probe(sources[0], color=config.input.color)
     dtype = compute_dtype(config)
-    collection = open_collection(config.input.paths, color=config.input.color, dtype=dtype)
-    image_axes = collection.array.ndim - collection.spatial_ndim
-    steps = build_steps(config.steps, spatial_ndim=collection.spatial_ndim, image_axes=image_axes)
-    chained = chain(collection.array, steps, spatial_ndim=collection.spatial_ndim)
+    # normalize rescales each image as a whole (all channels together, keeping colour balance)
+    steps = tuple(build_steps(config.steps, image_axes=1))
+    one_image, stages = _lazy_result(config, sources[:1], spec, steps, dtype)
+    stages = tuple(replace(stage, shape=(len(sources), *stage.shape[1:])) for stage in stages)
+    return JobPlan(config, sources, spec, dtype, steps, stages, tuple(one_image.shape[1:]), str(one_image.dtype))
+
+
+def _lazy_result(
+    config: PipelineConfig, sources: Sequence[str], spec: ImageSpec, steps: Sequence[Step], dtype: str
+) -> tuple[da.Array, tuple[Stage, ...]]:
+    images = stack_images(sources, spec, dtype=dtype)
+    chained = chain(images, steps, spatial_ndim=spec.spatial_ndim)
     scale = unit_range_to(np.dtype(config.output.dtype)) if chained.unit_range else 1.0
     result = cast_to(chained.array, config.output.dtype, scale=scale)
     # One chunk per image in the store; valid/full on tiled data may leave ragged chunks.
-    result = result.rechunk((1,) + result.shape[1:])
-    provenance = [dict(step.provenance) for step in steps]
-    for stage in chained.stages:
-        for member, strategy in zip(stage.steps, stage.strategies):
-            provenance[member]["strategy"] = strategy
-            provenance[member]["fused_steps"] = list(stage.steps)
-            provenance[member]["halo"] = list(stage.halo)
-    return JobPlan(
-        config=config,
-        result=result,
-        axes=collection.axes,
-        sources=collection.sources,
-        compute_dtype=dtype,
-        stages=chained.stages,
-        steps=tuple(provenance),
-        input_chunk=tuple(collection.array.chunksize),
-    )
+    return result.rechunk((1,) + result.shape[1:]), chained.stages

@@ -1,80 +1,233 @@
-"""One job, end to end: config → plan (source → steps → cast) → sink, on the chosen scheduler."""
+"""One job, end to end: config → plan → batches → store, safe to kill and rerun.
+
+A run holds the store's lock, decides what is left to do from the store's ledger, and writes the
+remaining images batch by batch, recording each batch in the ledger only after its chunks are on
+disk. So a rerun of the same job (or ``--resume``) finishes what a killed run left, and a daily
+``--append`` processes only files the store has not seen.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from pipeline import __version__
 from pipeline.config import PipelineConfig
-from pipeline.execution import execute
-from pipeline.plan import build_plan
+from pipeline.errors import OutputError
+from pipeline.events import Reporter
+from pipeline.execution import Executor, open_executor
+from pipeline.plan import JobPlan, build_plan
+from pipeline.sinks.ledger import file_stats, mark_done, pending_batches, recorded_stats
+from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
     StoreLayout,
+    append_sources,
     check_output_path,
     create_store,
+    open_result,
+    remove_partial_writes,
     set_status,
     utc_now,
     write_lazily,
 )
+from pipeline.sources.images import list_images
 
 log = logging.getLogger(__name__)
+
+# Auto batches: enough of them to checkpoint often, few enough images each to bound the graph.
+MAX_AUTO_BATCH = 512
+MIN_BATCHES = 20
+BATCH_MEMORY = 2 * 1024**3  # the results of one batch, were a scheduler to hold them all
 
 
 @dataclass(frozen=True)
 class RunSummary:
     store: str
     images: int
+    processed: int
+    skipped: int
     shape: tuple[int, ...]
     dtype: str
     seconds: float
+    status: str = "complete"
 
     @property
     def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("inf")
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
-def run(config: PipelineConfig, *, progress: bool = False) -> RunSummary:
-    """Run a validated job and return a summary; raises a PipelineError subclass on user errors."""
+def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
+    """The configured batch size, or one from the image count, the workers and a memory bound."""
+    chosen = config.execution.batch_size
+    if chosen != "auto":
+        return chosen
+    image_bytes = max(1, int(np.prod(plan.image_shape)) * np.dtype(plan.compute_dtype).itemsize)
+    by_count = math.ceil(len(plan.sources) / MIN_BATCHES)
+    return max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
+
+
+def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | None = None) -> RunSummary:
+    """Run a job, finish what an earlier run of it left, or (``append``) add new input files.
+
+    Raises a PipelineError subclass on user errors; the store is then marked ``failed`` (or
+    ``interrupted``) and a rerun resumes it.
+    """
+    reporter = reporter or Reporter.silent()
     started = time.perf_counter()
-    output = config.output
-    check_output_path(output.path, overwrite=output.overwrite)
-    plan = build_plan(config)
-    result, sources = plan.result, plan.sources
-    log.info("%d images %s → %s %s", len(sources), plan.axes, output.path, result.shape)
+    path = config.output.path
+    exists = check_output_path(path)
+    with StoreLock(path):
+        plan, pending = _prepare(config, exists=exists, append=append, reporter=reporter)
+        try:
+            with open_executor(config.execution) as executor:
+                processed = _write_batches(config, plan, pending, executor, reporter)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            reason = str(exc).strip().split("\n")[0] or type(exc).__name__
+            set_status(path, status, finished=utc_now(), error=reason)
+            raise
+        set_status(path, "complete", finished=utc_now())
+    summary = RunSummary(
+        store=path,
+        images=len(plan.sources),
+        processed=processed,
+        skipped=len(plan.sources) - processed,
+        shape=plan.shape,
+        dtype=plan.dtype,
+        seconds=time.perf_counter() - started,
+    )
+    reporter.end(
+        status="complete",
+        store=path,
+        images=summary.images,
+        processed=summary.processed,
+        skipped=summary.skipped,
+        failed=0,
+        seconds=round(summary.seconds, 3),
+        images_per_second=round(summary.images_per_second, 2),
+        shape=list(summary.shape),
+        dtype=summary.dtype,
+    )
+    return summary
+
+
+def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter) -> tuple[JobPlan, np.ndarray]:
+    """Create, resume or extend the store; return the plan and a per-image 'still to do' mask."""
+    path = config.output.path
+    listed = list_images(config.input.paths)
+    if exists and not config.output.overwrite:
+        stored = open_result(path)
+        plan = build_plan(config, stored.sources)
+        _check_same_job(stored.provenance, plan, path)
+        new = _new_sources(listed, stored.sources, append=append, path=path)
+        _report_changed(stored, reporter)
+        if new:
+            append_sources(path, new)
+            plan = build_plan(config, stored.sources + new)
+        remove_partial_writes(path)
+        set_status(path, "running", resumed=utc_now())
+        done = open_result(path).done
+        return plan, ~done
+    plan = build_plan(config, listed)
     layout = StoreLayout(
-        shape=result.shape,
-        chunks=result.chunksize,
-        dtype=str(result.dtype),
+        shape=plan.shape,
+        chunks=(1, *plan.image_shape),
+        dtype=plan.dtype,
         dimension_names=plan.axes,
-        codec=output.codec,
+        codec=config.output.codec,
     )
     provenance = {
         "version": __version__,
         "config": config.model_dump(mode="json"),
-        "steps": list(plan.steps),
+        "fingerprint": plan.fingerprint,
+        "steps": plan.step_provenance,
         "axes": list(plan.axes),
         "compute_dtype": plan.compute_dtype,
         "started": utc_now(),
     }
-    target = create_store(output.path, layout, sources=sources, provenance=provenance)
-    try:
-        writes = write_lazily(result, target)
-        execute(
-            writes,
-            scheduler=config.execution.scheduler,
-            workers=config.execution.workers,
-            progress=progress,
+    create_store(path, layout, sources=plan.sources, provenance=provenance)
+    return plan, np.ones(len(plan.sources), dtype=bool)
+
+
+def _check_same_job(provenance: dict[str, Any], plan: JobPlan, path: str) -> None:
+    if provenance.get("fingerprint") != plan.fingerprint:
+        raise OutputError(
+            f"store {path!r} was written by a different job (steps, kernels, colour, dtype or codec "
+            f"differ); pass --overwrite to replace it, or choose another output.path"
         )
-    except BaseException as exc:
-        set_status(output.path, "failed", finished=utc_now(), error=str(exc) or type(exc).__name__)
-        raise
-    set_status(output.path, "complete", finished=utc_now())
-    return RunSummary(
-        store=output.path,
-        images=len(sources),
-        shape=tuple(result.shape),
-        dtype=str(result.dtype),
-        seconds=time.perf_counter() - started,
+
+
+def _new_sources(listed: list[str], stored: list[str], *, append: bool, path: str) -> list[str]:
+    known = set(stored)
+    new = [source for source in listed if source not in known]
+    if new and not append:
+        raise OutputError(
+            f"{len(new)} input files are not in store {path!r} (first: {new[0]!r}); "
+            f"pass --append to add them, or --overwrite to recompute everything"
+        )
+    return new
+
+
+def _report_changed(stored: Any, reporter: Reporter) -> None:
+    """Files whose size or mtime differ from when they were processed: reported, not reused silently."""
+    done = stored.done
+    if not done.any():
+        return
+    sources = stored.sources
+    recorded = recorded_stats(stored.group)
+    indices = np.flatnonzero(done)
+    now = file_stats([sources[i] for i in indices])
+    changed = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (old != new).any()]
+    if changed:
+        reporter.warning(
+            f"{len(changed)} source files changed since they were processed (first: {changed[0]!r}); "
+            f"their stored results are kept — pass --overwrite to recompute",
+            changed=changed[:100],
+        )
+
+
+def _write_batches(
+    config: PipelineConfig, plan: JobPlan, pending: np.ndarray, executor: Executor, reporter: Reporter
+) -> int:
+    path = config.output.path
+    size = batch_size(config, plan, executor.workers)
+    batches = list(pending_batches(~pending, size))
+    total = int(pending.sum())
+    reporter.start(
+        store=path,
+        images=len(plan.sources),
+        pending=total,
+        done=len(plan.sources) - total,
+        batches=len(batches),
+        batch_size=size,
+        scheduler=config.execution.scheduler,
+        dashboard=executor.dashboard,
     )
+    target = open_result(path, mode="r+")
+    written = 0
+    for number, (start, stop) in enumerate(batches):
+        began = time.perf_counter()
+        stats = file_stats(plan.sources[start:stop])
+        writes = write_lazily(plan.result(start, stop), target.array, start=start)
+        count = stop - start
+        executor.compute(writes, on_progress=lambda share, count=count: reporter.advance(share * count))
+        mark_done(target.group, start, stop, stats)
+        written += count
+        seconds = time.perf_counter() - began
+        reporter.batch(
+            batch=number,
+            start=start,
+            stop=stop,
+            images=count,
+            done=written,
+            pending=total - written,
+            seconds=round(seconds, 3),
+            images_per_second=round(count / seconds, 2) if seconds > 0 else None,
+        )
+        log.info("batch %d: images %d-%d written in %.2f s", number, start, stop - 1, seconds)
+    return written

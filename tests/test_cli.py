@@ -99,7 +99,8 @@ def ran(job, store, run_cli) -> Path:
 def test_run_matches_scipy(job, images, store, run_cli):
     result = run_cli("run", job())
     assert_ok(result)
-    assert f"wrote 4 images (4, 48, 64) float32 to {store}" in result.stdout
+    assert result.stdout.startswith("complete: 4 images processed, 0 skipped")
+    assert f"→ {store} (4, 48, 64) float32" in result.stdout
 
     stored, attrs, sources = read_store(store)
     expected = oracle([images / name for name in NATURAL_ORDER], SOBEL_X)
@@ -201,8 +202,14 @@ def test_image_of_another_size(small_images, job, run_cli):
     assert_error(run_cli("run", job()), 3, "img7.png", "(24, 32)", "same size")
 
 
-def test_existing_output_needs_overwrite(ran, job, images, run_cli):
-    assert_error(run_cli("run", job()), 4, str(ran), "already exists", "--overwrite")
+def test_rerun_of_a_complete_store_does_nothing(ran, job, run_cli):
+    result = run_cli("run", job())
+    assert_ok(result)
+    assert result.stdout.startswith("complete: 0 images processed, 4 skipped")
+
+
+def test_another_job_on_an_existing_store_needs_overwrite(ran, job, images, run_cli):
+    assert_error(run_cli("run", job("edge")), 4, str(ran), "different job", "--overwrite")
     assert_ok(run_cli("run", job(), "--overwrite", "--set", "steps.0.convolve.kernel=edge"))
     stored, attrs, _ = read_store(ran)
     assert attrs["status"] == "complete"
@@ -218,7 +225,7 @@ def test_output_path_is_a_file(job, store, run_cli):
 def test_refuses_to_replace_a_foreign_directory(job, store, run_cli):
     store.mkdir()
     (store / "thesis.txt").write_text("precious")
-    assert_error(run_cli("run", job(), "--overwrite"), 4, "refusing to replace", str(store))
+    assert_error(run_cli("run", job(), "--overwrite"), 4, "refusing to write into", str(store))
     assert (store / "thesis.txt").read_text() == "precious"
 
 
@@ -397,7 +404,7 @@ def test_command_version(launcher, tmp_path):
 def test_command_runs(launcher, job, store, tmp_path):
     done = launch(launcher, "run", job(), "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("wrote 4 images")
+    assert done.stdout.startswith("complete: 4 images processed")
     assert read_store(store)[1]["status"] == "complete"
 
 

@@ -12,7 +12,7 @@ import zarr
 from dask.callbacks import Callback
 
 from pipeline.config import validate_config
-from pipeline.execution import RichProgress, execute, resolve_workers, show_progress
+from pipeline.execution import Executor, open_executor, resolve_workers
 from pipeline.plan import build_plan
 
 SIDE = 48
@@ -47,10 +47,10 @@ def _peak_images_held(folder: Path, count: int, tmp_path: Path) -> float:
             "output": {"path": str(tmp_path / "x.zarr")},
         }
     )
-    result = build_plan(config).result[:count]
+    result = build_plan(config).result(0, count)
     target = zarr.open_array(str(tmp_path / f"{count}.zarr"), mode="w", shape=result.shape, chunks=(1, SIDE, SIDE), dtype="float32")
     with PeakHeld() as peak:
-        execute(da.store(result, target, lock=False, compute=False), scheduler="threads", workers=2)
+        Executor("threads", 2).compute(da.store(result, target, lock=False, compute=False))
     np.testing.assert_array_equal(target[count - 1], result[count - 1].compute())
     return peak.peak / (SIDE * SIDE * 4)
 
@@ -63,26 +63,22 @@ def test_memory_is_bounded_by_a_few_images_not_the_collection(many: Path, tmp_pa
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
-def test_every_scheduler_computes(scheduler: str, tmp_path: Path) -> None:
+def test_every_local_scheduler_computes(scheduler: str, tmp_path: Path) -> None:
     data = da.arange(12, chunks=4).reshape(3, 4).astype("float32")
     target = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=(3, 4), chunks=(1, 4), dtype="float32")
-    execute(da.store(data * 2, target, lock=False, compute=False), scheduler=scheduler, workers=2)
+    config = validate_config(
+        {"input": {"paths": "x"}, "output": {"path": "o"}, "execution": {"scheduler": scheduler, "workers": 2}}
+    )
+    with open_executor(config.execution) as executor:
+        assert executor.dashboard is None
+        executor.compute(da.store(data * 2, target, lock=False, compute=False))
     np.testing.assert_array_equal(target[:], np.arange(12).reshape(3, 4) * 2)
 
 
-def test_progress_bar_counts_every_task(capsys: pytest.CaptureFixture[str]) -> None:
-    data = da.ones((6, 4), chunks=(1, 4)) + 1
-    with RichProgress() as progress:
-        data.compute(scheduler="sync")
-    task = progress._progress.tasks[0]
-    assert task.total and task.completed == task.total
-    assert capsys.readouterr().out == ""  # progress goes to stderr, never into piped stdout
-
-
-def test_progress_defaults_to_terminals_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
-    assert show_progress(None) is False
-    assert show_progress(True) is True
+def test_progress_reports_the_whole_graph() -> None:
+    shares: list[float] = []
+    Executor("sync", 1).compute(da.ones((6, 4), chunks=(1, 4)) + 1, on_progress=shares.append)
+    assert len(shares) > 6 and sum(shares) == pytest.approx(1.0)
 
 
 def test_workers_auto_is_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,28 @@ def test_layout_read_back_from_disk(store: str) -> None:
     np.testing.assert_array_equal(array[:], np.arange(60, dtype=np.float32).reshape(3, 4, 5))
 
 
+def test_append_grows_every_array(store: str) -> None:
+    from pipeline.sinks.zarr_store import append_sources
+
+    result = append_sources(store, ["c/new1.png", "c/new2.png"])
+    stored = open_result(store)
+    assert result.shape == (5, 4, 5) and stored.array.shape == (5, 4, 5)
+    assert stored.sources == [*SOURCES, "c/new1.png", "c/new2.png"]
+    assert stored.done.tolist() == [False] * 5
+    np.testing.assert_array_equal(stored.array[:3], np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    assert stored.provenance["sources"]["count"] == 5
+
+
+def test_partial_writes_are_removed(store: str) -> None:
+    from pipeline.sinks.zarr_store import remove_partial_writes
+
+    leftover = Path(store) / "0" / "c" / "1" / "0" / "0.abc123.partial"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half a chunk")
+    assert remove_partial_writes(store) == 1 and not leftover.exists()
+    assert open_result(store).array[1].sum() > 0
+
+
 def test_status_is_running_until_marked(store: str) -> None:
     meta = json.loads((Path(store) / "zarr.json").read_text())
     assert meta["attributes"]["pipeline"]["status"] == "running"
@@ -61,27 +83,26 @@ def test_codecs(tmp_path: Path, codec: str, name: str) -> None:
     assert float(zarr.open_array(str(tmp_path / "s.zarr" / "0"))[2, 3, 4]) == 1.5
 
 
-def test_existing_store_needs_overwrite(store: str) -> None:
-    with pytest.raises(OutputError, match="already exists.*overwrite"):
-        check_output_path(store, overwrite=False)
-    check_output_path(store, overwrite=True)
+def test_an_existing_store_of_ours_is_reported(store: str, tmp_path: Path) -> None:
+    assert check_output_path(store) is True
+    assert check_output_path(str(tmp_path / "new.zarr")) is False
 
 
-def test_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+def test_never_writes_into_a_folder_it_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(OutputError, match="not a store written by this pipeline"):
-        check_output_path(str(tmp_path), overwrite=True)
+        check_output_path(str(tmp_path))
     assert (tmp_path / "precious.txt").exists()
 
 
 def test_empty_folder_is_fine(tmp_path: Path) -> None:
-    check_output_path(str(tmp_path), overwrite=False)
+    assert check_output_path(str(tmp_path)) is False
 
 
 def test_output_path_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "x.zarr").write_text("")
     with pytest.raises(OutputError, match="is a file"):
-        check_output_path(str(tmp_path / "x.zarr"), overwrite=True)
+        check_output_path(str(tmp_path / "x.zarr"))
 
 
 def test_output_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +110,7 @@ def test_output_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     asked: list[str] = []
     monkeypatch.setattr(os, "access", lambda path, mode: asked.append(str(path)) or False)
     with pytest.raises(OutputError, match="not writable"):
-        check_output_path(str(tmp_path / "new" / "x.zarr"), overwrite=False)
+        check_output_path(str(tmp_path / "new" / "x.zarr"))
     assert asked == [str(tmp_path)]
 
 

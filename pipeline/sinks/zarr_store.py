@@ -7,9 +7,11 @@ beside level "0" later without moving anything)::
         zarr.json      group; attributes["pipeline"] = provenance and status
         0/             the result, axes (image, [c], y, x), one chunk per image
         sources/       1-D string array: the source file of each image index
+        ledger/        which images are durably written (see ledger.py)
 
-``status`` is ``running`` while chunks are written, ``failed`` (with the error) if the run stops on
-an error, and ``complete`` only after every chunk has been written.
+``status`` is ``running`` while chunks are written (and stays so if the run is killed),
+``failed`` (with the error) if the run stops on an error, and ``complete`` only after every image
+is recorded as written.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
 
 import dask.array as da
 import numpy as np
@@ -28,6 +30,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline.errors import InputError, OutputError
+from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledger
 
 RESULT_ARRAY = "0"
 SOURCES_ARRAY = "sources"
@@ -46,27 +49,23 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def check_output_path(path: str, *, overwrite: bool) -> None:
-    """Fail early, before any work, if the store cannot be (re)created at ``path``."""
+def check_output_path(path: str) -> bool:
+    """Fail early, before any work, if no store can live at ``path``; say whether one exists."""
     target = Path(path)
     if target.is_file():
         raise OutputError(f"output.path {path!r} is a file; give a directory name for the Zarr store")
-    if target.is_dir() and any(target.iterdir()):
-        if not overwrite:
-            raise OutputError(
-                f"output store {path!r} already exists; set output.overwrite: true "
-                f"(or pass --overwrite) to replace it"
-            )
-        if not _written_by_us(target):
-            raise OutputError(
-                f"refusing to replace {path!r}: it is not a store written by this pipeline; "
-                f"choose another output.path"
-            )
-    parent = target.parent if not target.exists() else target
+    exists = target.is_dir() and any(target.iterdir())
+    if exists and not _written_by_us(target):
+        raise OutputError(
+            f"refusing to write into {path!r}: it is not a store written by this pipeline; "
+            f"choose another output.path"
+        )
+    parent = target if target.exists() else target.parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output.path {path!r} is not writable (no write permission on {str(parent)!r})")
+    return exists
 
 
 def _written_by_us(target: Path) -> bool:
@@ -92,7 +91,7 @@ def create_store(
     """Replace whatever is at ``path`` with a fresh store in status ``running``; return the result array."""
     target = Path(path)
     if target.exists():
-        shutil.rmtree(target)  # check_output_path has established it is ours and overwrite is on
+        shutil.rmtree(target)  # check_output_path has established that it is one of ours
     try:
         group = zarr.open_group(str(target), mode="w")
         array = group.create_array(
@@ -111,6 +110,7 @@ def create_store(
             dtype=str,
         )
         names[:] = np.asarray(sources, dtype=str)
+        create_ledger(group, len(sources))
         group.attrs[ATTRS_KEY] = {
             **provenance,
             "status": "running",
@@ -121,17 +121,42 @@ def create_store(
     return array
 
 
-def write_lazily(result: da.Array, target: zarr.Array) -> Any:
-    """The delayed write of ``result`` into ``target``, one task per dask chunk, without locks.
+def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
+    """Grow the store along the image axis for ``new_sources``; return the (resized) result array."""
+    group = zarr.open_group(path, mode="r+")
+    old = group[SOURCES_ARRAY].shape[0]
+    count = old + len(new_sources)
+    names = group[SOURCES_ARRAY]
+    names.resize((count,))
+    names[old:] = np.asarray(list(new_sources), dtype=str)
+    result = group[RESULT_ARRAY]
+    result.resize((count, *result.shape[1:]))
+    resize_ledger(group, count)
+    group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "sources": {"array": SOURCES_ARRAY, "count": count}}
+    return result
+
+
+def remove_partial_writes(path: str) -> int:
+    """Delete the temporary files of chunk writes cut short by a killed run; return how many."""
+    removed = 0
+    for leftover in Path(path).rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> Any:
+    """The delayed write of ``result`` into ``target[start:]``, one task per dask chunk, without locks.
 
     Writing without a lock is safe only when no two tasks touch one zarr chunk, so every dask
     chunk must cover whole zarr chunks; anything else is refused rather than risk lost writes.
     """
     for axis, (sizes, step) in enumerate(zip(result.chunks, target.chunks)):
-        edges = np.cumsum(sizes)[:-1]
-        if np.any(edges % step):
+        edges = np.cumsum(sizes)[:-1] + (start if axis == 0 else 0)
+        if np.any(edges % step) or (axis == 0 and start % step):
             raise ValueError(f"dask chunks {sizes} along axis {axis} split zarr chunks of {step}")
-    return da.store(result, target, lock=False, compute=False)
+    region = (slice(start, start + result.shape[0]),) + (slice(None),) * (result.ndim - 1)
+    return da.store(result, target, regions=region, lock=False, compute=False)
 
 
 def set_status(path: str, status: str, **fields: Any) -> None:
@@ -143,29 +168,36 @@ def set_status(path: str, status: str, **fields: Any) -> None:
 @dataclass(frozen=True)
 class StoredResult:
     path: str
+    group: zarr.Group
     array: zarr.Array
     provenance: dict[str, Any]
 
     @property
     def sources(self) -> list[str]:
-        group = zarr.open_group(self.path, mode="r")
-        return [str(name) for name in group[SOURCES_ARRAY][:]]
+        return [str(name) for name in self.group[SOURCES_ARRAY][:]]
 
     @property
     def status(self) -> str:
         return self.provenance.get("status", "unknown")
 
+    @property
+    def done(self) -> np.ndarray:
+        """Per image: recorded as durably written (stores without a ledger count as all done)."""
+        if LEDGER not in self.group:
+            return np.ones(self.array.shape[0], dtype=bool)
+        return done_flags(self.group)
 
-def open_result(path: str) -> StoredResult:
-    """Open a store written by this pipeline for reading (inspect, export)."""
+
+def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:
+    """Open a store written by this pipeline: for reading (inspect, export) or ``r+`` to resume it."""
     if not Path(path).is_dir():
         raise InputError(f"store {path!r} does not exist")
     try:
-        group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(path, mode=mode)
         array = group[RESULT_ARRAY]
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.BaseZarrError):
         raise InputError(f"{path!r} is not a store written by this pipeline (no group with array '0')") from None
-    return StoredResult(path=path, array=array, provenance=dict(group.attrs.get(ATTRS_KEY, {})))
+    return StoredResult(path=path, group=group, array=array, provenance=dict(group.attrs.get(ATTRS_KEY, {})))
 
 
 def describe_codec(array: zarr.Array) -> str:

@@ -11,7 +11,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import cv2
 import dask.array as da
@@ -56,7 +56,12 @@ def list_images(paths: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def _expand(entry: str) -> list[str]:
     if glob.has_magic(entry):
-        matches = [path for path in glob.glob(entry, recursive=True) if os.path.isfile(path)]
+        # Listing must not stat a million files: a name with an image suffix is taken as a file.
+        matches = [
+            path
+            for path in glob.glob(entry, recursive=True)
+            if path.lower().endswith(IMAGE_SUFFIXES) or os.path.isfile(path)
+        ]
         if not matches:
             raise InputError(f"input.paths: {entry!r} matches no files; check the pattern and the working directory")
         return natsorted(matches, alg=ns.PATH)
@@ -77,28 +82,52 @@ def _expand(entry: str) -> list[str]:
     raise InputError(f"input.paths: {entry!r} does not exist")
 
 
+@dataclass(frozen=True)
+class ImageSpec:
+    """What every image of a collection must look like, learnt from its first file."""
+
+    shape: tuple[int, ...]  # after colour handling: (y, x) or (c, y, x)
+    color: Color
+    reference: str
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return ("image", "y", "x") if self.color == "gray" else ("image", "c", "y", "x")
+
+    @property
+    def spatial_ndim(self) -> int:
+        return len(self.shape) - (self.color == "keep")
+
+
+def probe(path: str, *, color: Color = "gray") -> ImageSpec:
+    """Open one file (header only where the format allows) for the collection's image shape."""
+    return ImageSpec(shape=_converted_shape(path, _probe_shape(path), color), color=color, reference=path)
+
+
+def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
+    """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image."""
+    names = np.empty(len(sources), dtype=object)
+    names[:] = list(sources)
+    return da.from_array(names, chunks=1, name=False).map_blocks(
+        _read_block,
+        new_axis=list(range(1, 1 + len(spec.shape))),
+        chunks=((1,) * len(sources), *((n,) for n in spec.shape)),
+        dtype=dtype,
+        meta=np.empty((0,) * (1 + len(spec.shape)), dtype=dtype),
+        color=spec.color,
+        shape=spec.shape,
+        reference=spec.reference,
+        out_dtype=dtype,
+    )
+
+
 def open_collection(
     paths: str | list[str] | tuple[str, ...], *, color: Color = "gray", dtype: str = "float32"
 ) -> ImageCollection:
-    """Build the lazy stack: axes (image, y, x) for gray, (image, c, y, x) with ``color="keep"``."""
+    """List, probe the first file, and stack: axes (image, y, x), or (image, c, y, x) with ``keep``."""
     sources = list_images(paths)
-    first = sources[0]
-    image_shape = _converted_shape(first, _probe_shape(first), color)
-    axes = ("image", "y", "x") if color == "gray" else ("image", "c", "y", "x")
-    names = np.empty(len(sources), dtype=object)
-    names[:] = sources
-    array = da.from_array(names, chunks=1, name=False).map_blocks(
-        _read_block,
-        new_axis=list(range(1, 1 + len(image_shape))),
-        chunks=((1,) * len(sources), *((n,) for n in image_shape)),
-        dtype=dtype,
-        meta=np.empty((0,) * (1 + len(image_shape)), dtype=dtype),
-        color=color,
-        shape=image_shape,
-        reference=first,
-        out_dtype=dtype,
-    )
-    return ImageCollection(array=array, sources=tuple(sources), axes=axes)
+    spec = probe(sources[0], color=color)
+    return ImageCollection(array=stack_images(sources, spec, dtype=dtype), sources=tuple(sources), axes=spec.axes)
 
 
 def _probe_shape(path: str) -> tuple[int, ...]:

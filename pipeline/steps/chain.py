@@ -53,10 +53,8 @@ class ChainResult:
     stages: tuple[Stage, ...]
 
 
-def build_steps(
-    configs: Sequence[ConvolveStep | NormalizeStep], *, spatial_ndim: int, image_axes: int
-) -> list[Step]:
-    del spatial_ndim  # convolve steps learn it from the array they are applied to
+def build_steps(configs: Sequence[ConvolveStep | NormalizeStep], *, image_axes: int = 1) -> list[Step]:
+    """Steps from the validated config; convolutions learn the spatial axes from their array."""
     return [_convolve_step(cfg) if hasattr(cfg, "convolve") else _normalize_step(cfg, image_axes) for cfg in configs]
 
 

@@ -1,0 +1,77 @@
+"""Which images are durably written, and what each source file was when it was processed.
+
+Two small arrays inside the store, written only after a batch's chunk writes have all finished:
+
+    ledger/done    uint8 (images,)    1 once the image's chunk is on disk
+    ledger/stats   int64 (images, 2)  the source file's size and mtime (ns) when it was read
+
+Zarr's local store writes every chunk to a temporary file and renames it into place, so a run
+killed at any moment leaves each ledger chunk either before or after a batch, never half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import zarr
+
+LEDGER = "ledger"
+LEDGER_CHUNK = 4096
+
+
+def create_ledger(group: zarr.Group, count: int) -> None:
+    ledger = group.create_group(LEDGER)
+    chunk = min(max(count, 1), LEDGER_CHUNK)
+    ledger.create_array("done", shape=(count,), chunks=(chunk,), dtype="uint8", fill_value=0)
+    ledger.create_array("stats", shape=(count, 2), chunks=(chunk, 2), dtype="int64", fill_value=-1)
+
+
+def resize_ledger(group: zarr.Group, count: int) -> None:
+    group[f"{LEDGER}/done"].resize((count,))
+    group[f"{LEDGER}/stats"].resize((count, 2))
+
+
+def file_stats(paths: Sequence[str]) -> np.ndarray:
+    """(size, mtime_ns) per file; -1 for a file that cannot be stat-ed."""
+    stats = np.full((len(paths), 2), -1, dtype=np.int64)
+    for row, path in enumerate(paths):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        stats[row] = (info.st_size, info.st_mtime_ns)
+    return stats
+
+
+def mark_done(group: zarr.Group, start: int, stop: int, stats: np.ndarray) -> None:
+    """Record images ``start:stop`` as written; call only after their chunks are on disk."""
+    group[f"{LEDGER}/stats"][start:stop] = stats
+    group[f"{LEDGER}/done"][start:stop] = 1
+
+
+def done_flags(group: zarr.Group) -> np.ndarray:
+    return group[f"{LEDGER}/done"][:].astype(bool)
+
+
+def recorded_stats(group: zarr.Group) -> np.ndarray:
+    return group[f"{LEDGER}/stats"][:]
+
+
+def pending_batches(done: np.ndarray, batch_size: int) -> Iterator[tuple[int, int]]:
+    """Ranges ``(start, stop)`` of images not done yet, at most ``batch_size`` long.
+
+    Examples
+    --------
+    >>> list(pending_batches(np.array([1, 0, 0, 0, 1, 0], bool), 2))
+    [(1, 3), (3, 4), (5, 6)]
+    """
+    todo = np.flatnonzero(~done)
+    if todo.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(todo) != 1) + 1
+    for run in np.split(todo, breaks):
+        first, last = int(run[0]), int(run[-1]) + 1
+        for start in range(first, last, batch_size):
+            yield start, min(start + batch_size, last)
