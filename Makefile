@@ -23,5 +23,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Extras for the benchmark (dask-image, matplotlib, psutil), installed once beside the dev extras.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Timings and peak memory of the pipeline against dask-image, plain loops and the I/O floor;
+# see benchmarks/README.md. Pass options with ARGS, e.g. `make bench ARGS=--quick`.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run.py $(ARGS)
+
 clean:
 	rm -rf out .pytest_cache .hypothesis

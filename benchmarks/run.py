@@ -1,0 +1,181 @@
+"""Benchmark the pipeline against dask-image, plain per-image loops and the I/O floor, in one run.
+
+    python benchmarks/run.py                 # 48 images, 3 repeats, all cases, plus the 10x memory case
+    python benchmarks/run.py --quick         # 8 images, 1 repeat, no 10x case, no 31x31 scipy loop
+    python benchmarks/run.py --only pipeline,floor --kernels 3x3
+
+Writes benchmarks/results/results.json and results.png; see benchmarks/README.md. Exits 1 if a
+case failed or wrote wrong results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+
+from cases import CASES, CONVOLVING, KERNELS, command
+from collection import WORK, collection_files, ensure_collection
+from measure import RunFailed, measure
+import report
+from verify import check_store
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+OUT = WORK / "out"
+SLOW_LIMIT_S = 600  # a single run predicted to take longer is timed on a subset and extrapolated
+SUBSET = 8
+console = Console(width=None if sys.stdout.isatty() else 160)  # make and logs are not terminals: no 80-column wrap
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark the pipeline (see benchmarks/README.md).")
+    parser.add_argument("--images", type=int, default=48, help="collection size N (default 48)")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per case and kernel (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: N=8, 1 repeat, no 10xN memory case, no 31x31 scipy loop")
+    parser.add_argument("--only", default=",".join([*CASES, "memory"]),
+                        help=f"comma-separated cases among {', '.join([*CASES, 'memory'])} (default all)")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated among {', '.join(KERNELS)}")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeats = 8, 1
+    args.only = _choices(args.only, [*CASES, "memory"], parser)
+    args.kernels = _choices(args.kernels, list(KERNELS), parser)
+    if args.images < 1 or args.repeats < 1:
+        parser.error("--images and --repeats must be at least 1")
+    return args
+
+
+def _choices(text: str, allowed: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    chosen = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = sorted(set(chosen) - set(allowed))
+    if unknown:
+        parser.error(f"unknown {unknown}; choose among {', '.join(allowed)}")
+    return chosen
+
+
+def bench_case(case: str, kernel: str | None, folder: Path, args: argparse.Namespace, checks: list) -> dict:
+    """Time one case and kernel ``repeats`` times, then check what its last run wrote."""
+    label = kernel or "none"
+    row = {"case": case, "kernel": label, "images": args.images, "runs": [], "note": ""}
+    if args.quick and case == "scipy-loop" and kernel == "31x31":
+        row["note"] = "skipped (--quick)"
+        return row
+    out = OUT / f"{case}-{label}.zarr"
+    files = collection_files(folder)
+    try:
+        limit = _subset_if_slow(case, kernel, folder, out, args)
+        if limit:
+            row["note"] = f"timed on {limit} of {args.images} images, seconds ×{args.images / limit:.2f} (extrapolated)"
+        for repeat in range(args.repeats):
+            shutil.rmtree(out, ignore_errors=True)  # no case pays for deleting an earlier store
+            run = measure(command(case, kernel, str(folder), str(out), limit=limit), cwd=str(ROOT))
+            seconds = run.seconds * (args.images / limit if limit else 1)
+            row["runs"].append({"seconds": seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
+                                "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
+            console.print(f"  {case:<12} {label:<6} run {repeat + 1}/{args.repeats}: {seconds:7.2f} s, "
+                          f"peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
+        row["summary"] = report.summarize(row["runs"])
+        # Timing is over: check the last run's store, then free the disk for the next case.
+        checks.append(check_store(case, kernel, str(out), files[:limit] if limit else files).to_dict())
+    except RunFailed as exc:
+        row["note"] = f"FAILED: {str(exc).splitlines()[-1][:120]}"
+        row["error"] = str(exc)
+        console.print(f"[red]  {case} {label} failed:[/red] {exc}", highlight=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def _subset_if_slow(case: str, kernel: str | None, folder: Path, out: Path, args: argparse.Namespace) -> int | None:
+    """Only the 31x31 scipy loop may be extrapolated, and only if one full run would pass 10 minutes."""
+    if case != "scipy-loop" or kernel != "31x31" or args.images <= SUBSET:
+        return None
+    probe = measure(command(case, kernel, str(folder), str(out), limit=4), cwd=str(ROOT))
+    predicted = probe.seconds * args.images / 4
+    shutil.rmtree(out, ignore_errors=True)
+    console.print(f"  scipy-loop 31x31: 4-image probe {probe.seconds:.1f} s, full run predicted {predicted:.0f} s")
+    return SUBSET if predicted > SLOW_LIMIT_S else None
+
+
+def memory_case(results: list[dict], args: argparse.Namespace, checks: list) -> dict:
+    """Peak RSS of the pipeline (3x3 edge) at N and at 10xN images (the N mosaics, each listed 10 times)."""
+    if args.quick:
+        return {"note": "10xN memory case skipped (--quick)", "ratio": None}
+    base = report.find(results, "pipeline", "3x3")
+    if base is None:
+        row = bench_case("pipeline", "3x3", ensure_collection(args.images), args, checks)
+        results.append(row)  # shown in the table like any other case
+        base = row if row.get("summary") else None
+    big = ensure_collection(10 * args.images, distinct=args.images)
+    out = OUT / "memory-10n.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    console.print(f"  memory: pipeline 3x3 on {10 * args.images} images (one run)")
+    try:
+        run = measure(command("pipeline", "3x3", str(big), str(out)), cwd=str(ROOT))
+        checks.append(check_store("pipeline", "3x3", str(out), collection_files(big)).to_dict() | {"case": "pipeline-10N"})
+    except RunFailed as exc:
+        return {"note": f"FAILED: {exc}", "ratio": None}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    rss_n = base["summary"]["peak_rss_mib"] if base else None
+    return {
+        "images_n": args.images, "images_10n": 10 * args.images,
+        "rss_n_mib": rss_n, "rss_10n_mib": run.peak_rss_mib, "tree_rss_10n_mib": run.tree_rss_mib,
+        "seconds_10n": run.seconds, "ratio": run.peak_rss_mib / rss_n if rss_n else None,
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    folder = ensure_collection(args.images)
+    for path in collection_files(folder):  # every case then reads the files from the page cache
+        Path(path).read_bytes()
+    console.print(f"[bold]benchmark[/bold]: {args.images} images in {folder}, {args.repeats} repeat(s), "
+                  f"{os.cpu_count()} cores, load average {load_before[0]:.2f}", highlight=False)
+
+    results, checks = [], []
+    for case in [c for c in CASES if c in args.only]:
+        for kernel in (args.kernels if case in CONVOLVING else [None]):
+            results.append(bench_case(case, kernel, folder, args, checks))
+    memory = memory_case(results, args, checks) if "memory" in args.only else None
+    targets = report.ratios(results, memory)
+
+    console.print()
+    report.print_report(console, results, checks, targets, memory, args.images, args.repeats)
+    document = {
+        "date": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                    "platform": platform.platform(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
+        "versions": report.versions(),
+        "pipeline_source": report.pipeline_source(),
+        "settings": {"images": args.images, "repeats": args.repeats, "quick": args.quick,
+                     "cases": args.only, "kernels": args.kernels, "loop_workers": 2,
+                     "image": "2048x2048 RGB JPEG q90, gray float32, mode same, boundary reflect, blosc-lz4"},
+        "results": results, "checks": checks, "targets": targets, "memory": memory,
+    }
+    report.write_json(RESULTS / "results.json", document)
+    report.write_chart(RESULTS / "results.png", results,
+                       f"{args.images} images 2048x2048, median of {args.repeats}, {os.cpu_count()} cores")
+    console.print(f"wrote {RESULTS / 'results.json'} and {RESULTS / 'results.png'}", highlight=False)
+    failed = [r for r in results if r.get("error")] + [c for c in checks if not c["ok"]]
+    if memory and str(memory.get("note", "")).startswith("FAILED"):
+        failed.append(memory)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Correctness, checked outside the timed runs: a benchmark comparing wrong results is worthless.
+
+The reference for an image is scipy.ndimage.convolve (mode reflect) of its gray float32 version,
+computed here from imageio's decode. A case's store must hold, for the first and the last image
+(the last one catches runs that stopped early: unwritten chunks read back as zeros), values within
+1e-4 of it relative to the reference's largest |value|, with the expected shape, dtype and codec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import imageio.v3 as iio
+import numpy as np
+import zarr
+from scipy import ndimage
+
+from cases import CLI_CASES, gray, kernel_weights
+from pipeline.sinks.zarr_store import describe_codec
+
+RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Check:
+    case: str
+    kernel: str
+    images: str
+    max_rel_error: float
+    codec: str
+    ok: bool
+    problem: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=8)
+def reference(path: str, kernel: str | None) -> np.ndarray:
+    image = gray(iio.imread(path))
+    return image if kernel is None else ndimage.convolve(image, kernel_weights(kernel), mode="reflect")
+
+
+def check_store(case: str, kernel: str | None, store: str, files: list[str]) -> Check:
+    """Compare the store a case wrote with the reference, for the first and the last image."""
+    array = zarr.open_group(store, mode="r")["0"] if case in CLI_CASES else zarr.open_array(store, mode="r")
+    codec = describe_codec(array)
+    indices = sorted({0, len(files) - 1})
+    label = f"{kernel or 'no kernel'}"
+    problems = []
+    expected_shape = (len(files), *reference(files[0], None).shape)
+    if tuple(array.shape) != expected_shape:
+        problems.append(f"shape {tuple(array.shape)} != {expected_shape}")
+    if array.dtype != np.float32:
+        problems.append(f"dtype {array.dtype} != float32")
+    if "lz4" not in codec or "shuffle" not in codec:
+        problems.append(f"codec {codec} is not blosc-lz4 + shuffle")
+    worst = float("nan")
+    if not problems:
+        errors = []
+        for index in indices:
+            expected = reference(files[index], kernel).astype(np.float64)
+            got = np.asarray(array[index], dtype=np.float64)
+            errors.append(float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-30)))
+        worst = max(errors)
+        if not worst <= RTOL:
+            problems.append(f"max |error| / max |reference| = {worst:.2e} > {RTOL:g}")
+    return Check(case, label, f"images {indices}", worst, codec, not problems, "; ".join(problems))
