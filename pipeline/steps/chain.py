@@ -112,7 +112,7 @@ def _convolve_run(
         with _named(steps, members[0]):
             array = apply_group(array, group, spatial_ndim=spatial_ndim)
         exchanged = tuple(depth.get(axis, 0) for axis in range(array.ndim))
-        strategies = tuple(f"{planned.plan.strategy} ({planned.plan.engine})" for planned in group)
+        strategies = tuple(planned.plan.describe() for planned in group)
         stages.append(_stage(array, members, " + ".join(steps[i].name for i in members), exchanged, strategies))
     return array
 
