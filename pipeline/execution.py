@@ -8,7 +8,9 @@ Either way a run hands its batches to one ``Executor``.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -113,6 +115,9 @@ def _client(execution: ExecutionConfig, stack: ExitStack) -> Any:
         from distributed import Client, LocalCluster
     except ImportError:
         raise ConfigError("execution.scheduler: distributed schedulers need the 'distributed' package") from None
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # distributed logs every connection at INFO: keep cron output to what the run reports
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     scheduler = execution.scheduler
     if scheduler.startswith("tcp://"):
         try:
@@ -120,12 +125,14 @@ def _client(execution: ExecutionConfig, stack: ExitStack) -> Any:
         except OSError as exc:
             raise ConfigError(f"execution.scheduler: cannot reach {scheduler}: {exc}") from None
     if scheduler == "local":
-        cluster = LocalCluster(
-            n_workers=resolve_workers(execution.workers),
-            threads_per_worker=execution.threads_per_worker,
-            memory_limit=execution.memory_limit,
-            processes=True,
-        )
+        with warnings.catch_warnings():  # "port 8787 in use": it picks another, and we print the link
+            warnings.simplefilter("ignore", UserWarning)
+            cluster = LocalCluster(
+                n_workers=resolve_workers(execution.workers),
+                threads_per_worker=execution.threads_per_worker,
+                memory_limit=execution.memory_limit,
+                processes=True,
+            )
     else:
         cluster = _jobqueue_cluster(execution)
     stack.enter_context(cluster)
