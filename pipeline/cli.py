@@ -304,12 +304,16 @@ def inspect(
     with reported_errors():
         result = open_result(store)
         names = result.sources
-        done = int(result.done.sum())
+        flags = result.flags
+        unreadable = result.unreadable
     prov = result.provenance
+    written = int((flags == 1).sum())
     info = {
         "store": store,
         "status": result.status,
-        "progress": f"{done}/{len(names)} images written",
+        "progress": f"{written}/{len(names)} images written"
+        + (f", {len(unreadable)} unreadable (skipped)" if unreadable else ""),
+        "unreadable": unreadable,
         "shape": list(result.array.shape),
         "dtype": str(result.array.dtype),
         "chunks": list(result.array.chunks),
@@ -337,6 +341,8 @@ def inspect(
     table.add_row("[bold]sources", f"{len(names)} files{more}")
     for index, name in enumerate(shown):
         table.add_row("", f"{index}: {name}")
+    for entry in unreadable[:sources]:
+        table.add_row("[bold]unreadable", f"{entry['index']}: {entry['reason']}")
     out.print(table)
 
 

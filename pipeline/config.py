@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError, KernelError
+from pipeline.sources.images import DEFAULT_MAX_PIXELS
 from pipeline.steps.convolve import Boundary, Mode
 from pipeline.steps.kernels import BUILTINS, KERNEL_FILE_SUFFIXES, build_kernel, check_matrix
 
@@ -43,6 +44,13 @@ class InputConfig(_Frozen):
     )
     color: Literal["gray", "keep"] = Field(
         "gray", description="gray: ITU-R BT.601 luma, alpha dropped; keep: channels convolved separately"
+    )
+
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="an unreadable image: fail the run, or skip it (listed in the store with its reason)"
+    )
+    max_pixels: PositiveCount = Field(
+        DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"
     )
 
     @field_validator("paths")

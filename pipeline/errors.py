@@ -41,12 +41,19 @@ class KernelError(ConfigError):
 
 
 class InputError(PipelineError, FileNotFoundError):
-    """The input images cannot be found, read or stacked."""
+    """The input images cannot be found, read or stacked; ``path`` names the file when one is at fault."""
 
     exit_code = 3
 
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
     def __str__(self) -> str:  # FileNotFoundError would otherwise print "[Errno ...]" forms
         return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # keep the path when crossing process boundaries
+        return (type(self), (str(self), self.path))
 
 
 class OutputError(PipelineError, FileExistsError):

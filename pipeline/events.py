@@ -89,9 +89,10 @@ class Reporter:
         if self.log_format == "json":
             self._json("end", **fields)
             return
+        unreadable = f", {fields['unreadable']} unreadable (skipped)" if fields.get("unreadable") else ""
         print(
             f"{fields['status']}: {fields['processed']} images processed, {fields['skipped']} skipped "
-            f"(already written), {fields['failed']} failed, in {fields['seconds']:.1f} s "
+            f"(already written){unreadable}, {fields['failed']} failed, in {fields['seconds']:.1f} s "
             f"({fields['images_per_second']:.1f} images/s) → {fields['store']} {tuple(fields['shape'])} {fields['dtype']}",
             file=self._stream,
             flush=True,

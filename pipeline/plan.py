@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
 from pipeline.sources.images import ImageSpec, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
@@ -110,13 +111,25 @@ def compute_dtype(config: PipelineConfig) -> str:
 def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> JobPlan:
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early."""
     sources = tuple(list_images(config.input.paths) if sources is None else sources)
-    spec = probe(sources[0], color=config.input.color)
+    spec = _probe_first_readable(config, sources)
     dtype = compute_dtype(config)
     # normalize rescales each image as a whole (all channels together, keeping colour balance)
     steps = tuple(build_steps(config.steps, image_axes=1))
     one_image, stages = _lazy_result(config, sources[:1], spec, steps, dtype)
     stages = tuple(replace(stage, shape=(len(sources), *stage.shape[1:])) for stage in stages)
     return JobPlan(config, sources, spec, dtype, steps, stages, tuple(one_image.shape[1:]), str(one_image.dtype))
+
+
+def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> ImageSpec:
+    """The spec from the first file; with ``on_error: skip``, from the first that can be read."""
+    candidates = sources if config.input.on_error == "skip" else sources[:1]
+    for source in candidates:
+        try:
+            return probe(source, color=config.input.color, max_pixels=config.input.max_pixels)
+        except InputError:
+            if source is candidates[-1]:
+                raise
+    raise InputError("input.paths: no images")
 
 
 def _lazy_result(

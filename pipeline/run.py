@@ -8,21 +8,25 @@ disk. So a rerun of the same job (or ``--resume``) finishes what a killed run le
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
+import os
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import __version__
 from pipeline.config import PipelineConfig
-from pipeline.errors import OutputError
+from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.plan import JobPlan, build_plan
-from pipeline.sinks.ledger import file_stats, mark_done, pending_batches, recorded_stats
+from pipeline.sinks.ledger import file_stats, mark_done, mark_unreadable, pending_batches, recorded_stats
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
     StoreLayout,
@@ -50,7 +54,8 @@ class RunSummary:
     store: str
     images: int
     processed: int
-    skipped: int
+    skipped: int  # already written by an earlier run
+    unreadable: int  # skipped now because their files could not be read (input.on_error: skip)
     shape: tuple[int, ...]
     dtype: str
     seconds: float
@@ -81,22 +86,29 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     started = time.perf_counter()
     path = config.output.path
     exists = check_output_path(path)
+    _check_not_inside_inputs(config)
     with StoreLock(path):
         plan, pending = _prepare(config, exists=exists, append=append, reporter=reporter)
         try:
             with open_executor(config.execution) as executor:
-                processed = _write_batches(config, plan, pending, executor, reporter)
+                processed, unreadable = _write_batches(config, plan, pending, executor, reporter)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             reason = str(exc).strip().split("\n")[0] or type(exc).__name__
             set_status(path, status, finished=utc_now(), error=reason)
+            if isinstance(exc, OSError) and not isinstance(exc, PipelineError):  # disk full, permissions
+                raise OutputError(
+                    f"cannot write store {path!r}: {exc.strerror or exc}; nothing unwritten is marked "
+                    f"written — free space or fix permissions and rerun to resume"
+                ) from None
             raise
         set_status(path, "complete", finished=utc_now())
     summary = RunSummary(
         store=path,
         images=len(plan.sources),
         processed=processed,
-        skipped=len(plan.sources) - processed,
+        skipped=len(plan.sources) - processed - unreadable,
+        unreadable=unreadable,
         shape=plan.shape,
         dtype=plan.dtype,
         seconds=time.perf_counter() - started,
@@ -107,6 +119,7 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
         images=summary.images,
         processed=summary.processed,
         skipped=summary.skipped,
+        unreadable=summary.unreadable,
         failed=0,
         seconds=round(summary.seconds, 3),
         images_per_second=round(summary.images_per_second, 2),
@@ -191,9 +204,29 @@ def _report_changed(stored: Any, reporter: Reporter) -> None:
         )
 
 
+def _check_not_inside_inputs(config: PipelineConfig) -> None:
+    """A store inside an input folder would be listed as input by the next run of a glob."""
+    store = Path(config.output.path).resolve()
+    entries = [config.input.paths] if isinstance(config.input.paths, str) else config.input.paths
+    for entry in entries:
+        if glob.has_magic(entry):  # the folder part before the first wildcard
+            prefix = re.split(r"[*?\[]", entry, maxsplit=1)[0]
+            folder = (Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent).resolve()
+        elif Path(entry).is_dir():
+            folder = Path(entry).resolve()
+        else:
+            continue  # single files: nothing of the store can be listed as input
+        if store == folder or folder in store.parents:
+            raise OutputError(
+                f"output.path {config.output.path!r} is inside the input folder {str(folder)!r}; "
+                f"write the store elsewhere so it is never read back as input"
+            )
+
+
 def _write_batches(
     config: PipelineConfig, plan: JobPlan, pending: np.ndarray, executor: Executor, reporter: Reporter
-) -> int:
+) -> tuple[int, int]:
+    """Write every pending image, batch by batch; return (written, skipped as unreadable)."""
     path = config.output.path
     size = batch_size(config, plan, executor.workers)
     batches = list(pending_batches(~pending, size))
@@ -209,25 +242,58 @@ def _write_batches(
         dashboard=executor.dashboard,
     )
     target = open_result(path, mode="r+")
-    written = 0
+    written = unreadable = 0
     for number, (start, stop) in enumerate(batches):
         began = time.perf_counter()
         stats = file_stats(plan.sources[start:stop])
-        writes = write_lazily(plan.result(start, stop), target.array, start=start)
-        count = stop - start
-        executor.compute(writes, on_progress=lambda share, count=count: reporter.advance(share * count))
+        skipped = _write_batch(config, plan, target, executor, reporter, start, stop)
         mark_done(target.group, start, stop, stats)
-        written += count
+        written += stop - start - skipped
+        unreadable += skipped
         seconds = time.perf_counter() - began
         reporter.batch(
             batch=number,
             start=start,
             stop=stop,
-            images=count,
-            done=written,
-            pending=total - written,
+            images=stop - start,
+            unreadable=skipped,
+            done=written + unreadable,
+            pending=total - written - unreadable,
             seconds=round(seconds, 3),
-            images_per_second=round(count / seconds, 2) if seconds > 0 else None,
+            images_per_second=round((stop - start) / seconds, 2) if seconds > 0 else None,
         )
         log.info("batch %d: images %d-%d written in %.2f s", number, start, stop - 1, seconds)
-    return written
+    return written, unreadable
+
+
+def _write_batch(
+    config: PipelineConfig, plan: JobPlan, target: Any, executor: Executor, reporter: Reporter, start: int, stop: int
+) -> int:
+    """Write images ``start:stop``; with ``on_error: skip`` leave out unreadable files, return how many.
+
+    A file that fails to decode fails its whole batch; it is recorded as unreadable and the batch is
+    computed again without it (chunks already written are simply written again, with the same bytes).
+    """
+    positions = {source: start + offset for offset, source in enumerate(plan.sources[start:stop])}
+    excluded: set[int] = set()
+    while True:
+        ranges = _ranges_without(start, stop, excluded)
+        writes = [write_lazily(plan.result(a, b), target.array, start=a) for a, b in ranges]
+        count = stop - start - len(excluded)
+        try:
+            executor.compute(*writes, on_progress=lambda share: reporter.advance(share * count))
+            return len(excluded)
+        except InputError as exc:
+            index = positions.get(exc.path or "")
+            if config.input.on_error != "skip" or index is None or index in excluded:
+                raise
+            excluded.add(index)
+            mark_unreadable(target.group, index, plan.sources[index], str(exc))
+            reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
+
+
+def _ranges_without(start: int, stop: int, excluded: set[int]) -> list[tuple[int, int]]:
+    """Contiguous ranges of ``start:stop`` that leave out ``excluded``."""
+    flags = np.ones(stop - start, dtype=bool)
+    flags[[i - start for i in excluded]] = False
+    return [(a + start, b + start) for a, b in pending_batches(~flags, stop - start)]

@@ -2,7 +2,9 @@
 
 Two small arrays inside the store, written only after a batch's chunk writes have all finished:
 
-    ledger/done    uint8 (images,)    1 once the image's chunk is on disk
+    ledger/done    uint8 (images,)    1 once the image's chunk is on disk, 2 if it was unreadable
+                                      and skipped (input.on_error: skip; the reason is in
+                                      the group's attributes under "unreadable")
     ledger/stats   int64 (images, 2)  the source file's size and mtime (ns) when it was read
 
 Zarr's local store writes every chunk to a temporary file and renames it into place, so a run
@@ -47,12 +49,26 @@ def file_stats(paths: Sequence[str]) -> np.ndarray:
 
 def mark_done(group: zarr.Group, start: int, stop: int, stats: np.ndarray) -> None:
     """Record images ``start:stop`` as written; call only after their chunks are on disk."""
+    done = group[f"{LEDGER}/done"]
     group[f"{LEDGER}/stats"][start:stop] = stats
-    group[f"{LEDGER}/done"][start:stop] = 1
+    flags = done[start:stop]
+    done[start:stop] = np.where(flags == UNREADABLE, UNREADABLE, WRITTEN)
+
+
+WRITTEN, UNREADABLE = 1, 2
+
+
+def mark_unreadable(group: zarr.Group, index: int, source: str, reason: str) -> None:
+    """Record an image skipped because its file could not be read; its chunk stays empty."""
+    attrs = dict(group.attrs)
+    listed = [entry for entry in attrs.get("unreadable", []) if entry["index"] != index]
+    group.attrs["unreadable"] = [*listed, {"index": index, "source": source, "reason": reason}]
+    group[f"{LEDGER}/done"][index] = UNREADABLE
 
 
 def done_flags(group: zarr.Group) -> np.ndarray:
-    return group[f"{LEDGER}/done"][:].astype(bool)
+    """Per image: 0 still to do, 1 written, 2 unreadable and skipped."""
+    return group[f"{LEDGER}/done"][:]
 
 
 def recorded_stats(group: zarr.Group) -> np.ndarray:

@@ -101,7 +101,8 @@ def create_store(
             dtype=layout.dtype,
             compressors=CODECS[layout.codec](),
             dimension_names=list(layout.dimension_names),
-            fill_value=0,
+            # An image never written (skipped, or not reached yet) reads as NaN, not as black.
+            fill_value=float("nan") if np.dtype(layout.dtype).kind == "f" else 0,
         )
         names = group.create_array(
             SOURCES_ARRAY,
@@ -181,11 +182,20 @@ class StoredResult:
         return self.provenance.get("status", "unknown")
 
     @property
-    def done(self) -> np.ndarray:
-        """Per image: recorded as durably written (stores without a ledger count as all done)."""
+    def flags(self) -> np.ndarray:
+        """Per image: 0 to do, 1 written, 2 unreadable and skipped (no ledger: all written)."""
         if LEDGER not in self.group:
-            return np.ones(self.array.shape[0], dtype=bool)
+            return np.ones(self.array.shape[0], dtype=np.uint8)
         return done_flags(self.group)
+
+    @property
+    def done(self) -> np.ndarray:
+        """Per image: nothing left to do (written, or skipped as unreadable)."""
+        return self.flags != 0
+
+    @property
+    def unreadable(self) -> list[dict[str, Any]]:
+        return list(self.group.attrs.get("unreadable", []))
 
 
 def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:

@@ -17,12 +17,18 @@ import cv2
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
+import tifffile
 from natsort import natsorted, ns
+from PIL import Image
 
 from pipeline.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
+# Refuse images declaring more pixels than this before decoding them (input.max_pixels).
+DEFAULT_MAX_PIXELS = 1 << 30
+# Our own limit replaces Pillow's, which would refuse large trusted images with its own error.
+Image.MAX_IMAGE_PIXELS = None
 # ITU-R BT.601 luma weights, applied to the values on their own scale.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 Color = Literal["gray", "keep"]
@@ -89,6 +95,7 @@ class ImageSpec:
     shape: tuple[int, ...]  # after colour handling: (y, x) or (c, y, x)
     color: Color
     reference: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -99,9 +106,11 @@ class ImageSpec:
         return len(self.shape) - (self.color == "keep")
 
 
-def probe(path: str, *, color: Color = "gray") -> ImageSpec:
+def probe(path: str, *, color: Color = "gray", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape."""
-    return ImageSpec(shape=_converted_shape(path, _probe_shape(path), color), color=color, reference=path)
+    check_size(path, max_pixels)
+    shape = _converted_shape(path, _probe_shape(path), color)
+    return ImageSpec(shape=shape, color=color, reference=path, max_pixels=max_pixels)
 
 
 def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
@@ -118,6 +127,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         shape=spec.shape,
         reference=spec.reference,
         out_dtype=dtype,
+        max_pixels=spec.max_pixels,
     )
 
 
@@ -134,7 +144,7 @@ def _probe_shape(path: str) -> tuple[int, ...]:
     try:
         return tuple(iio.improps(path).shape)
     except Exception as exc:  # imageio raises many types for unreadable files
-        raise InputError(f"cannot read image {path!r}: {_reason(exc)}") from None
+        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
 
 
 def _reason(exc: Exception) -> str:
@@ -149,32 +159,76 @@ def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int
     if len(raw) == 3 and raw[-1] in (1, 2, 3, 4):
         return raw[:2] if color == "gray" else (raw[2], *raw[:2])
     raise InputError(
-        f"image {path!r} has shape {raw}, which is not a 2-D gray, gray+alpha, RGB or RGBA image"
+        f"image {path!r} has shape {raw}, which is not a 2-D gray, gray+alpha, RGB or RGBA image", path
     )
 
 
-def decode(path: str) -> tuple[np.ndarray, bool]:
+def declared_pixels(path: str) -> int:
+    """Pixels the file's header declares (all pages), read without decoding the image data."""
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            with tifffile.TiffFile(path) as tiff:
+                return sum(int(np.prod(page.shape[:2])) for page in tiff.pages)
+        with Image.open(path) as image:
+            return image.size[0] * image.size[1] * getattr(image, "n_frames", 1)
+    except FileNotFoundError:
+        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
+
+
+def check_size(path: str, max_pixels: int) -> None:
+    """Refuse a decompression bomb (a small file declaring a huge image) before decoding it."""
+    declared = declared_pixels(path)
+    if declared > max_pixels:
+        raise InputError(
+            f"image {path!r} declares {declared:,} pixels, above input.max_pixels = {max_pixels:,}; "
+            f"raise the limit if the file is trusted",
+            path,
+        )
+
+
+def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
     """Pixels of one file, channels last, and whether their colour order is BGR (OpenCV's).
 
     JPEG goes through OpenCV: the same libjpeg-turbo pixels as Pillow's, about 40% faster, and
     CMYK files come out as colour. Everything else, and the message for an unreadable JPEG,
-    comes from imageio.
+    comes from imageio. With ``max_pixels`` the header is checked first.
     """
-    if path.lower().endswith(OPENCV_SUFFIXES):
+    if max_pixels is not None:
+        check_size(path, max_pixels)
+    if path.lower().endswith(OPENCV_SUFFIXES) and _ends_like_jpeg(path):
         pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # UNCHANGED: no EXIF rotation, as imageio
         if pixels is not None:
             return pixels, pixels.ndim == 3
     try:
         return iio.imread(path), False
     except FileNotFoundError:
-        raise InputError(f"image {path!r} disappeared after the input was listed") from None
+        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {_reason(exc)}") from None
+        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
 
 
-def read_image(path: str, *, color: Color = "gray", dtype: str = "float32") -> np.ndarray:
+def _ends_like_jpeg(path: str) -> bool:
+    """True if the file ends with JPEG's end-of-image marker.
+
+    libjpeg, under OpenCV, decodes a truncated file with only a warning and grey where data is
+    missing; Pillow refuses it. So a file without the marker (truncated, or with trailing bytes)
+    goes to Pillow, which either reads it or says what is wrong.
+    """
+    try:
+        with open(path, "rb") as file:
+            file.seek(-2, os.SEEK_END)
+            return file.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
+def read_image(
+    path: str, *, color: Color = "gray", dtype: str = "float32", max_pixels: int | None = None
+) -> np.ndarray:
     """Decode one file into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped."""
-    pixels, bgr = decode(path)
+    pixels, bgr = decode(path, max_pixels=max_pixels)
     _converted_shape(path, pixels.shape, color)  # rejects shapes we cannot interpret
     if pixels.ndim == 2:
         image = pixels.astype(dtype, copy=False)
@@ -193,13 +247,14 @@ def read_image(path: str, *, color: Color = "gray", dtype: str = "float32") -> n
 
 
 def _read_block(
-    names: np.ndarray, *, color: Color, shape: tuple[int, ...], reference: str, out_dtype: str
+    names: np.ndarray, *, color: Color, shape: tuple[int, ...], reference: str, out_dtype: str, max_pixels: int
 ) -> np.ndarray:
     path = names.item()
-    image = read_image(path, color=color, dtype=out_dtype)
+    image = read_image(path, color=color, dtype=out_dtype, max_pixels=max_pixels)
     if image.shape != shape:
         raise InputError(
             f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
-            f"all images of a collection must have the same size and channels"
+            f"all images of a collection must have the same size and channels",
+            path,
         )
     return image[np.newaxis]
