@@ -21,6 +21,11 @@ class PipelineError(ValueError):
 
     exit_code = 1
 
+    def __reduce__(self):
+        # Errors raised on distributed workers are pickled; the OS-error bases of some of ours
+        # cannot be rebuilt from their args by default.
+        return (type(self), (str(self),))
+
 
 class ConfigError(PipelineError):
     """The configuration (file, ``--set`` overrides or kernel) is invalid."""

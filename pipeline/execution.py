@@ -74,7 +74,10 @@ class Executor:
 
     @property
     def dashboard(self) -> str | None:
-        return getattr(self.client, "dashboard_link", None) if self.client is not None else None
+        """The dashboard's address, when the scheduler serves one."""
+        if self.client is None or "dashboard" not in self.client.scheduler_info().get("services", {}):
+            return None
+        return self.client.dashboard_link
 
     def compute(self, *collections: Any, on_progress: Callable[[float], None] | None = None) -> None:
         """Compute ``collections``; ``on_progress`` receives fractions of the work as it finishes."""

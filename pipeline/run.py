@@ -36,6 +36,7 @@ from pipeline.sinks.zarr_store import (
     open_result,
     remove_partial_writes,
     set_status,
+    stored_status,
     utc_now,
     write_lazily,
 )
@@ -85,9 +86,10 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     reporter = reporter or Reporter.silent()
     started = time.perf_counter()
     path = config.output.path
-    exists = check_output_path(path)
-    _check_not_inside_inputs(config)
     with StoreLock(path):
+        # Checked under the lock: a store another run is creating is busy (exit 5), not foreign.
+        exists = check_output_path(path)
+        _check_not_inside_inputs(config)
         plan, pending = _prepare(config, exists=exists, append=append, reporter=reporter)
         try:
             with open_executor(config.execution) as executor:
@@ -133,15 +135,16 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
     """Create, resume or extend the store; return the plan and a per-image 'still to do' mask."""
     path = config.output.path
     listed = list_images(config.input.paths)
-    if exists and not config.output.overwrite:
+    if exists and not config.output.overwrite and stored_status(path) != "creating":
         stored = open_result(path)
-        plan = build_plan(config, stored.sources)
+        known = stored.sources
+        plan = build_plan(config, known)
         _check_same_job(stored.provenance, plan, path)
-        new = _new_sources(listed, stored.sources, append=append, path=path)
+        new = _new_sources(listed, known, append=append, path=path)
         _report_changed(stored, reporter)
         if new:
             append_sources(path, new)
-            plan = build_plan(config, stored.sources + new)
+            plan = build_plan(config, known + new)
         remove_partial_writes(path)
         set_status(path, "running", resumed=utc_now())
         done = open_result(path).done
@@ -241,7 +244,8 @@ def _write_batches(
         scheduler=config.execution.scheduler,
         dashboard=executor.dashboard,
     )
-    target = open_result(path, mode="r+")
+    # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
+    target = open_result(os.path.abspath(path), mode="r+")
     written = unreadable = 0
     for number, (start, stop) in enumerate(batches):
         began = time.perf_counter()

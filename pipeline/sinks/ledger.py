@@ -76,14 +76,14 @@ def recorded_stats(group: zarr.Group) -> np.ndarray:
 
 
 def pending_batches(done: np.ndarray, batch_size: int) -> Iterator[tuple[int, int]]:
-    """Ranges ``(start, stop)`` of images not done yet, at most ``batch_size`` long.
+    """Ranges ``(start, stop)`` of images not done yet (``done`` false or 0), at most ``batch_size`` long.
 
     Examples
     --------
     >>> list(pending_batches(np.array([1, 0, 0, 0, 1, 0], bool), 2))
     [(1, 3), (3, 4), (5, 6)]
     """
-    todo = np.flatnonzero(~done)
+    todo = np.flatnonzero(np.asarray(done) == 0)
     if todo.size == 0:
         return
     breaks = np.flatnonzero(np.diff(todo) != 1) + 1

@@ -69,11 +69,17 @@ def check_output_path(path: str) -> bool:
 
 
 def _written_by_us(target: Path) -> bool:
+    return stored_status(str(target)) is not None
+
+
+def stored_status(path: str) -> str | None:
+    """The status a store of ours records ("creating" if a run died while making it), else None."""
     try:
-        meta = json.loads((target / "zarr.json").read_text(encoding="utf-8"))
+        meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return ATTRS_KEY in meta.get("attributes", {})
+        return None
+    ours = meta.get("attributes", {}).get(ATTRS_KEY)
+    return ours.get("status", "unknown") if isinstance(ours, dict) else None
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,10 @@ def create_store(
     if target.exists():
         shutil.rmtree(target)  # check_output_path has established that it is one of ours
     try:
-        group = zarr.open_group(str(target), mode="w")
+        # The attributes come first: a run killed while creating leaves a store that is ours.
+        group = zarr.open_group(
+            str(target), mode="w", attributes={ATTRS_KEY: {**provenance, "status": "creating"}}
+        )
         array = group.create_array(
             RESULT_ARRAY,
             shape=layout.shape,

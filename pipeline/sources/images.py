@@ -114,9 +114,12 @@ def probe(path: str, *, color: Color = "gray", max_pixels: int = DEFAULT_MAX_PIX
 
 
 def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
-    """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image."""
+    """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
+
+    Tasks get absolute paths: a distributed worker may run in another directory.
+    """
     names = np.empty(len(sources), dtype=object)
-    names[:] = list(sources)
+    names[:] = [os.path.abspath(source) for source in sources]
     return da.from_array(names, chunks=1, name=False).map_blocks(
         _read_block,
         new_axis=list(range(1, 1 + len(spec.shape))),

@@ -1,0 +1,139 @@
+"""The Reporter: JSON lines for schedulers, a summary line for people, silence for cron."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.events import Reporter
+
+START = dict(store="out.zarr", images=7, pending=5, done=2, batches=2, batch_size=3, scheduler="sync", dashboard=None)
+BATCH = dict(batch=0, start=2, stop=5, images=3, done=3, pending=2, seconds=0.5, images_per_second=6.0)
+END = dict(
+    status="complete",
+    store="out.zarr",
+    images=7,
+    processed=5,
+    skipped=2,
+    failed=0,
+    seconds=1.25,
+    images_per_second=4.0,
+    shape=[7, 48, 64],
+    dtype="float32",
+)
+
+
+def _all_events(reporter: Reporter) -> None:
+    reporter.start(**START)
+    reporter.advance(1.5)
+    reporter.batch(**BATCH)
+    reporter.warning("2 source files changed", changed=["a.png", "b.png"])
+    reporter.batch(**{**BATCH, "batch": 1, "start": 5, "stop": 7, "images": 2, "done": 5, "pending": 0})
+    reporter.end(**END)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    text = stream.getvalue()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_json_mode_writes_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    reporter = Reporter(log_format="json", stream=stream)
+    _all_events(reporter)
+    reporter.error("store 'x' is in use", 5)
+
+    events = _lines(stream)
+    assert [event["event"] for event in events] == ["start", "batch", "warning", "batch", "end", "error"]
+    assert all(isinstance(event["time"], str) and event["time"] for event in events)
+    start, batch, warning, _, end, error = events
+    assert {k: start[k] for k in START} == START
+    assert {k: batch[k] for k in BATCH} == BATCH
+    assert warning["message"] == "2 source files changed" and warning["changed"] == ["a.png", "b.png"]
+    assert {k: end[k] for k in END} == END
+    assert error["message"] == "store 'x' is in use" and error["exit_code"] == 5
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # everything went to the given stream
+
+
+def test_json_mode_serialises_odd_values() -> None:
+    stream = io.StringIO()
+    Reporter(log_format="json", stream=stream).batch(shape=(1, 2), path=Path("a/b"))
+    (event,) = _lines(stream)
+    assert event["shape"] == [1, 2] and event["path"] == "a/b"
+
+
+def test_json_mode_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    Reporter(log_format="json").batch(**BATCH)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["event"] == "batch"
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_quiet_prints_nothing_on_success(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    reporter = Reporter(log_format=log_format, quiet=True, progress=True, stream=stream)
+    _all_events(reporter)
+    assert stream.getvalue() == ""
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_silent_reporter_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    _all_events(Reporter.silent())
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_plain_end_prints_the_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    reporter = Reporter(stream=stream)
+    _all_events(reporter)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1  # start and batch events are silent in plain mode
+    line = lines[0]
+    assert line.startswith("complete: ")
+    assert "5 images processed" in line
+    assert "2 skipped" in line
+    assert "0 failed" in line
+    assert "1.2 s" in line or "1.3 s" in line
+    assert "4.0 images/s" in line
+    assert "out.zarr (7, 48, 64) float32" in line
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "2 source files changed" in captured.err
+    assert captured.out == ""
+
+
+def test_plain_start_shows_the_dashboard_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    Reporter(stream=stream).start(**{**START, "dashboard": "http://127.0.0.1:8787/status"})
+    captured = capsys.readouterr()
+    assert "dashboard" in captured.err and "http://127.0.0.1:8787/status" in captured.err
+    assert stream.getvalue() == "" and captured.out == ""
+
+
+def test_plain_error_leaves_printing_to_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    Reporter(stream=stream).error("bad", 2)
+    assert stream.getvalue() == ""
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_progress_bar_goes_to_stderr_only(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    reporter = Reporter(progress=True, stream=stream)
+    reporter.start(**START)
+    reporter.advance(3)
+    reporter.batch(**BATCH)
+    reporter.end(**END)
+    assert stream.getvalue().startswith("complete: ")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "resuming: 2 images already written" in captured.err

@@ -1,0 +1,163 @@
+"""The per-image ledger: which ranges are still to do, and what is recorded on a real Zarr group."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.sinks.ledger import (
+    LEDGER,
+    UNREADABLE,
+    WRITTEN,
+    create_ledger,
+    done_flags,
+    file_stats,
+    mark_done,
+    mark_unreadable,
+    pending_batches,
+    recorded_stats,
+    resize_ledger,
+)
+
+
+def _flags(text: str) -> np.ndarray:
+    """'1001' -> [True, False, False, True]: a readable way to write a done mask."""
+    return np.array([char == "1" for char in text], dtype=bool)
+
+
+@pytest.mark.parametrize(
+    ("done", "size", "expected"),
+    [
+        pytest.param("", 3, [], id="no-images"),
+        pytest.param("0", 3, [(0, 1)], id="one-pending"),
+        pytest.param("1111", 2, [], id="all-done"),
+        pytest.param("0000", 4, [(0, 4)], id="exact-one-batch"),
+        pytest.param("0000", 10, [(0, 4)], id="batch-larger-than-work"),
+        pytest.param("0000000", 3, [(0, 3), (3, 6), (6, 7)], id="split-with-remainder"),
+        pytest.param("000000", 3, [(0, 3), (3, 6)], id="split-even"),
+        pytest.param("0000", 1, [(0, 1), (1, 2), (2, 3), (3, 4)], id="batch-of-one"),
+        pytest.param("100010", 2, [(1, 3), (3, 4), (5, 6)], id="docstring-example"),
+        pytest.param("0101010", 5, [(0, 1), (2, 3), (4, 5), (6, 7)], id="alternating-gaps"),
+        pytest.param("1100011", 2, [(2, 4), (4, 5)], id="gap-in-the-middle"),
+        pytest.param("0011100", 4, [(0, 2), (5, 7)], id="done-in-the-middle"),
+        pytest.param("111000000", 4, [(3, 7), (7, 9)], id="batches-start-at-the-gap"),
+        pytest.param("1111110", 3, [(6, 7)], id="only-the-last"),
+    ],
+)
+def test_pending_batches(done: str, size: int, expected: list[tuple[int, int]]) -> None:
+    batches = list(pending_batches(_flags(done), size))
+    assert batches == expected
+    assert all(isinstance(value, int) for batch in batches for value in batch)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_pending_batches_cover_every_pending_image_once(size: int) -> None:
+    rng = np.random.default_rng(size)
+    done = rng.random(200) < 0.4
+    batches = list(pending_batches(done, size))
+    covered = [index for start, stop in batches for index in range(start, stop)]
+    assert covered == list(np.flatnonzero(~done))
+    assert all(0 < stop - start <= size for start, stop in batches)
+    # a batch never spans an image that is already done
+    assert all(not done[start:stop].any() for start, stop in batches)
+
+
+def _finished(group: zarr.Group) -> np.ndarray:
+    """The 'nothing left to do' mask pending_batches takes (flags are 0 to do, 1 written, 2 unreadable)."""
+    return done_flags(group) != 0
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> zarr.Group:
+    group = zarr.open_group(str(tmp_path / "store.zarr"), mode="w")
+    create_ledger(group, 5)
+    return group
+
+
+def test_new_ledger_is_all_pending(group: zarr.Group) -> None:
+    assert done_flags(group).tolist() == [0] * 5
+    assert list(pending_batches(_finished(group), 2)) == [(0, 2), (2, 4), (4, 5)]
+    assert recorded_stats(group).shape == (5, 2)
+    assert (recorded_stats(group) == -1).all()
+
+
+def test_mark_done_round_trip_on_disk(group: zarr.Group, tmp_path: Path) -> None:
+    stats = np.array([[10, 1_700_000_000_123_456_789], [20, 1_700_000_001_000_000_000]], dtype=np.int64)
+    mark_done(group, 1, 3, stats)
+
+    reopened = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
+    assert done_flags(reopened).tolist() == [0, WRITTEN, WRITTEN, 0, 0]
+    recorded = recorded_stats(reopened)
+    np.testing.assert_array_equal(recorded[1:3], stats)  # int64 nanoseconds survive exactly
+    assert (recorded[[0, 3, 4]] == -1).all()
+    assert list(pending_batches(_finished(reopened), 10)) == [(0, 1), (3, 5)]
+
+    mark_done(group, 0, 1, np.array([[5, 6]], dtype=np.int64))
+    mark_done(group, 3, 5, np.array([[7, 8], [9, 10]], dtype=np.int64))
+    reopened = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
+    assert (done_flags(reopened) == WRITTEN).all()
+    assert list(pending_batches(_finished(reopened), 2)) == []
+    assert recorded_stats(reopened)[:, 0].tolist() == [5, 10, 20, 7, 9]
+
+
+def test_resize_ledger_keeps_old_entries_and_adds_pending(group: zarr.Group, tmp_path: Path) -> None:
+    mark_done(group, 0, 5, np.arange(10, dtype=np.int64).reshape(5, 2))
+    resize_ledger(group, 8)
+    reopened = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
+    assert done_flags(reopened).tolist() == [WRITTEN] * 5 + [0] * 3
+    np.testing.assert_array_equal(recorded_stats(reopened)[:5], np.arange(10).reshape(5, 2))
+    assert (recorded_stats(reopened)[5:] == -1).all()
+    assert list(pending_batches(_finished(reopened), 2)) == [(5, 7), (7, 8)]
+
+
+def test_unreadable_images_are_finished_and_stay_unreadable(group: zarr.Group, tmp_path: Path) -> None:
+    mark_unreadable(group, 2, "c.png", "cannot read image 'c.png'")
+    mark_unreadable(group, 4, "e.png", "truncated")
+    mark_unreadable(group, 2, "c.png", "still broken")  # a second record replaces the first
+    # the batch around them is then written; its mark_done must not turn them into 'written'
+    mark_done(group, 1, 5, np.zeros((4, 2), dtype=np.int64))
+    reopened = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
+    assert done_flags(reopened).tolist() == [0, WRITTEN, UNREADABLE, WRITTEN, UNREADABLE]
+    assert list(pending_batches(_finished(reopened), 3)) == [(0, 1)]
+    assert sorted((entry["index"], entry["source"], entry["reason"]) for entry in reopened.attrs["unreadable"]) == [
+        (2, "c.png", "still broken"),
+        (4, "e.png", "truncated"),
+    ]
+
+
+def test_empty_ledger(tmp_path: Path) -> None:
+    group = zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
+    create_ledger(group, 0)
+    assert LEDGER in group
+    assert done_flags(group).shape == (0,)
+    assert list(pending_batches(_finished(group), 4)) == []
+
+
+def test_file_stats_present_and_missing(tmp_path: Path) -> None:
+    present = tmp_path / "a.png"
+    present.write_bytes(b"x" * 123)
+    os.utime(present, ns=(1_600_000_000_000_000_001, 1_600_000_000_987_654_321))
+    other = tmp_path / "b.png"
+    other.write_bytes(b"")
+    missing = tmp_path / "gone.png"
+
+    stats = file_stats([str(present), str(missing), str(other)])
+    assert stats.dtype == np.int64 and stats.shape == (3, 2)
+    assert stats[0].tolist() == [123, os.stat(present).st_mtime_ns]
+    assert stats[1].tolist() == [-1, -1]
+    assert stats[2].tolist() == [0, os.stat(other).st_mtime_ns]
+    assert file_stats([]).shape == (0, 2)
+
+
+def test_file_stats_sees_a_rewritten_file(tmp_path: Path) -> None:
+    path = tmp_path / "img.png"
+    path.write_bytes(b"first")
+    before = file_stats([str(path)])
+    path.write_bytes(b"second!")
+    os.utime(path, ns=(before[0, 1] + 10**9, before[0, 1] + 10**9))
+    after = file_stats([str(path)])
+    assert (before != after).all()

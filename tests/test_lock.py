@@ -1,0 +1,205 @@
+"""The store lock: one run per store, fail fast on a live owner, take over a stale one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import OutputError, StoreLockedError
+from pipeline.sinks import lock as lock_module
+from pipeline.sinks.lock import STALE_AFTER, StoreLock, lock_path, read_owner
+
+HOST = socket.gethostname()
+OTHER_HOST = "some-other-node.invalid"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return str(tmp_path / "out" / "result.zarr")
+
+
+def _write_lock(store: str, content: Any, *, age: float = 0.0) -> Path:
+    path = lock_path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    if age:
+        past = time.time() - age
+        os.utime(path, (past, past))
+    return path
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _owner(store: str) -> dict[str, Any]:
+    return json.loads(lock_path(store).read_text(encoding="utf-8"))
+
+
+def test_lock_path_is_beside_the_store(tmp_path: Path) -> None:
+    assert lock_path(str(tmp_path / "a.zarr")) == tmp_path / "a.zarr.lock"
+    assert lock_path(str(tmp_path / "a.zarr") + "/") == tmp_path / "a.zarr.lock"
+
+
+def test_lock_records_owner_and_is_removed_on_exit(store: str) -> None:
+    with StoreLock(store) as held:
+        assert held.path == lock_path(store)
+        owner = _owner(store)
+        assert owner["host"] == HOST and owner["pid"] == os.getpid() and owner["started"]
+        assert not Path(store).exists()  # the lock lives beside the store, not inside it
+    assert not lock_path(store).exists()
+    with StoreLock(store):  # and can be taken again
+        pass
+    assert not lock_path(store).exists()
+
+
+def test_lock_is_removed_when_the_body_raises(store: str) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with StoreLock(store):
+            raise RuntimeError("boom")
+    assert not lock_path(store).exists()
+
+
+def test_second_holder_in_this_process_fails_fast(store: str) -> None:
+    with StoreLock(store):
+        began = time.perf_counter()
+        with pytest.raises(StoreLockedError) as caught:
+            with StoreLock(store):
+                pytest.fail("a second holder must not enter")
+        assert time.perf_counter() - began < 1.0
+        message = str(caught.value)
+        assert f"pid {os.getpid()}" in message and HOST in message
+        assert str(lock_path(store)) in message
+        assert caught.value.exit_code == 5 and isinstance(caught.value, OutputError)
+        assert _owner(store)["pid"] == os.getpid()  # the refused holder did not touch the lock
+    assert not lock_path(store).exists()
+
+
+def test_second_holder_fails_while_another_process_holds_the_lock(store: str) -> None:
+    code = (
+        "import sys\n"
+        "from pipeline.sinks.lock import StoreLock\n"
+        f"with StoreLock({store!r}):\n"
+        "    print('locked', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError) as caught:
+            with StoreLock(store):
+                pytest.fail("a second holder must not enter")
+        assert f"pid {holder.pid} on {HOST}" in str(caught.value)
+        assert _owner(store)["pid"] == holder.pid
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    assert not lock_path(store).exists()  # the holder removed it on exit
+    with StoreLock(store):
+        assert _owner(store)["pid"] == os.getpid()
+
+
+def test_lock_of_a_dead_process_on_this_host_is_taken_over(store: str) -> None:
+    dead = _dead_pid()
+    _write_lock(store, {"host": HOST, "pid": dead, "started": "2024-01-01T00:00:00+0000"})
+    with StoreLock(store):
+        assert _owner(store)["pid"] == os.getpid()
+    assert not lock_path(store).exists()
+    assert not list(lock_path(store).parent.glob("*.stale-*"))  # the set-aside copy is gone too
+
+
+def test_fresh_lock_of_another_host_blocks(store: str) -> None:
+    # Its pid cannot be checked from here; only the age counts.
+    _write_lock(store, {"host": OTHER_HOST, "pid": 4242, "started": "2024-01-01T00:00:00+0000"}, age=STALE_AFTER / 2)
+    with pytest.raises(StoreLockedError) as caught:
+        with StoreLock(store):
+            pytest.fail("a live lock of another host must block")
+    assert "pid 4242" in str(caught.value) and OTHER_HOST in str(caught.value)
+    assert _owner(store)["host"] == OTHER_HOST  # left alone
+
+
+def test_old_lock_of_another_host_is_taken_over(store: str) -> None:
+    _write_lock(store, {"host": OTHER_HOST, "pid": 4242, "started": "2024-01-01T00:00:00+0000"}, age=STALE_AFTER + 60)
+    with StoreLock(store):
+        owner = _owner(store)
+        assert owner["host"] == HOST and owner["pid"] == os.getpid()
+    assert not lock_path(store).exists()
+
+
+def test_live_pid_on_this_host_blocks_however_old_the_lock(store: str) -> None:
+    # A run on this host whose process lives is never stale, even if its heartbeat file is old.
+    _write_lock(store, {"host": HOST, "pid": os.getpid(), "started": "x"}, age=STALE_AFTER * 3)
+    with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):
+        with StoreLock(store):
+            pass
+
+
+@pytest.mark.parametrize("content", ['{"host": "', "", "not json"], ids=["truncated", "empty", "garbage"])
+def test_half_written_lock_blocks_while_fresh(store: str, content: str) -> None:
+    path = _write_lock(store, content)
+    assert read_owner(path) == {}
+    with pytest.raises(StoreLockedError):
+        with StoreLock(store):
+            pass
+    assert path.read_text(encoding="utf-8") == content
+
+
+@pytest.mark.parametrize("content", ['{"host": "', "", "not json"], ids=["truncated", "empty", "garbage"])
+def test_half_written_lock_is_taken_over_once_old(store: str, content: str) -> None:
+    _write_lock(store, content, age=STALE_AFTER + 60)
+    with StoreLock(store):
+        assert _owner(store)["pid"] == os.getpid()
+    assert not lock_path(store).exists()
+
+
+def test_lock_taken_by_another_owner_is_not_removed_on_exit(store: str) -> None:
+    with StoreLock(store):
+        # e.g. an operator removed our lock and another run took the store meanwhile
+        _write_lock(store, {"host": OTHER_HOST, "pid": 4242, "started": "x"})
+    assert lock_path(store).exists()
+    assert _owner(store)["host"] == OTHER_HOST
+
+
+def test_exit_after_the_lock_file_vanished_is_quiet(store: str) -> None:
+    with StoreLock(store):
+        lock_path(store).unlink()
+    assert not lock_path(store).exists()
+
+
+def test_heartbeat_touches_the_lock(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lock_module, "HEARTBEAT", 0.02)
+    with StoreLock(store):
+        path = lock_path(store)
+        old = time.time() - 1000
+        os.utime(path, (old, old))
+        deadline = time.monotonic() + 5
+        while path.stat().st_mtime < old + 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert path.stat().st_mtime > old + 500, "the heartbeat did not touch the lock"
+
+
+def test_unwritable_folder_is_an_output_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="cannot create the lock"):
+            with StoreLock(str(folder / "x.zarr")):
+                pass
+    finally:
+        folder.chmod(0o700)
