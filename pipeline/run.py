@@ -14,7 +14,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,21 @@ class RunSummary:
     shape: tuple[int, ...]
     dtype: str
     seconds: float
-    status: str = "complete"
 
     @property
     def images_per_second(self) -> float:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def as_event(self) -> dict[str, Any]:
+        """The fields of the final ``end`` event and summary line."""
+        return {
+            "status": "complete",
+            **{k: v for k, v in asdict(self).items() if k != "seconds"},
+            "shape": list(self.shape),
+            "failed": 0,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+        }
 
 
 def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
@@ -115,19 +125,7 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
         dtype=plan.dtype,
         seconds=time.perf_counter() - started,
     )
-    reporter.end(
-        status="complete",
-        store=path,
-        images=summary.images,
-        processed=summary.processed,
-        skipped=summary.skipped,
-        unreadable=summary.unreadable,
-        failed=0,
-        seconds=round(summary.seconds, 3),
-        images_per_second=round(summary.images_per_second, 2),
-        shape=list(summary.shape),
-        dtype=summary.dtype,
-    )
+    reporter.end(**summary.as_event())
     return summary
 
 

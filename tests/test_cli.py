@@ -14,6 +14,8 @@ import pytest
 import zarr
 from scipy import ndimage
 
+from helpers import assert_error, assert_ok, read_store
+
 LUMA = np.array([0.299, 0.587, 0.114])
 EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
 SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])  # not symmetric: catches flips
@@ -37,29 +39,6 @@ def gray(path: Path) -> np.ndarray:
 
 def oracle(paths: list[Path], kernel: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.convolve(gray(path), kernel, mode="reflect") for path in paths])
-
-
-def read_store(path: Path) -> tuple[np.ndarray, dict, list[str]]:
-    """The result array '0', the pipeline attributes and the sources, read back from disk."""
-    group = zarr.open_group(str(path), mode="r")
-    return group["0"][:], dict(group.attrs["pipeline"]), [str(s) for s in group["sources"][:]]
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-
-
-def assert_error(result, exit_code: int, *fragments: str) -> str:
-    """A user error: the documented exit code, one line on stderr naming the problem, no traceback."""
-    assert result.exit_code == exit_code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert result.stdout == ""
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- fixtures

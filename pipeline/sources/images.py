@@ -205,11 +205,20 @@ def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, boo
         if pixels is not None:
             return pixels, pixels.ndim == 3
     try:
-        return iio.imread(path), False
+        pixels = iio.imread(path)
     except FileNotFoundError:
         raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
     except Exception as exc:
         raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
+    if pixels.ndim == 4:  # frames first (GIF): one frame is one image
+        if pixels.shape[0] != 1:
+            raise InputError(
+                f"image {path!r} has {pixels.shape[0]} frames; multi-frame files are not read as "
+                f"collections yet — export the frames as separate files",
+                path,
+            )
+        pixels = pixels[0]
+    return pixels, False
 
 
 def _ends_like_jpeg(path: str) -> bool:

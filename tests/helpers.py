@@ -1,0 +1,31 @@
+"""Assertions shared by the CLI-level tests: read a store back, check success and user errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+
+def read_store(path: Path) -> tuple[np.ndarray, dict, list[str]]:
+    """The result array '0', the pipeline attributes and the sources, read back from disk."""
+    group = zarr.open_group(str(path), mode="r")
+    return group["0"][:], dict(group.attrs["pipeline"]), [str(s) for s in group["sources"][:]]
+
+
+def assert_ok(result) -> None:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+
+
+def assert_error(result, exit_code: int, *fragments: str) -> str:
+    """A user error: the documented exit code, one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == exit_code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+    return lines[0]

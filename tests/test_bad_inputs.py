@@ -1,0 +1,209 @@
+"""Every bad input of docs/errors.md, through the CLI: its exit code, its one line, and the store.
+
+Each test is one row of that table (the rows that another module tests at its own level say
+where, in the table).
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from helpers import assert_error, assert_ok, read_store
+
+EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
+IGNORE_IMAGEIO_PLUGIN_WARNINGS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def images(small_images) -> Path:
+    return small_images()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "out.zarr"
+
+
+@pytest.fixture
+def job(images, store, make_job, write_config):
+    """Factory: a job file over ``paths`` (default: the small images) with extra top-level settings."""
+
+    def write(paths=None, kernel="edge", input_extra=None, **convolve) -> Path:
+        raw = make_job(images if paths is None else paths, store, kernel, **convolve)
+        raw["input"].update(input_extra or {})
+        raw["execution"] = {"scheduler": "sync"}
+        return write_config(raw)
+
+    return write
+
+
+def _truncated_jpeg(images: Path) -> Path:
+    from PIL import Image
+
+    whole = images / "whole.jpg"
+    with Image.open(images / "img1.png") as photo:
+        photo.convert("RGB").save(whole, quality=90)
+    cut = images / "img5.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return cut
+
+
+def _corrupt(images: Path) -> Path:
+    (images / "img5.png").write_bytes(b"not an image" * 20)
+    return images / "img5.png"
+
+
+def _zero_bytes(images: Path) -> Path:
+    (images / "img5.png").write_bytes(b"")
+    return images / "img5.png"
+
+
+BROKEN_FILES = {"corrupt": _corrupt, "zero-byte": _zero_bytes, "truncated JPEG": _truncated_jpeg}
+
+
+@IGNORE_IMAGEIO_PLUGIN_WARNINGS
+@pytest.mark.parametrize("kind", BROKEN_FILES)
+def test_broken_file_fails_the_run_by_default(kind, images, job, store, run_cli):
+    broken = BROKEN_FILES[kind](images)
+    assert_error(run_cli("run", job(paths=images)), 3, "cannot read image", broken.name)
+    assert read_store(store)[1]["status"] == "failed"
+
+
+@IGNORE_IMAGEIO_PLUGIN_WARNINGS
+@pytest.mark.parametrize("kind", BROKEN_FILES)
+def test_broken_file_is_skipped_and_listed(kind, images, job, store, run_cli):
+    broken = BROKEN_FILES[kind](images)
+    result = run_cli("run", job(paths=images, input_extra={"on_error": "skip"}))
+    assert_ok(result)
+    assert "4 images processed" in result.stdout and "1 unreadable (skipped)" in result.stdout
+    stored, attrs, sources = read_store(store)
+    assert attrs["status"] == "complete"
+    unreadable = dict(zarr.open_group(str(store)).attrs)["unreadable"]
+    assert [entry["source"] for entry in unreadable] == [str(broken)]
+    assert "cannot read image" in unreadable[0]["reason"]
+    index = sources.index(str(broken))
+    assert np.isnan(stored[index]).all()  # never written: missing, not black
+    good = [i for i in range(len(sources)) if i != index]
+    assert np.isfinite(stored[good]).all()
+
+
+def test_a_directory_with_no_images(tmp_path, job, run_cli):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    assert_error(run_cli("run", job(paths=tmp_path / "empty")), 3, "holds no images")
+
+
+@IGNORE_IMAGEIO_PLUGIN_WARNINGS
+def test_an_unsupported_format(tmp_path, job, run_cli):
+    drawing = tmp_path / "drawing.svg"
+    drawing.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>')
+    assert_error(run_cli("run", job(paths=drawing)), 3, "cannot read image", "drawing.svg")
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(images, job, run_cli, monkeypatch):
+    import pipeline.sources.images as source
+
+    monkeypatch.setattr(source.cv2, "imread", lambda *a: pytest.fail("decoded a file above the limit"))
+    monkeypatch.setattr(source.iio, "imread", lambda *a, **k: pytest.fail("decoded a file above the limit"))
+    message = assert_error(run_cli("run", job(input_extra={"max_pixels": 1000})), 3, "declares 3,072 pixels")
+    assert "input.max_pixels = 1,000" in message
+
+
+@pytest.mark.parametrize(
+    "kernel, extra, fragments",
+    [
+        ([[1.0, float("nan")], [1.0, 1.0]], {}, ("NaN or infinite",)),
+        ([[1.0, float("inf")]], {}, ("NaN or infinite",)),
+        ([], {}, ("empty",)),
+        ([[[1.0, 1.0]], [[1.0, 1.0]]], {}, ("3 dimensions", "2 spatial")),
+        ([[1, "a"], [2, 3]], {}, ("non-number",)),
+        ([[1.0] * 50] * 50, {"mode": "valid"}, ("larger than the image", "'valid'")),
+    ],
+    ids=["nan", "inf", "empty", "3-D on 2-D images", "non-numeric", "larger than the image for valid"],
+)
+def test_bad_kernels(kernel, extra, fragments, job, run_cli):
+    assert_error(run_cli("run", job(kernel=kernel, **extra)), 2, *fragments)
+
+
+def test_a_npy_kernel_that_needs_pickle(tmp_path, job, run_cli):
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([[1, None]], dtype=object), allow_pickle=True)
+    assert_error(run_cli("run", job(kernel=str(path))), 2, "pickle", "objects.npy")
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("- just\n- a list\n", ("must be a mapping",)),
+        ("input: {paths: x}\noutput: {path: o}\nouptut: {}\n", ("ouptut: unknown key", "did you mean 'output'")),
+        ("input: {paths: x}\noutput: {path: o, overwrite: maybe}\n", ("output.overwrite",)),
+    ],
+    ids=["not a mapping", "unknown key", "wrong type"],
+)
+def test_bad_yaml(text, fragments, write_config, run_cli):
+    assert_error(run_cli("run", write_config(text)), 2, *fragments)
+
+
+def test_output_path_is_a_file(job, store, run_cli):
+    store.write_text("precious")
+    assert_error(run_cli("run", job()), 4, "is a file")
+    assert store.read_text() == "precious"
+
+
+def test_output_inside_the_input_folder(images, make_job, write_config, run_cli):
+    config = write_config(make_job(f"{images}/*.png", images / "result.zarr", "edge"))
+    assert_error(run_cli("run", config), 4, "inside the input folder")
+
+
+def test_output_not_writable(job, run_cli, monkeypatch):
+    # Tests may run as root, who may write anywhere: ask the permission check itself.
+    import os
+
+    readable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK and readable(path, mode))
+    assert_error(run_cli("run", job()), 4, "not writable")
+
+
+def test_an_existing_store_of_another_job_needs_overwrite(job, run_cli):
+    assert_ok(run_cli("run", job()))
+    assert_error(run_cli("run", job(kernel="blur")), 4, "different job", "--overwrite")
+
+
+def test_a_full_disk_leaves_a_resumable_store(images, job, store, run_cli, monkeypatch):
+    from zarr.storage import _local
+
+    real_put = _local._put
+    calls = {"n": 0}
+
+    def put_until_full(path, value, exclusive=False):
+        if "/0/c/" in str(path):
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(path, value, exclusive=exclusive)
+
+    config = job()
+    monkeypatch.setattr(_local, "_put", put_until_full)
+    assert_error(run_cli("run", config, "--batch-size", "1"), 4, "No space left on device", "rerun to resume")
+    attrs = read_store(store)[1]
+    assert attrs["status"] == "failed"
+    assert zarr.open_group(str(store))["ledger/done"][:].tolist() == [1, 1, 0, 0]
+
+    monkeypatch.setattr(_local, "_put", real_put)
+    result = run_cli("run", config, "--batch-size", "1")
+    assert_ok(result)
+    assert result.stdout.startswith("complete: 2 images processed, 2 skipped (already written)")
+    stored, attrs, sources = read_store(store)
+    assert attrs["status"] == "complete"
+    for index, source in enumerate(sources):
+        pixels = iio.imread(source).astype(np.float64)
+        gray = pixels if pixels.ndim == 2 else pixels[..., :3] @ [0.299, 0.587, 0.114]
+        np.testing.assert_allclose(stored[index], ndimage.convolve(gray, EDGE, mode="reflect"), rtol=1e-5, atol=2e-3)

@@ -1,0 +1,82 @@
+"""Each supported file format and pixel layout decodes to the values written, on their own scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline.sources.images import read_image
+
+RNG = np.random.default_rng(11)
+GRAY8 = RNG.integers(0, 256, (6, 7), dtype=np.uint8)
+RGB8 = RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+RGBA8 = np.dstack([RGB8, RNG.integers(0, 256, (6, 7), dtype=np.uint8)])
+GRAY16 = RNG.integers(0, 65536, (6, 7), dtype=np.uint16)
+FLOAT32 = RNG.normal(size=(6, 7)).astype(np.float32)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]
+
+
+def _pillow(path: Path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.mark.parametrize(
+    "name, pixels, write, gray",
+    [
+        ("gray.png", GRAY8, iio.imwrite, GRAY8),
+        ("rgb.png", RGB8, iio.imwrite, luma(RGB8)),
+        ("rgba.png", RGBA8, iio.imwrite, luma(RGB8)),
+        ("gray16.png", GRAY16, iio.imwrite, GRAY16),
+        ("gray.tif", GRAY8, tifffile.imwrite, GRAY8),
+        ("gray16.tif", GRAY16, tifffile.imwrite, GRAY16),
+        ("float.tif", FLOAT32, tifffile.imwrite, FLOAT32),
+        ("rgb.tif", RGB8, tifffile.imwrite, luma(RGB8)),
+        ("rgb.bmp", RGB8, _pillow, luma(RGB8)),
+        ("gray.bmp", GRAY8, _pillow, GRAY8),
+        ("rgb.webp", RGB8, lambda path, p: Image.fromarray(p).save(path, lossless=True), luma(RGB8)),
+    ],
+)
+def test_lossless_formats_keep_their_values(tmp_path: Path, name, pixels, write, gray) -> None:
+    path = tmp_path / name
+    write(path, pixels)
+    np.testing.assert_allclose(read_image(str(path), dtype="float64"), gray, rtol=1e-6, atol=1e-9)
+    kept = read_image(str(path), color="keep", dtype="float64")
+    expected = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+    np.testing.assert_array_equal(kept, expected.astype(np.float64))
+
+
+def test_palette_images_use_their_colours(tmp_path: Path) -> None:
+    path = tmp_path / "palette.png"
+    Image.fromarray(RGB8).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(path)
+    colours = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_allclose(read_image(str(path), dtype="float64"), luma(colours), rtol=1e-9)
+
+
+def test_a_single_frame_gif(tmp_path: Path) -> None:
+    path = tmp_path / "one.gif"
+    Image.fromarray(GRAY8).save(path)
+    expected = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    np.testing.assert_allclose(read_image(str(path), dtype="float64"), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("quality", [75, 95])
+def test_jpeg_decodes_as_pillow_does(tmp_path: Path, quality: int) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(RGB8).save(path, quality=quality)
+    np.testing.assert_allclose(read_image(str(path), dtype="float64"), luma(iio.imread(path)), rtol=1e-9)
+    kept = read_image(str(path), color="keep", dtype="float64")
+    np.testing.assert_array_equal(kept, np.moveaxis(iio.imread(path), -1, 0))
+
+
+def test_cmyk_jpeg_comes_out_as_colour(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(RGB8).convert("CMYK").save(path, quality=95)
+    assert read_image(str(path), color="keep").shape[0] == 3
