@@ -49,6 +49,10 @@ class InputConfig(_Frozen):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="an unreadable image: fail the run, or skip it (listed in the store with its reason)"
     )
+    tile: Union[Literal["auto", "whole"], PositiveCount] = Field(
+        "auto",
+        description="read huge TIFFs by tiles: auto (TIFFs above 16 MPix, by ~2048 px tiles), whole, or a tile size",
+    )
     max_pixels: PositiveCount = Field(
         DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"
     )

@@ -38,6 +38,11 @@ class JobPlan:
     dtype: str  # of the stored result
 
     @property
+    def chunks(self) -> tuple[int, ...]:
+        """The store's chunk: one image, or one tile of one."""
+        return store_chunks(self.spec, self.shape)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.sources), *self.image_shape)
 
@@ -83,7 +88,7 @@ class JobPlan:
         """Task count, peak memory per worker and bytes moved, for `pipeline plan`."""
         workers = 1 if self.config.execution.scheduler == "sync" else resolve_workers(self.config.execution.workers)
         item = np.dtype(self.compute_dtype).itemsize
-        block = int(np.prod(self.spec.shape)) * item
+        block = int(np.prod(self.spec.chunks)) * item
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
         # A task holds the decoded image, its float copy, an input and output per kernel, the cast.
         per_task = block + 2 * largest + int(np.prod(self.image_shape)) * np.dtype(self.dtype).itemsize
@@ -125,7 +130,9 @@ def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> Ima
     candidates = sources if config.input.on_error == "skip" else sources[:1]
     for source in candidates:
         try:
-            return probe(source, color=config.input.color, max_pixels=config.input.max_pixels)
+            return probe(
+                source, color=config.input.color, max_pixels=config.input.max_pixels, tile=config.input.tile
+            )
         except InputError:
             if source is candidates[-1]:
                 raise
@@ -139,5 +146,12 @@ def _lazy_result(
     chained = chain(images, steps, spatial_ndim=spec.spatial_ndim)
     scale = unit_range_to(np.dtype(config.output.dtype)) if chained.unit_range else 1.0
     result = cast_to(chained.array, config.output.dtype, scale=scale)
-    # One chunk per image in the store; valid/full on tiled data may leave ragged chunks.
-    return result.rechunk((1,) + result.shape[1:]), chained.stages
+    # One chunk per image (or per tile) in the store; valid/full on tiles may leave ragged chunks.
+    return result.rechunk(store_chunks(spec, result.shape)), chained.stages
+
+
+def store_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The store's chunk for a result of ``shape``: one image, or one tile of one image."""
+    if spec.tile is None:
+        return (1, *shape[1:])
+    return (1, *shape[1:-2], *(min(t, n) for t, n in zip(spec.tile, shape[-2:])))

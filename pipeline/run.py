@@ -150,7 +150,7 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
     plan = build_plan(config, listed)
     layout = StoreLayout(
         shape=plan.shape,
-        chunks=(1, *plan.image_shape),
+        chunks=plan.chunks,
         dtype=plan.dtype,
         dimension_names=plan.axes,
         codec=config.output.codec,

@@ -22,6 +22,7 @@ from natsort import natsorted, ns
 from PIL import Image
 
 from pipeline.errors import InputError
+from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
@@ -96,6 +97,13 @@ class ImageSpec:
     color: Color
     reference: str
     max_pixels: int = DEFAULT_MAX_PIXELS
+    raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c])
+    tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """One image's chunk: the whole image, or one tile of it."""
+        return self.shape if self.tile is None else (*self.shape[:-2], *self.tile)
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -106,18 +114,34 @@ class ImageSpec:
         return len(self.shape) - (self.color == "keep")
 
 
-def probe(path: str, *, color: Color = "gray", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSpec:
+def probe(
+    path: str, *, color: Color = "gray", max_pixels: int = DEFAULT_MAX_PIXELS, tile: str | int = "auto"
+) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape."""
     check_size(path, max_pixels)
-    shape = _converted_shape(path, _probe_shape(path), color)
-    return ImageSpec(shape=shape, color=color, reference=path, max_pixels=max_pixels)
+    raw = tiff_layout(path)[0] if path.lower().endswith(TIFF_SUFFIXES) else _probe_shape(path)
+    shape = _converted_shape(path, raw, color)
+    return ImageSpec(
+        shape=shape,
+        color=color,
+        reference=path,
+        max_pixels=max_pixels,
+        raw_shape=raw,
+        tile=choose_tile(path, tile, raw),
+    )
 
 
 def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
 
-    Tasks get absolute paths: a distributed worker may run in another directory.
+    Tasks get absolute paths: a distributed worker may run in another directory. Huge TIFFs
+    (``spec.tile``) are read by tiles instead, one task per tile.
     """
+    if spec.tile is not None:
+        return tiled_stack(
+            sources, shape=spec.shape, raw_shape=spec.raw_shape, tile=spec.tile,
+            color=spec.color, dtype=dtype, reference=spec.reference,
+        )
     names = np.empty(len(sources), dtype=object)
     names[:] = [os.path.abspath(source) for source in sources]
     return da.from_array(names, chunks=1, name=False).map_blocks(
@@ -242,6 +266,11 @@ def read_image(
     """Decode one file into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped."""
     pixels, bgr = decode(path, max_pixels=max_pixels)
     _converted_shape(path, pixels.shape, color)  # rejects shapes we cannot interpret
+    return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr)
+
+
+def convert_pixels(pixels: np.ndarray, *, color: Color, dtype: str, bgr: bool = False) -> np.ndarray:
+    """Channels-last pixels (an image or a tile of one) → (y, x) luma or (c, y, x), in ``dtype``."""
     if pixels.ndim == 2:
         image = pixels.astype(dtype, copy=False)
         return image if color == "gray" else image[np.newaxis]

@@ -1,0 +1,104 @@
+"""Huge TIFF images read by tiles: each task decodes one region, never the whole image.
+
+tifffile exposes a TIFF's tiles (or strips) as a Zarr store; a task opens it, reads its region and
+converts it like any image (gray or channels). The convolution then exchanges halos between tiles
+and the store is written tile by tile, so memory stays at a few tiles per worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+
+from pipeline.errors import InputError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+# `tile: auto` reads a TIFF by tiles once it holds more pixels than this (16 MPix: 64 MiB as float32).
+AUTO_TILE_ABOVE = 4096 * 4096
+AUTO_TILE = 2048
+
+
+def tiff_layout(path: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """The first page's shape and its tile size (None for strips), from the header only."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            tile = (page.tilelength, page.tilewidth) if page.is_tiled else None
+            return tuple(page.shape), tile
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+
+
+def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The (y, x) tile to read ``path`` by, or None to read it whole."""
+    if setting == "whole":
+        return None
+    if not path.lower().endswith(TIFF_SUFFIXES):
+        if setting == "auto":
+            return None
+        raise InputError(
+            f"input.tile: {path!r} is not a TIFF; only TIFF files can be read by tiles (set input.tile: whole)",
+            path,
+        )
+    if setting == "auto" and math.prod(raw_shape[:2]) <= AUTO_TILE_ABOVE:
+        return None
+    size = AUTO_TILE if setting == "auto" else int(setting)
+    _, file_tile = tiff_layout(path)
+    if file_tile is None:
+        return size, size
+    # Whole file tiles per task, so that no tile is decoded twice.
+    return tuple(max(step, size // step * step) for step in file_tile)
+
+
+def tiled_stack(
+    sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], tile: tuple[int, int],
+    color: str, dtype: str, reference: str,
+) -> da.Array:
+    """(image, [c], y, x) with chunks of one tile; ``shape`` is the converted shape of each image."""
+    images = []
+    for source in sources:
+        found, _ = tiff_layout(source)
+        if found != raw_shape:
+            raise InputError(
+                f"image {source!r} has shape {found} but {reference!r}, the first image, has {raw_shape}; "
+                f"all images of a collection must have the same size and channels",
+                source,
+            )
+        lead = shape[:-2]
+        chunks = (*((n,) for n in lead), _split(shape[-2], tile[0]), _split(shape[-1], tile[1]))
+        images.append(
+            da.map_blocks(
+                _read_tile,
+                chunks=((1,), *chunks),
+                dtype=dtype,
+                meta=np.empty((0,) * (1 + len(shape)), dtype=dtype),
+                path=os.path.abspath(source),
+                color=color,
+                out_dtype=dtype,
+            )
+        )
+    return da.concatenate(images, axis=0)
+
+
+def _split(size: int, step: int) -> tuple[int, ...]:
+    return tuple(min(step, size - start) for start in range(0, size, step))
+
+
+def _read_tile(*, path: str, color: str, out_dtype: str, block_info: dict | None = None) -> np.ndarray:
+    from pipeline.sources.images import convert_pixels
+
+    (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
+    try:
+        with tifffile.imread(path, aszarr=True) as store:
+            pixels = zarr.open_array(store, mode="r")[y0:y1, x0:x1]
+    except FileNotFoundError:
+        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+    return convert_pixels(pixels, color=color, dtype=out_dtype)[np.newaxis]
