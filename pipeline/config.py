@@ -49,6 +49,9 @@ class InputConfig(_Frozen):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="an unreadable image: fail the run, or skip it (listed in the store with its reason)"
     )
+    layout: Literal["images", "volume"] = Field(
+        "images", description="images: each file one 2-D image; volume: each multi-page TIFF one (z, y, x) stack"
+    )
     tile: Union[Literal["auto", "whole"], PositiveCount] = Field(
         "auto",
         description="read huge TIFFs by tiles: auto (TIFFs above 16 MPix, by ~2048 px tiles), whole, or a tile size",

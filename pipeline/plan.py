@@ -131,7 +131,11 @@ def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> Ima
     for source in candidates:
         try:
             return probe(
-                source, color=config.input.color, max_pixels=config.input.max_pixels, tile=config.input.tile
+                source,
+                color=config.input.color,
+                max_pixels=config.input.max_pixels,
+                tile=config.input.tile,
+                layout=config.input.layout,
             )
         except InputError:
             if source is candidates[-1]:
@@ -152,6 +156,8 @@ def _lazy_result(
 
 def store_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The store's chunk for a result of ``shape``: one image, or one tile of one image."""
+    if spec.volume:
+        return (1, 1, *shape[2:])
     if spec.tile is None:
         return (1, *shape[1:])
     return (1, *shape[1:-2], *(min(t, n) for t, n in zip(spec.tile, shape[-2:])))

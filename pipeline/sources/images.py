@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
+from pipeline.sources.volume import stack_shape, stack_volumes, volume_shape
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
@@ -97,16 +98,21 @@ class ImageSpec:
     color: Color
     reference: str
     max_pixels: int = DEFAULT_MAX_PIXELS
-    raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c])
+    raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c]), or (z, y, x[, c]) for volumes
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
+    volume: bool = False  # each file a (z, y, x) stack, read slice by slice
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        """One image's chunk: the whole image, or one tile of it."""
+        """One image's chunk: the whole image, one tile of it, or one slice of a volume."""
+        if self.volume:
+            return (1, *self.shape[1:])
         return self.shape if self.tile is None else (*self.shape[:-2], *self.tile)
 
     @property
     def axes(self) -> tuple[str, ...]:
+        if self.volume:
+            return ("image", "z", "y", "x")
         return ("image", "y", "x") if self.color == "gray" else ("image", "c", "y", "x")
 
     @property
@@ -115,10 +121,23 @@ class ImageSpec:
 
 
 def probe(
-    path: str, *, color: Color = "gray", max_pixels: int = DEFAULT_MAX_PIXELS, tile: str | int = "auto"
+    path: str,
+    *,
+    color: Color = "gray",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    tile: str | int = "auto",
+    layout: str = "images",
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape."""
     check_size(path, max_pixels)
+    if layout == "volume":
+        if color != "gray":
+            raise InputError("input.layout: volume reads gray stacks; set input.color: gray")
+        raw = stack_shape(path)
+        return ImageSpec(
+            shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
+            raw_shape=raw, volume=True,
+        )
     raw = tiff_layout(path)[0] if path.lower().endswith(TIFF_SUFFIXES) else _probe_shape(path)
     shape = _converted_shape(path, raw, color)
     return ImageSpec(
@@ -137,6 +156,8 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
     Tasks get absolute paths: a distributed worker may run in another directory. Huge TIFFs
     (``spec.tile``) are read by tiles instead, one task per tile.
     """
+    if spec.volume:
+        return stack_volumes(sources, shape=spec.shape, raw_shape=spec.raw_shape, dtype=dtype, reference=spec.reference)
     if spec.tile is not None:
         return tiled_stack(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, tile=spec.tile,

@@ -1,0 +1,74 @@
+"""Volumes: each multi-page TIFF (a z-stack) is one image of shape (z, y, x), read slice by slice.
+
+A slice is one chunk, so a 3-D kernel's halo along z is exchanged between slices by map_overlap
+and memory stays at a few slices per worker, whatever the depth of the stack.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import dask.array as da
+import numpy as np
+import tifffile
+
+from pipeline.errors import InputError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def stack_shape(path: str) -> tuple[int, ...]:
+    """The (z, y, x[, c]) shape of a TIFF's first series, from its header."""
+    if not path.lower().endswith(TIFF_SUFFIXES):
+        raise InputError(f"input.layout: volume reads multi-page TIFF stacks; {path!r} is not a TIFF", path)
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            shape = tuple(tiff.series[0].shape)
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+    return shape if len(shape) >= 3 else (1, *shape)
+
+
+def volume_shape(path: str, raw: tuple[int, ...]) -> tuple[int, ...]:
+    """(z, y, x) after gray conversion; a stack of RGB(A) pages becomes luma."""
+    if len(raw) == 3 or (len(raw) == 4 and raw[-1] in (3, 4)):
+        return raw[:3]
+    raise InputError(f"image {path!r} has shape {raw}, which is not a (z, y, x) stack of gray or RGB pages", path)
+
+
+def stack_volumes(sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], dtype: str, reference: str) -> da.Array:
+    """(volume, z, y, x), one chunk per slice."""
+    volumes = []
+    for source in sources:
+        found = stack_shape(source)
+        if found != raw_shape:
+            raise InputError(
+                f"image {source!r} has shape {found} but {reference!r}, the first image, has {raw_shape}; "
+                f"all volumes of a collection must have the same size",
+                source,
+            )
+        volumes.append(
+            da.map_blocks(
+                _read_slice,
+                chunks=((1,), (1,) * shape[0], (shape[1],), (shape[2],)),
+                dtype=dtype,
+                meta=np.empty((0, 0, 0, 0), dtype=dtype),
+                path=os.path.abspath(source),
+                out_dtype=dtype,
+            )
+        )
+    return da.concatenate(volumes, axis=0)
+
+
+def _read_slice(*, path: str, out_dtype: str, block_info: dict | None = None) -> np.ndarray:
+    from pipeline.sources.images import convert_pixels
+
+    z = block_info[None]["chunk-location"][1]
+    try:
+        pixels = tifffile.imread(path, key=z)
+    except FileNotFoundError:
+        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+    return convert_pixels(pixels, color="gray", dtype=out_dtype)[np.newaxis, np.newaxis]
