@@ -49,6 +49,11 @@ class InputConfig(_Frozen):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="an unreadable image: fail the run, or skip it (listed in the store with its reason)"
     )
+    shapes: Literal["strict", "pad"] = Field(
+        "strict",
+        description="images of different sizes: strict fails naming the file; pad pads each to the largest",
+    )
+    pad_value: float = Field(0.0, description="the value padding adds with shapes: pad")
     layout: Literal["images", "volume"] = Field(
         "images", description="images: each file one 2-D image; volume: each multi-page TIFF one (z, y, x) stack"
     )

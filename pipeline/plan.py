@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
-from pipeline.sources.images import ImageSpec, list_images, probe, stack_images
+from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
 from pipeline.steps.normalize import unit_range_to
@@ -36,6 +36,7 @@ class JobPlan:
     stages: tuple[Stage, ...]  # shapes are those of the whole collection
     image_shape: tuple[int, ...]  # the result of one image: ([c,] y, x)
     dtype: str  # of the stored result
+    source_shapes: tuple[tuple[int, ...], ...] = ()  # each image's own shape, when padded
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -117,12 +118,36 @@ def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> 
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early."""
     sources = tuple(list_images(config.input.paths) if sources is None else sources)
     spec = _probe_first_readable(config, sources)
+    source_shapes: tuple[tuple[int, ...], ...] = ()
+    if config.input.shapes == "pad":
+        spec, source_shapes = _padded_spec(config, spec, sources)
     dtype = compute_dtype(config)
     # normalize rescales each image as a whole (all channels together, keeping colour balance)
     steps = tuple(build_steps(config.steps, image_axes=1))
     one_image, stages = _lazy_result(config, sources[:1], spec, steps, dtype)
     stages = tuple(replace(stage, shape=(len(sources), *stage.shape[1:])) for stage in stages)
-    return JobPlan(config, sources, spec, dtype, steps, stages, tuple(one_image.shape[1:]), str(one_image.dtype))
+    return JobPlan(
+        config, sources, spec, dtype, steps, stages, tuple(one_image.shape[1:]), str(one_image.dtype), source_shapes
+    )
+
+
+def _padded_spec(
+    config: PipelineConfig, spec: ImageSpec, sources: Sequence[str]
+) -> tuple[ImageSpec, tuple[tuple[int, ...], ...]]:
+    """Every image padded to the largest: this reads every file's header (not its pixels)."""
+    if spec.volume or spec.tile is not None:
+        raise InputError("input.shapes: pad works on whole 2-D images (not volumes or tiled TIFFs)")
+    shapes = [declared_shape(source, config.input.color) for source in sources]
+    # Channels come from the first image; y and x from the largest of all.
+    largest = (*spec.shape[:-2], *(max(shape[axis] for shape in shapes) for axis in (-2, -1)))
+    for source, shape in zip(sources, shapes):
+        if not fits_inside(shape, largest):
+            raise InputError(
+                f"image {source!r} has shape {shape}, which padding cannot match to {largest} "
+                f"(a different number of channels)",
+                source,
+            )
+    return replace(spec, shape=largest, pad_value=config.input.pad_value), tuple(shapes)
 
 
 def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> ImageSpec:

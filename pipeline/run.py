@@ -34,6 +34,7 @@ from pipeline.sinks.zarr_store import (
     check_output_path,
     create_store,
     open_result,
+    record_source_shapes,
     remove_partial_writes,
     set_status,
     stored_status,
@@ -143,6 +144,8 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
         if new:
             append_sources(path, new)
             plan = build_plan(config, known + new)
+            if plan.source_shapes:
+                record_source_shapes(path, len(known), plan.source_shapes[len(known) :])
         remove_partial_writes(path)
         set_status(path, "running", resumed=utc_now())
         done = open_result(path).done
@@ -165,6 +168,8 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
         "started": utc_now(),
     }
     create_store(path, layout, sources=plan.sources, provenance=provenance)
+    if plan.source_shapes:
+        record_source_shapes(path, 0, plan.source_shapes)
     return plan, np.ones(len(plan.sources), dtype=bool)
 
 

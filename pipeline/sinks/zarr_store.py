@@ -7,6 +7,7 @@ beside level "0" later without moving anything)::
         zarr.json      group; attributes["pipeline"] = provenance and status
         0/             the result, axes (image, [c], y, x), one chunk per image
         sources/       1-D string array: the source file of each image index
+        source_shapes/ each image's own shape, when smaller images were padded (input.shapes: pad)
         ledger/        which images are durably written (see ledger.py)
 
 ``status`` is ``running`` while chunks are written (and stays so if the run is killed),
@@ -34,6 +35,7 @@ from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledg
 
 RESULT_ARRAY = "0"
 SOURCES_ARRAY = "sources"
+SHAPES_ARRAY = "source_shapes"
 ATTRS_KEY = "pipeline"
 SOURCES_PER_CHUNK = 65536
 
@@ -144,6 +146,17 @@ def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
     resize_ledger(group, count)
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "sources": {"array": SOURCES_ARRAY, "count": count}}
     return result
+
+
+def record_source_shapes(path: str, start: int, shapes: Sequence[tuple[int, ...]]) -> None:
+    """Each image's own shape before padding (input.shapes: pad), from index ``start`` on."""
+    group = zarr.open_group(path, mode="r+")
+    rows = np.asarray(shapes, dtype=np.int64).reshape(len(shapes), -1)
+    if SHAPES_ARRAY not in group:
+        group.create_array(SHAPES_ARRAY, shape=(0, rows.shape[1]), chunks=(SOURCES_PER_CHUNK, rows.shape[1]), dtype="int64")
+    array = group[SHAPES_ARRAY]
+    array.resize((max(array.shape[0], start + len(rows)), rows.shape[1]))
+    array[start : start + len(rows)] = rows
 
 
 def remove_partial_writes(path: str) -> int:

@@ -101,6 +101,7 @@ class ImageSpec:
     raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c]), or (z, y, x[, c]) for volumes
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
     volume: bool = False  # each file a (z, y, x) stack, read slice by slice
+    pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -176,6 +177,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         reference=spec.reference,
         out_dtype=dtype,
         max_pixels=spec.max_pixels,
+        pad_value=spec.pad_value,
     )
 
 
@@ -186,6 +188,17 @@ def open_collection(
     sources = list_images(paths)
     spec = probe(sources[0], color=color)
     return ImageCollection(array=stack_images(sources, spec, dtype=dtype), sources=tuple(sources), axes=spec.axes)
+
+
+def fits_inside(small: tuple[int, ...], large: tuple[int, ...]) -> bool:
+    """Same channels, and no larger along y or x: an image that padding can bring to ``large``."""
+    return len(small) == len(large) and small[:-2] == large[:-2] and all(a <= b for a, b in zip(small, large))
+
+
+def declared_shape(path: str, color: Color) -> tuple[int, ...]:
+    """An image's shape after colour handling, from its header (no decoding)."""
+    raw = tiff_layout(path)[0] if path.lower().endswith(TIFF_SUFFIXES) else _probe_shape(path)
+    return _converted_shape(path, raw, color)
 
 
 def _probe_shape(path: str) -> tuple[int, ...]:
@@ -309,14 +322,25 @@ def convert_pixels(pixels: np.ndarray, *, color: Color, dtype: str, bgr: bool = 
 
 
 def _read_block(
-    names: np.ndarray, *, color: Color, shape: tuple[int, ...], reference: str, out_dtype: str, max_pixels: int
+    names: np.ndarray,
+    *,
+    color: Color,
+    shape: tuple[int, ...],
+    reference: str,
+    out_dtype: str,
+    max_pixels: int,
+    pad_value: float | None,
 ) -> np.ndarray:
     path = names.item()
     image = read_image(path, color=color, dtype=out_dtype, max_pixels=max_pixels)
+    if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
+        extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
+        image = np.pad(image, extra, constant_values=pad_value)
     if image.shape != shape:
         raise InputError(
             f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
-            f"all images of a collection must have the same size and channels",
+            f"all images of a collection must have the same size and channels "
+            f"(input.shapes: pad pads smaller images to the largest)",
             path,
         )
     return image[np.newaxis]

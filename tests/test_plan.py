@@ -1,0 +1,80 @@
+"""The plan: padding mixed sizes, the job fingerprint, and the estimates `pipeline plan` prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from pipeline.config import validate_config
+from pipeline.errors import InputError
+from pipeline.plan import build_plan
+from pipeline.run import run
+
+RNG = np.random.default_rng(5)
+BLUR = np.full((3, 3), 1 / 9)
+
+
+def _config(paths, out="unused.zarr", steps=None, **input_options):
+    return validate_config(
+        {
+            "input": {"paths": str(paths), **input_options},
+            "steps": [{"convolve": {"kernel": "blur"}}] if steps is None else steps,
+            "output": {"path": str(out), "dtype": "float64"},
+            "execution": {"scheduler": "sync"},
+        }
+    )
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", RNG.integers(0, 256, (20, 30), dtype=np.uint8))
+    iio.imwrite(folder / "b.png", RNG.integers(0, 256, (25, 18), dtype=np.uint8))
+    return folder
+
+
+def test_pad_brings_every_image_to_the_largest(mixed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "padded.zarr"
+    run(_config(mixed, out, shapes="pad", pad_value=7.0))
+    group = zarr.open_group(str(out), mode="r")
+    assert group["0"].shape == (2, 25, 30)
+    assert group["source_shapes"][:].tolist() == [[20, 30], [25, 18]]
+    for index, name in enumerate(("a.png", "b.png")):
+        pixels = iio.imread(mixed / name).astype(np.float64)
+        padded = np.pad(pixels, [(0, 25 - pixels.shape[0]), (0, 30 - pixels.shape[1])], constant_values=7.0)
+        np.testing.assert_allclose(group["0"][index], ndimage.convolve(padded, BLUR, mode="reflect"), rtol=1e-12)
+
+
+def test_strict_names_the_file_and_the_way_out(mixed: Path) -> None:
+    plan = build_plan(_config(mixed))
+    with pytest.raises(InputError, match=r"b\.png.*\(25, 18\).*input\.shapes: pad"):
+        plan.result().compute(scheduler="sync")
+
+
+def test_pad_cannot_change_channels(mixed: Path) -> None:
+    iio.imwrite(mixed / "c.png", RNG.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"c\.png.*channels"):
+        build_plan(_config(mixed, shapes="pad", color="keep"))
+
+
+def test_fingerprint_follows_the_values_not_the_execution(mixed: Path) -> None:
+    base = build_plan(_config(mixed, shapes="pad")).fingerprint
+    other_kernel = build_plan(_config(mixed, steps=[{"convolve": {"kernel": "edge"}}], shapes="pad")).fingerprint
+    same_values = validate_config(
+        {**_config(mixed, shapes="pad").model_dump(mode="json"), "execution": {"scheduler": "threads", "workers": 3}}
+    )
+    assert other_kernel != base
+    assert build_plan(same_values).fingerprint == base
+
+
+def test_estimates(mixed: Path) -> None:
+    estimates = build_plan(_config(mixed, shapes="pad")).estimates()
+    assert estimates["images"] == 2 and estimates["tasks"] >= 2
+    assert estimates["bytes_written_uncompressed"] == 2 * 25 * 30 * 8
+    assert estimates["peak_memory_per_task"] >= 25 * 30 * 8
