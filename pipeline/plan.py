@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
-from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
+from pipeline.sources.images import ImageSpec, declared_dtype, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
 from pipeline.steps.normalize import unit_range_to
@@ -80,6 +80,22 @@ class JobPlan:
             "image_shape": list(self.image_shape),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def narrowing(self) -> str | None:
+        """A warning when integer output cannot hold the input's range and nothing rescales it."""
+        out = np.dtype(self.dtype)
+        last_normalizes = bool(self.steps) and self.steps[-1].unit_range
+        if out.kind not in "ui" or last_normalizes:
+            return None
+        source = declared_dtype(self.spec.reference)
+        if source.kind in "ui" and np.iinfo(source).max <= np.iinfo(out).max and np.iinfo(source).min >= np.iinfo(out).min:
+            if not any(step.convolution is not None for step in self.steps):
+                return None  # nothing can leave the input's range
+        return (
+            f"output.dtype {out} is narrower than what the steps can produce from {source} input: "
+            f"values outside {np.iinfo(out).min}..{np.iinfo(out).max} are clipped; add '- normalize: minmax' "
+            f"as the last step or choose a wider output.dtype"
+        )
 
     def result(self, start: int = 0, stop: int | None = None) -> da.Array:
         """The lazy result for images ``start:stop``, one chunk per image, in the output dtype."""

@@ -132,6 +132,16 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
 
 def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter) -> tuple[JobPlan, np.ndarray]:
     """Create, resume or extend the store; return the plan and a per-image 'still to do' mask."""
+    plan, pending = _open_or_create(config, exists=exists, append=append, reporter=reporter)
+    narrowing = plan.narrowing()
+    if narrowing:
+        reporter.warning(narrowing)
+    return plan, pending
+
+
+def _open_or_create(
+    config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter
+) -> tuple[JobPlan, np.ndarray]:
     path = config.output.path
     listed = list_images(config.input.paths)
     if exists and not config.output.overwrite and stored_status(path) != "creating":

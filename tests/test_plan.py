@@ -78,3 +78,24 @@ def test_estimates(mixed: Path) -> None:
     assert estimates["images"] == 2 and estimates["tasks"] >= 2
     assert estimates["bytes_written_uncompressed"] == 2 * 25 * 30 * 8
     assert estimates["peak_memory_per_task"] >= 25 * 30 * 8
+
+
+@pytest.mark.parametrize(
+    "source_dtype, output, steps, warns",
+    [
+        ("uint8", "uint8", [{"convolve": {"kernel": "edge"}}], True),
+        ("uint8", "uint8", [{"convolve": {"kernel": "edge"}}, {"normalize": "minmax"}], False),
+        ("uint8", "uint16", [], False),
+        ("uint16", "uint8", [], True),
+        ("uint16", "float32", [{"convolve": {"kernel": "edge"}}], False),
+    ],
+)
+def test_integer_output_is_never_narrowed_silently(tmp_path, source_dtype, output, steps, warns) -> None:
+    iio.imwrite(tmp_path / "a.png", np.zeros((4, 4), dtype=source_dtype))
+    config = validate_config(
+        {"input": {"paths": str(tmp_path / "a.png")}, "steps": steps, "output": {"path": "o.zarr", "dtype": output}}
+    )
+    message = build_plan(config).narrowing()
+    assert (message is not None) == warns
+    if warns:
+        assert f"output.dtype {output}" in message and "normalize" in message

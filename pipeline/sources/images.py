@@ -201,6 +201,17 @@ def declared_shape(path: str, color: Color) -> tuple[int, ...]:
     return _converted_shape(path, raw, color)
 
 
+def declared_dtype(path: str) -> np.dtype:
+    """The pixel type a file stores, from its header."""
+    try:
+        if path.lower().endswith(TIFF_SUFFIXES):
+            with tifffile.TiffFile(path) as tiff:
+                return np.dtype(tiff.pages[0].dtype)
+        return np.dtype(iio.improps(path).dtype)
+    except Exception as exc:
+        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
+
+
 def _probe_shape(path: str) -> tuple[int, ...]:
     try:
         return tuple(iio.improps(path).shape)
