@@ -248,6 +248,14 @@ def plan(
 
 
 @app.command()
+def schema() -> None:
+    """Print the JSON schema of the job file (from the config models), for editors and validators."""
+    from pipeline.config import PipelineConfig
+
+    out.print_json(json.dumps(PipelineConfig.model_json_schema()))
+
+
+@app.command()
 def kernels(
     name: Annotated[Optional[str], typer.Argument(help="Show one kernel's full matrix.")] = None,
     param: Annotated[
@@ -299,34 +307,11 @@ def inspect(
     sources: Annotated[int, typer.Option(help="How many source files to list.")] = 5,
 ) -> None:
     """Show a store's shape, dtype, chunks, codec, status, steps and source files."""
-    from pipeline.sinks.zarr_store import describe_codec, open_result
+    from pipeline.sinks.zarr_store import open_result
 
     with reported_errors():
-        result = open_result(store)
-        names = result.sources
-        flags = result.flags
-        unreadable = result.unreadable
-    prov = result.provenance
-    written = int((flags == 1).sum())
-    info = {
-        "store": store,
-        "status": result.status,
-        "progress": f"{written}/{len(names)} images written"
-        + (f", {len(unreadable)} unreadable (skipped)" if unreadable else ""),
-        "unreadable": unreadable,
-        "shape": list(result.array.shape),
-        "dtype": str(result.array.dtype),
-        "chunks": list(result.array.chunks),
-        "axes": list(result.array.metadata.dimension_names or ()),
-        "codec": describe_codec(result.array),
-        "version": prov.get("version"),
-        "started": prov.get("started"),
-        "finished": prov.get("finished"),
-        "error": prov.get("error"),
-        "steps": prov.get("steps", []),
-        "source_count": len(names),
-        "sources": names[:sources] if sources >= 0 else names,
-    }
+        info = open_result(store).summary(sources=sources)
+    names, unreadable = info["sources"], info["unreadable"]
     if as_json:
         out.print_json(json.dumps(info))
         return
@@ -336,10 +321,9 @@ def inspect(
             table.add_row(f"[bold]{key}", str(info[key]))
     for index, step in enumerate(info["steps"]):
         table.add_row(f"[bold]step {index}", _describe_step(step))
-    shown = info["sources"]
-    more = f" (+{len(names) - len(shown)} more)" if len(names) > len(shown) else ""
-    table.add_row("[bold]sources", f"{len(names)} files{more}")
-    for index, name in enumerate(shown):
+    more = info["source_count"] - len(names)
+    table.add_row("[bold]sources", f"{info['source_count']} files" + (f" (+{more} more)" if more else ""))
+    for index, name in enumerate(names):
         table.add_row("", f"{index}: {name}")
     for entry in unreadable[:sources]:
         table.add_row("[bold]unreadable", f"{entry['index']}: {entry['reason']}")

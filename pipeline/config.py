@@ -7,6 +7,7 @@ like every other command-line tool, so ``--set output.path=out/x.zarr`` means wh
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
@@ -199,12 +200,31 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(raw, source=str(path))
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(text: str, *, source: str) -> str:
+    """Replace ``${NAME}`` (or ``${NAME:-default}``) with the environment's value, for scheduled jobs."""
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, match.start()) + 1
+        raise ConfigError(f"config file {source!r} line {line}: environment variable {name} is not set (use ${{{name}:-default}})")
+
+    return _ENV_REFERENCE.sub(value, text)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = expand_environment(file.read_text(encoding="utf-8"), source=str(path))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

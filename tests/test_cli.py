@@ -403,3 +403,13 @@ def test_command_debug_shows_traceback(job, tmp_path):
     assert done.returncode != 0
     assert "Traceback (most recent call last)" in done.stderr
     assert "ConfigError" in done.stderr and "unknown kernel 'edgee'" in done.stderr
+
+
+def test_schema_is_the_config_models_json_schema(run_cli):
+    from pipeline.config import PipelineConfig
+
+    result = run_cli("schema")
+    assert_ok(result)
+    schema = json.loads(result.stdout)
+    assert schema == PipelineConfig.model_json_schema()
+    assert set(schema["properties"]) == {"input", "steps", "output", "execution"}

@@ -422,3 +422,18 @@ def test_error_in_file_names_the_file(raw, write_config):
     convolve_of(raw)["kernel"] = "edgee"
     path = write_config(raw)
     assert load_error(path).startswith(f"{path}: steps.0.convolve.kernel: unknown kernel 'edgee'")
+
+
+def test_environment_variables_are_expanded(write_config, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", "/data/collection")
+    monkeypatch.delenv("OUT_DIR", raising=False)
+    path = write_config('input: {paths: "${DATA_DIR}/*.tif"}\noutput: {path: "${OUT_DIR:-out}/x.zarr"}\n')
+    cfg = load_config(path)
+    assert cfg.input.paths == "/data/collection/*.tif" and cfg.output.path == "out/x.zarr"
+
+
+def test_a_missing_environment_variable_names_it_and_its_line(write_config, monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    path = write_config('input: {paths: x}\noutput: {path: "${NOT_SET_ANYWHERE}"}\n')
+    with pytest.raises(ConfigError, match="line 2: environment variable NOT_SET_ANYWHERE is not set"):
+        load_config(path)

@@ -219,6 +219,29 @@ class StoredResult:
     def unreadable(self) -> list[dict[str, Any]]:
         return list(self.group.attrs.get("unreadable", []))
 
+    def summary(self, *, sources: int = 5) -> dict[str, Any]:
+        """What `pipeline inspect` shows: layout, status and progress, provenance, first sources."""
+        names = self.sources
+        unreadable = self.unreadable
+        written = int((self.flags == 1).sum())
+        prov = self.provenance
+        skipped = f", {len(unreadable)} unreadable (skipped)" if unreadable else ""
+        return {
+            "store": self.path,
+            "status": self.status,
+            "progress": f"{written}/{len(names)} images written{skipped}",
+            "unreadable": unreadable,
+            "shape": list(self.array.shape),
+            "dtype": str(self.array.dtype),
+            "chunks": list(self.array.chunks),
+            "axes": list(self.array.metadata.dimension_names or ()),
+            "codec": describe_codec(self.array),
+            **{key: prov.get(key) for key in ("version", "started", "finished", "error")},
+            "steps": prov.get("steps", []),
+            "source_count": len(names),
+            "sources": names[:sources] if sources >= 0 else names,
+        }
+
 
 def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:
     """Open a store written by this pipeline: for reading (inspect, export) or ``r+`` to resume it."""
