@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from dask.callbacks import Callback
 
 
 def read_store(path: Path) -> tuple[np.ndarray, dict, list[str]]:
@@ -29,3 +30,15 @@ def assert_error(result, exit_code: int, *fragments: str) -> str:
         assert fragment in lines[0]
     assert result.stdout == ""
     return lines[0]
+
+
+class PeakHeld(Callback):
+    """Largest number of bytes of task results a local dask scheduler holds at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        held = sum(getattr(value, "nbytes", 0) for value in state["cache"].values())
+        self.peak = max(self.peak, held)

@@ -9,11 +9,12 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import zarr
-from dask.callbacks import Callback
 
 from pipeline.config import validate_config
 from pipeline.execution import Executor, open_executor, resolve_workers
 from pipeline.plan import build_plan
+
+from helpers import PeakHeld
 
 SIDE = 48
 
@@ -25,18 +26,6 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for index in range(80):
         iio.imwrite(folder / f"{index}.png", rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8))
     return folder
-
-
-class PeakHeld(Callback):
-    """Largest number of bytes of task results the local scheduler holds at once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.peak = 0
-
-    def _posttask(self, key, result, dsk, state, worker_id) -> None:
-        held = sum(getattr(value, "nbytes", 0) for value in state["cache"].values())
-        self.peak = max(self.peak, held)
 
 
 def _peak_images_held(folder: Path, count: int, tmp_path: Path) -> float:

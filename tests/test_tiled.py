@@ -109,3 +109,27 @@ def test_a_tiff_of_another_size_is_named(tiffs: Path) -> None:
     tifffile.imwrite(tiffs / "t9.tif", np.zeros((100, 100), np.uint16), tile=(64, 64))
     with pytest.raises(InputError, match=r"t9\.tif.*\(100, 100\)"):
         _result(tiffs, 64)
+
+
+def test_memory_is_a_few_tiles_not_the_image(tmp_path: Path) -> None:
+    import dask
+    import zarr
+
+    from helpers import PeakHeld
+
+    pixels = RNG.integers(0, 65536, (1024, 1024), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", pixels, tile=(64, 64))
+    config = validate_config(
+        {
+            "input": {"paths": str(tmp_path), "tile": 128},
+            "steps": [GAUSS, {"convolve": {"kernel": "edge"}}],
+            "output": {"path": "unused.zarr"},
+        }
+    )
+    result = build_plan(config).result()
+    target = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=result.shape, chunks=(1, 128, 128), dtype="float32")
+    with PeakHeld() as peak, dask.config.set(scheduler="threads", num_workers=2):
+        dask.compute(result.store(target, lock=False, compute=False))
+    tile_bytes = 128 * 128 * 4
+    assert 0 < peak.peak <= 24 * tile_bytes, f"held {peak.peak / tile_bytes:.1f} tiles of 64 in the image"
+    assert np.isfinite(target[0]).all()
