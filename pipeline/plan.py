@@ -198,7 +198,7 @@ def _lazy_result(
 def store_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The store's chunk for a result of ``shape``: one image, or one tile of one image."""
     if spec.volume:
-        return (1, 1, *shape[2:])
+        return (1, min(spec.chunks[0], shape[1]), *shape[2:])
     if spec.tile is None:
         return (1, *shape[1:])
     return (1, *shape[1:-2], *(min(t, n) for t, n in zip(spec.tile, shape[-2:])))

@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
-from pipeline.sources.volume import stack_shape, stack_volumes, volume_shape
+from pipeline.sources.volume import SLAB, stack_shape, stack_volumes, volume_shape
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
@@ -107,7 +107,7 @@ class ImageSpec:
     def chunks(self) -> tuple[int, ...]:
         """One image's chunk: the whole image, one tile of it, or one slice of a volume."""
         if self.volume:
-            return (1, *self.shape[1:])
+            return (min(SLAB, self.shape[0]), *self.shape[1:])
         return self.shape if self.tile is None else (*self.shape[:-2], *self.tile)
 
     @property
