@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # 48 images, 3 repeats, all cases, plus the 10x memory case
     python benchmarks/run.py --quick         # 8 images, 1 repeat, no 10x case, no 31x31 scipy loop
     python benchmarks/run.py --only pipeline,floor --kernels 3x3
+    python benchmarks/run.py --only huge,volume --large-scale 0.25 --repeats 1   # the large cases, shrunk
 
 Writes benchmarks/results/results.json and results.png; see benchmarks/README.md. Exits 1 if a
 case failed or wrote wrong results.
@@ -23,8 +24,10 @@ from rich.console import Console
 
 from cases import CASES, CONVOLVING, KERNELS, command
 from collection import WORK, collection_files, ensure_collection
+import large
 from measure import RunFailed, measure
 import report
+from pipeline.sources.tiled import AUTO_TILE_ABOVE
 from verify import check_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +35,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 OUT = WORK / "out"
 SLOW_LIMIT_S = 600  # a single run predicted to take longer is timed on a subset and extrapolated
 SUBSET = 8
+LARGE_CASES = large.WORKLOADS  # huge, volume: one big image each, see large.py
+ALL_CASES = [*CASES, "memory", *LARGE_CASES]
 console = Console(width=None if sys.stdout.isatty() else 160)  # make and logs are not terminals: no 80-column wrap
 
 
@@ -40,17 +45,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=48, help="collection size N (default 48)")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per case and kernel (default 3)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: N=8, 1 repeat, no 10xN memory case, no 31x31 scipy loop")
-    parser.add_argument("--only", default=",".join([*CASES, "memory"]),
-                        help=f"comma-separated cases among {', '.join([*CASES, 'memory'])} (default all)")
+                        help="smoke test: N=8, 1 repeat, no 10xN memory case, no 31x31 scipy loop, "
+                             "no huge/volume cases unless --large or --only names them")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated cases among {', '.join(ALL_CASES)} (default all)")
     parser.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated among {', '.join(KERNELS)}")
+    parser.add_argument("--large", action="store_true",
+                        help="run the huge and volume cases even with --quick (a full run includes them)")
+    parser.add_argument("--large-scale", type=float, default=1.0, metavar="S",
+                        help="multiply the pixel counts of the huge image (side x sqrt(S)) and the volume "
+                             "(depth x S) by S, e.g. 0.25 for a smoke test (default 1)")
     args = parser.parse_args()
+    explicit = args.only is not None
     if args.quick:
         args.images, args.repeats = 8, 1
-    args.only = _choices(args.only, [*CASES, "memory"], parser)
+    args.only = _choices(args.only or ",".join(ALL_CASES), ALL_CASES, parser)
+    if args.quick and not args.large and not explicit:  # --quick leaves them out unless asked for
+        args.only = [case for case in args.only if case not in LARGE_CASES]
     args.kernels = _choices(args.kernels, list(KERNELS), parser)
     if args.images < 1 or args.repeats < 1:
         parser.error("--images and --repeats must be at least 1")
+    if not args.large_scale > 0:
+        parser.error("--large-scale must be positive")
+    side = large.workloads(args.large_scale)["huge"].shape[0]
+    if "huge" in args.only and side * side <= AUTO_TILE_ABOVE:
+        parser.error(f"--large-scale {args.large_scale:g} makes the huge image {side}x{side}, not above the "
+                     f"{AUTO_TILE_ABOVE / 2**20:g} MPix where input.tile auto reads by tiles; use at least 0.12")
     return args
 
 
@@ -134,21 +154,74 @@ def memory_case(results: list[dict], args: argparse.Namespace, checks: list) -> 
     }
 
 
+def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]:
+    """One big image (see large.py): the floors, the pipeline and dask-image, each ``repeats`` times."""
+    workload = large.workloads(args.large_scale)[name]
+    path, built = large.ensure_input(workload)
+    with open(path, "rb") as source:  # every run then reads the file from the page cache
+        while source.read(16 * 2**20):
+            pass
+    tile = large.store_tile(workload)
+    console.print(f"[bold]{workload.describe()}[/bold], {path.stat().st_size / 2**20:.0f} MiB "
+                  f"({'built now' if built else 'cached'}), {workload.float32_mib:.0f} MiB as float32"
+                  + (f", store chunks {tile}x{tile}" if tile else ", one slice per chunk"), highlight=False)
+    return [bench_large(workload, variant, tile, args, checks) for variant in large.VARIANTS]
+
+
+def bench_large(workload: large.Workload, variant: str, tile: int | None, args: argparse.Namespace,
+                checks: list) -> dict:
+    """As bench_case; the store (about 0.5 GiB at full size) is deleted after every run but the
+    last, which is checked and then deleted too: at most one such store is on disk at a time."""
+    case = f"{workload.name}:{variant}"
+    label = workload.kernel if variant in ("pipeline", "dask-image") else "none"
+    row = {"case": case, "kernel": label, "images": 1, "workload": workload.name, "input": workload.describe(),
+           "shape": list(workload.shape), "float32_mib": workload.float32_mib, "runs": [], "note": ""}
+    out = OUT / f"{workload.name}-{variant}.zarr"
+    try:
+        for repeat in range(args.repeats):
+            shutil.rmtree(out, ignore_errors=True)
+            run = measure(large.command(variant, workload, str(out), tile), cwd=str(ROOT))
+            row["runs"].append({"seconds": run.seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
+                                "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
+            console.print(f"  {case:<17} {label:<6} run {repeat + 1}/{args.repeats}: {run.seconds:7.2f} s, "
+                          f"peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
+            if repeat < args.repeats - 1:
+                shutil.rmtree(out, ignore_errors=True)
+        row["summary"] = report.summarize(row["runs"])
+        check = large.check_store(workload, variant, str(out), tile).to_dict()
+        checks.append(check | {"crops": large.describe_crops(workload, tile)})
+    except RunFailed as exc:
+        row["note"] = f"FAILED: {str(exc).splitlines()[-1][:120]}"
+        row["error"] = str(exc)
+        console.print(f"[red]  {case} {label} failed:[/red] {exc}", highlight=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
 def main() -> int:
     args = parse_args()
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
-    folder = ensure_collection(args.images)
-    for path in collection_files(folder):  # every case then reads the files from the page cache
-        Path(path).read_bytes()
-    console.print(f"[bold]benchmark[/bold]: {args.images} images in {folder}, {args.repeats} repeat(s), "
-                  f"{os.cpu_count()} cores, load average {load_before[0]:.2f}", highlight=False)
+    collection = [case for case in CASES if case in args.only]
+    workloads = [name for name in LARGE_CASES if name in args.only]
+    folder = None
+    if collection or "memory" in args.only:
+        folder = ensure_collection(args.images)
+        for path in collection_files(folder):  # every case then reads the files from the page cache
+            Path(path).read_bytes()
+    console.print(f"[bold]benchmark[/bold]: " + (f"{args.images} images in {folder}, " if folder else "")
+                  + (f"large cases {', '.join(workloads)} (scale {args.large_scale:g}), " if workloads else "")
+                  + f"{args.repeats} repeat(s), {os.cpu_count()} cores, load average {load_before[0]:.2f}",
+                  highlight=False)
 
     results, checks = [], []
-    for case in [c for c in CASES if c in args.only]:
+    for case in collection:
         for kernel in (args.kernels if case in CONVOLVING else [None]):
             results.append(bench_case(case, kernel, folder, args, checks))
     memory = memory_case(results, args, checks) if "memory" in args.only else None
+    for name in workloads:
+        results.extend(large_cases(name, args, checks))
     targets = report.ratios(results, memory)
 
     console.print()
@@ -164,12 +237,15 @@ def main() -> int:
         "pipeline_source": report.pipeline_source(),
         "settings": {"images": args.images, "repeats": args.repeats, "quick": args.quick,
                      "cases": args.only, "kernels": args.kernels, "loop_workers": 2,
-                     "image": "2048x2048 RGB JPEG q90, gray float32, mode same, boundary reflect, blosc-lz4"},
+                     "image": "2048x2048 RGB JPEG q90, gray float32, mode same, boundary reflect, blosc-lz4",
+                     "large": args.large, "large_scale": args.large_scale,
+                     "large_workloads": {name: large.workloads(args.large_scale)[name].settings() for name in workloads}},
         "results": results, "checks": checks, "targets": targets, "memory": memory,
     }
     report.write_json(RESULTS / "results.json", document)
     report.write_chart(RESULTS / "results.png", results,
-                       f"{args.images} images 2048x2048, median of {args.repeats}, {os.cpu_count()} cores")
+                       (f"{args.images} images 2048x2048, " if collection else "")
+                       + f"median of {args.repeats}, {os.cpu_count()} cores")
     console.print(f"wrote {RESULTS / 'results.json'} and {RESULTS / 'results.png'}", highlight=False)
     failed = [r for r in results if r.get("error")] + [c for c in checks if not c["ok"]]
     if memory and str(memory.get("note", "")).startswith("FAILED"):
