@@ -343,20 +343,13 @@ def check_store(workload: Workload, variant: str, store: str, tile: int | None):
     import zarr
 
     from pipeline.sinks.zarr_store import describe_codec
-    from verify import RTOL, Check
+    from verify import RTOL, Check, layout_problems
 
     array = zarr.open_group(store, mode="r")["0"] if variant in CLI_VARIANTS else zarr.open_array(store, mode="r")
     codec = describe_codec(array)
     boxes = crops(workload, tile)
     label = f"{len(boxes)} crops + all chunks"
-    problems = []
-    expected_shape = (1, *workload.shape)
-    if tuple(array.shape) != expected_shape:
-        problems.append(f"shape {tuple(array.shape)} != {expected_shape}")
-    if array.dtype != np.float32:
-        problems.append(f"dtype {array.dtype} != float32")
-    if "lz4" not in codec or "shuffle" not in codec:
-        problems.append(f"codec {codec} is not blosc-lz4 + shuffle")
+    problems = layout_problems(array, (1, *workload.shape), codec)
     if not problems and array.nchunks_initialized != array.nchunks:  # a run that stopped early
         problems.append(f"{array.nchunks - array.nchunks_initialized} of {array.nchunks} chunks never written")
     worst = float("nan")

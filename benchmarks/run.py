@@ -107,12 +107,17 @@ def bench_case(case: str, kernel: str | None, folder: Path, args: argparse.Names
         # Timing is over: check the last run's store, then free the disk for the next case.
         checks.append(check_store(case, kernel, str(out), files[:limit] if limit else files).to_dict())
     except RunFailed as exc:
-        row["note"] = f"FAILED: {str(exc).splitlines()[-1][:120]}"
-        row["error"] = str(exc)
-        console.print(f"[red]  {case} {label} failed:[/red] {exc}", highlight=False)
+        _record_failure(row, f"{case} {label}", exc)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return row
+
+
+def _record_failure(row: dict, what: str, exc: Exception) -> None:
+    """A failed case stays in the table, marked, with its error; the benchmark goes on."""
+    row["note"] = f"FAILED: {str(exc).splitlines()[-1][:120]}"
+    row["error"] = str(exc)
+    console.print(f"[red]  {what} failed:[/red] {exc}", highlight=False)
 
 
 def _subset_if_slow(case: str, kernel: str | None, folder: Path, out: Path, args: argparse.Namespace) -> int | None:
@@ -191,9 +196,7 @@ def bench_large(workload: large.Workload, variant: str, tile: int | None, args: 
         check = large.check_store(workload, variant, str(out), tile).to_dict()
         checks.append(check | {"crops": large.describe_crops(workload, tile)})
     except RunFailed as exc:
-        row["note"] = f"FAILED: {str(exc).splitlines()[-1][:120]}"
-        row["error"] = str(exc)
-        console.print(f"[red]  {case} {label} failed:[/red] {exc}", highlight=False)
+        _record_failure(row, f"{case} {label}", exc)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return row

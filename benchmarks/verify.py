@@ -48,14 +48,7 @@ def check_store(case: str, kernel: str | None, store: str, files: list[str]) -> 
     codec = describe_codec(array)
     indices = sorted({0, len(files) - 1})
     label = f"{kernel or 'no kernel'}"
-    problems = []
-    expected_shape = (len(files), *reference(files[0], None).shape)
-    if tuple(array.shape) != expected_shape:
-        problems.append(f"shape {tuple(array.shape)} != {expected_shape}")
-    if array.dtype != np.float32:
-        problems.append(f"dtype {array.dtype} != float32")
-    if "lz4" not in codec or "shuffle" not in codec:
-        problems.append(f"codec {codec} is not blosc-lz4 + shuffle")
+    problems = layout_problems(array, (len(files), *reference(files[0], None).shape), codec)
     worst = float("nan")
     if not problems:
         errors = []
@@ -67,3 +60,15 @@ def check_store(case: str, kernel: str | None, store: str, files: list[str]) -> 
         if not worst <= RTOL:
             problems.append(f"max |error| / max |reference| = {worst:.2e} > {RTOL:g}")
     return Check(case, label, f"images {indices}", worst, codec, not problems, "; ".join(problems))
+
+
+def layout_problems(array, expected_shape: tuple[int, ...], codec: str) -> list[str]:
+    """What differs from the layout every case must write: shape, float32, blosc-lz4 + shuffle."""
+    problems = []
+    if tuple(array.shape) != expected_shape:
+        problems.append(f"shape {tuple(array.shape)} != {expected_shape}")
+    if array.dtype != np.float32:
+        problems.append(f"dtype {array.dtype} != float32")
+    if "lz4" not in codec or "shuffle" not in codec:
+        problems.append(f"codec {codec} is not blosc-lz4 + shuffle")
+    return problems
