@@ -6,7 +6,7 @@
   truncate 2.8). The pipeline reads it by tiles (``input.tile: auto``: above 16 MPix, 2048-pixel
   tiles rounded to whole file tiles), so every case here writes 2048x2048 chunks.
 - ``volume``: one 128x1024x1024 uint16 multi-page TIFF (a z-stack, ``photometric='minisblack'``),
-  a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: one slice per chunk.
+  a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: slabs of 16 slices per chunk.
 
 Each is compared in four variants, every run a fresh process (see measure.py):
 
@@ -284,7 +284,7 @@ def run_volume_dask_image(path: str, out: str, tile: int | None) -> None:
     target = create_store(out, (1, *volume.shape), chunks)
     with dask.config.set(scheduler="threads"):
         # dask-image's map_overlap merges slices into 2-slice chunks (depth 2 > 1 slice); the store
-        # takes one slice per chunk, as the pipeline's.
+        # takes one slice per chunk (the pipeline stores slabs of 16 slices; chunking does not change values).
         da.to_zarr(result[None].rechunk(chunks), target)
 
 

@@ -169,7 +169,7 @@ def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]
     tile = large.store_tile(workload)
     console.print(f"[bold]{workload.describe()}[/bold], {path.stat().st_size / 2**20:.0f} MiB "
                   f"({'built now' if built else 'cached'}), {workload.float32_mib:.0f} MiB as float32"
-                  + (f", store chunks {tile}x{tile}" if tile else ", one slice per chunk"), highlight=False)
+                  + (f", store chunks {tile}x{tile}" if tile else ", slabs of 16 slices per chunk"), highlight=False)
     return [bench_large(workload, variant, tile, args, checks) for variant in large.VARIANTS]
 
 
