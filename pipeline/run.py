@@ -167,6 +167,7 @@ def _open_or_create(
         dtype=plan.dtype,
         dimension_names=plan.axes,
         codec=config.output.codec,
+        ome=config.output.format == "ome",
     )
     provenance = {
         "version": __version__,

@@ -118,3 +118,26 @@ def test_failed_run_is_marked_failed_not_complete(folder: Path, tmp_path: Path) 
 )
 def test_compute_dtype_auto(folder: Path, tmp_path: Path, output: str, chosen: str) -> None:
     assert compute_dtype(_config(folder, tmp_path / "x.zarr", [], dtype=output)) == chosen
+
+
+@pytest.mark.parametrize("color, axes", [("gray", ["image", "y", "x"]), ("keep", ["image", "c", "y", "x"])])
+def test_the_store_opens_as_ome_ngff(folder: Path, tmp_path: Path, color: str, axes: list[str]) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = tmp_path / "ome.zarr"
+    config = validate_config(
+        {"input": {"paths": str(folder), "color": color}, "steps": [{"convolve": {"kernel": "blur"}}], "output": {"path": str(out)}}
+    )
+    run(config)
+    (node,) = list(Reader(parse_url(str(out)))())
+    assert [axis["name"] for axis in node.metadata["axes"]] == axes
+    assert [axis["type"] for axis in node.metadata["axes"]][-2:] == ["space", "space"]
+    stored, _ = _stored(out)
+    np.testing.assert_array_equal(np.asarray(node.data[0]), stored)
+
+
+def test_plain_zarr_format_has_no_ome_metadata(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain.zarr"
+    run(_config(folder, out, [], format="zarr"))
+    assert "ome" not in zarr.open_group(str(out), mode="r").attrs

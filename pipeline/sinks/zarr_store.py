@@ -91,6 +91,34 @@ class StoreLayout:
     dtype: str
     dimension_names: tuple[str, ...]
     codec: str
+    ome: bool = True  # OME-NGFF 0.5 multiscales metadata (one level) for napari / ome-zarr-py
+
+
+def ome_metadata(dimension_names: Sequence[str]) -> dict[str, Any]:
+    """OME-NGFF 0.5 ``multiscales`` for the result at ``0``: axes in NGFF's order, unit scale.
+
+    NGFF allows one non-space axis besides time: the image index is that custom axis
+    ("index"), or the time axis when channels take the channel slot.
+    """
+    def axis(name: str) -> dict[str, str]:
+        if name in ("z", "y", "x"):
+            return {"name": name, "type": "space"}
+        if name == "c":
+            return {"name": name, "type": "channel"}
+        return {"name": name, "type": "time" if "c" in dimension_names else "index"}
+
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": "result",
+                "axes": [axis(name) for name in dimension_names],
+                "datasets": [
+                    {"path": RESULT_ARRAY, "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(dimension_names)}]}
+                ],
+            }
+        ],
+    }
 
 
 def create_store(
@@ -102,9 +130,10 @@ def create_store(
         shutil.rmtree(target)  # check_output_path has established that it is one of ours
     try:
         # The attributes come first: a run killed while creating leaves a store that is ours.
-        group = zarr.open_group(
-            str(target), mode="w", attributes={ATTRS_KEY: {**provenance, "status": "creating"}}
-        )
+        attributes: dict[str, Any] = {ATTRS_KEY: {**provenance, "status": "creating"}}
+        if layout.ome:
+            attributes["ome"] = ome_metadata(layout.dimension_names)
+        group = zarr.open_group(str(target), mode="w", attributes=attributes)
         array = group.create_array(
             RESULT_ARRAY,
             shape=layout.shape,
