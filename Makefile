@@ -18,6 +18,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pipeline run configs/example.yaml --overwrite
 	$(BIN)/pipeline export out/example.zarr out/previews --format png
+	$(BIN)/pipeline preview out/example.zarr -o out/preview.png
 	$(BIN)/pipeline inspect out/example.zarr
 
 test: $(STAMP)

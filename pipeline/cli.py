@@ -359,6 +359,21 @@ def export(
     out.print(f"wrote {len(written)} {format.value} files to {outdir}", highlight=False)
 
 
+@app.command()
+def preview(
+    store: Annotated[str, typer.Argument(help="Zarr store written by `pipeline run`.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write.")] = "preview.png",
+    count: Annotated[int, typer.Option(min=1, help="How many images (columns).")] = 4,
+    cell: Annotated[int, typer.Option(min=16, help="Size of each cell in pixels.")] = 256,
+) -> None:
+    """Write a contact sheet: the first sources above their results."""
+    from pipeline.preview import contact_sheet
+
+    with reported_errors():
+        written = contact_sheet(store, output, count=count, cell=cell)
+    out.print(f"wrote {written}", highlight=False)
+
+
 def _parse_index(text: str | None) -> slice:
     if text is None:
         return slice(None)

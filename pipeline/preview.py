@@ -1,0 +1,61 @@
+"""A contact sheet of a store's first images: each source above its result, for a quick look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import imageio.v3 as iio
+import numpy as np
+
+from pipeline.errors import InputError, OutputError
+from pipeline.sinks.export import to_displayable
+from pipeline.sinks.zarr_store import open_result
+from pipeline.sources.images import read_image
+
+BACKGROUND = 32  # dark grey around letterboxed cells and for sources that can no longer be read
+
+
+def contact_sheet(store: str, output: str, *, count: int = 4, cell: int = 256) -> Path:
+    """Write a PNG grid: row 1 the sources (as the run read them), row 2 the results, ``count`` columns."""
+    result = open_result(store)
+    config = result.provenance.get("config", {})
+    color = config.get("input", {}).get("color", "gray")
+    volume = "z" in (result.array.metadata.dimension_names or ())
+    sources = result.sources[:count]
+    if not sources:
+        raise InputError(f"store {store!r} holds no images")
+    sheet = np.full((2 * cell, len(sources) * cell, 3), BACKGROUND, dtype=np.uint8)
+    for column, source in enumerate(sources):
+        try:
+            original = read_image(source, color=color, dtype="float32")
+        except InputError:
+            original = None  # moved or deleted since the run: its cell stays empty
+        for row, image in enumerate((original, result.array[column])):
+            if image is not None:
+                _place(sheet, _displayable(image, volume), row, column, cell)
+    target = Path(output)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(target, sheet)
+    except OSError as exc:
+        raise OutputError(f"cannot write {output!r}: {exc.strerror or exc}") from None
+    return target
+
+
+def _displayable(image: np.ndarray, volume: bool) -> np.ndarray:
+    if volume:  # the middle slice of a stack
+        image = image[image.shape[0] // 2]
+    pixels = to_displayable(np.nan_to_num(np.asarray(image, dtype=np.float64)), fmt="png", normalize="minmax")
+    return pixels if pixels.ndim == 3 else np.repeat(pixels[..., np.newaxis], 3, axis=-1)
+
+
+def _place(sheet: np.ndarray, pixels: np.ndarray, row: int, column: int, cell: int) -> None:
+    """Scale ``pixels`` to fit a cell (keeping its aspect ratio) and centre it there."""
+    height, width = pixels.shape[:2]
+    scale = cell / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    fitted = cv2.resize(pixels[..., :3], size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    top = row * cell + (cell - size[1]) // 2
+    left = column * cell + (cell - size[0]) // 2
+    sheet[top : top + size[1], left : left + size[0]] = fitted

@@ -1,0 +1,51 @@
+"""The contact sheet: sources above results, each cell the min-max stretch of its image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from pipeline.config import validate_config
+from pipeline.errors import InputError
+from pipeline.preview import contact_sheet
+from pipeline.run import run
+
+
+@pytest.fixture
+def store(small_images, tmp_path: Path) -> Path:
+    out = tmp_path / "edges.zarr"
+    config = validate_config(
+        {"input": {"paths": str(small_images())}, "steps": [{"convolve": {"kernel": "edge"}}], "output": {"path": str(out)}}
+    )
+    run(config)
+    return out
+
+
+def test_sources_above_results(store: Path, tmp_path: Path) -> None:
+    import zarr
+
+    sheet = iio.imread(contact_sheet(str(store), str(tmp_path / "sheet.png"), count=3, cell=64))
+    assert sheet.shape == (128, 192, 3)
+    result = zarr.open_group(str(store), mode="r")["0"][0]
+    # A 48x64 image fills a 64-pixel cell at scale 1: the result cell is its min-max stretch.
+    stretched = np.rint((result - result.min()) / (result.max() - result.min()) * 255)
+    cell = sheet[64 + 8 : 64 + 56, 0:64, 0].astype(float)
+    assert np.abs(cell - stretched).max() <= 1
+    assert sheet[:64, :64].std() > 10 and sheet[64:, :64].std() > 10  # both rows hold pictures
+
+
+def test_a_missing_source_leaves_its_cell_empty(store: Path, tmp_path: Path) -> None:
+    import zarr
+
+    first = str(zarr.open_group(str(store), mode="r")["sources"][0])
+    Path(first).unlink()
+    sheet = iio.imread(contact_sheet(str(store), str(tmp_path / "sheet.png"), count=2, cell=64))
+    assert (sheet[:64, :64] == 32).all() and sheet[64:, :64].std() > 10
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        contact_sheet(str(tmp_path / "nothing.zarr"), str(tmp_path / "sheet.png"))
