@@ -53,6 +53,7 @@ class ExportFormat(StrEnum):
 class ExportNormalize(StrEnum):
     auto = "auto"
     minmax = "minmax"
+    percentile = "percentile"
     none = "none"
 
 

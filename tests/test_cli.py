@@ -413,3 +413,11 @@ def test_schema_is_the_config_models_json_schema(run_cli):
     schema = json.loads(result.stdout)
     assert schema == PipelineConfig.model_json_schema()
     assert set(schema["properties"]) == {"input", "steps", "output", "execution"}
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_config_validates(config, repo_root, run_cli, monkeypatch):
+    monkeypatch.chdir(repo_root)  # their paths are relative to the repository
+    result = run_cli("validate", config)
+    assert_ok(result)
+    assert "valid: 8 input files" in result.stdout or "valid: 3 input files" in result.stdout

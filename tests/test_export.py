@@ -61,3 +61,14 @@ def test_files_are_named_by_index_and_source(store: str, tmp_path: Path) -> None
 def test_empty_selection_is_an_error(store: str, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no images selected"):
         export_images(store, str(tmp_path / "none"), indices=slice(5, 9))
+
+
+def test_percentile_ignores_a_few_extreme_pixels() -> None:
+    image = np.tile(np.linspace(0.0, 100.0, 200), (10, 1))
+    image[0, 0] = 1e6  # one hot pixel would grey out a min-max stretch
+    shown = to_displayable(image, fmt="png", normalize="percentile")
+    low, high = np.percentile(image, (1, 99))
+    expected = np.rint((np.clip(image, low, high) - low) / (high - low) * 255)
+    np.testing.assert_array_equal(shown, expected)
+    assert shown[5, 100] > 100  # mid-grey stays mid-grey
+    assert to_displayable(image, fmt="png", normalize="minmax")[5, 100] == 0

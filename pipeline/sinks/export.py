@@ -12,7 +12,9 @@ from pipeline.errors import InputError, OutputError
 from pipeline.sinks.zarr_store import open_result
 
 ExportFormat = Literal["png", "jpeg", "tiff"]
-ExportNormalize = Literal["auto", "minmax", "none"]
+ExportNormalize = Literal["auto", "minmax", "percentile", "none"]
+# `percentile` stretches between these percentiles, so a few extreme pixels do not grey the rest.
+PERCENTILES = (1.0, 99.0)
 SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif"}
 
 
@@ -20,14 +22,19 @@ def to_displayable(image: np.ndarray, *, fmt: ExportFormat, normalize: ExportNor
     """Turn one stored image into pixels the format can hold.
 
     ``auto`` keeps what the format stores faithfully (uint8 everywhere, uint16 in PNG, anything in
-    TIFF) and stretches everything else to 0-255 per image; ``none`` clips to 0-255 instead.
+    TIFF) and stretches everything else to 0-255 per image; ``percentile`` stretches between the
+    1st and 99th percentiles (clipping beyond); ``none`` clips to 0-255 instead.
     """
     if image.ndim == 3:  # (c, y, x) → (y, x, c); a single channel becomes plain gray
         image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
     fits = fmt == "tiff" or image.dtype == np.uint8 or (fmt == "png" and image.dtype == np.uint16)
-    if normalize == "minmax" or (normalize == "auto" and not fits):
+    if normalize in ("minmax", "percentile") or (normalize == "auto" and not fits):
         values = image.astype(np.float64)
-        low, high = float(values.min()), float(values.max())
+        if normalize == "percentile":
+            low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+            values = np.clip(values, low, high)
+        else:
+            low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
         return np.rint(scaled * 255.0).astype(np.uint8)
     if fits:
