@@ -188,15 +188,13 @@ def main() -> None:
 
     import importlib
 
-    import cv2
     import zarr  # noqa: F401  (every case writes zarr)
-    from threadpoolctl import threadpool_limits
 
+    from pipeline.execution import limit_library_threads
     from pipeline.sinks.zarr_store import CODECS  # noqa: F401
 
     # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
-    cv2.setNumThreads(1)
-    threadpool_limits(1)
+    limit_library_threads(1)
     from collection import collection_files
 
     for module in IMPORTS[args.case]:

@@ -384,14 +384,13 @@ def main() -> None:
 
     import importlib
 
-    import cv2
-    from threadpoolctl import threadpool_limits
+    import zarr  # noqa: F401  (every case writes zarr)
 
-    import pipeline.sinks.zarr_store  # noqa: F401  (the codec)
+    from pipeline.execution import limit_library_threads
+    from pipeline.sinks.zarr_store import CODECS  # noqa: F401
 
-    # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself.
-    cv2.setNumThreads(1)
-    threadpool_limits(1)
+    # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
+    limit_library_threads(1)
     for module in IMPORTS[args.variant]:
         importlib.import_module(module)
     if args.workload == "huge" and not args.tile:
