@@ -141,6 +141,9 @@ class OutputConfig(_Frozen):
     )
     overwrite: bool = Field(False, description="replace an existing store written by this tool")
     codec: Codec = Field("blosc-lz4", description="chunk compression; blosc-lz4 (+shuffle) is the fastest to write")
+    levels: Annotated[int, Field(ge=1, le=8, strict=True)] = Field(
+        1, description="resolution levels written with the result: each halves y and x (2x2 mean), for viewers"
+    )
     format: Literal["ome", "zarr"] = Field(
         "ome", description="ome: OME-NGFF 0.5 metadata (opens in napari, ome-zarr-py); zarr: the arrays only"
     )

@@ -24,6 +24,7 @@ from pipeline.sources.images import ImageSpec, declared_dtype, declared_shape, f
 from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
 from pipeline.steps.normalize import unit_range_to
+from pipeline.steps.pyramid import pyramid
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class JobPlan:
             "codec": config["output"]["codec"],
             "compute_dtype": self.compute_dtype,
             "image_shape": list(self.image_shape),
+            "levels": config["output"]["levels"],
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -96,6 +98,10 @@ class JobPlan:
             f"values outside {np.iinfo(out).min}..{np.iinfo(out).max} are clipped; add '- normalize: minmax' "
             f"as the last step or choose a wider output.dtype"
         )
+
+    def levels(self, start: int = 0, stop: int | None = None) -> list[da.Array]:
+        """The result for images ``start:stop`` and its halved resolution levels (output.levels)."""
+        return pyramid(self.result(start, stop), self.config.output.levels)
 
     def result(self, start: int = 0, stop: int | None = None) -> da.Array:
         """The lazy result for images ``start:stop``, one chunk per image, in the output dtype."""

@@ -33,6 +33,7 @@ from pipeline.sinks.zarr_store import (
     append_sources,
     check_output_path,
     create_store,
+    level_arrays,
     open_result,
     record_source_shapes,
     remove_partial_writes,
@@ -168,6 +169,7 @@ def _open_or_create(
         dimension_names=plan.axes,
         codec=config.output.codec,
         ome=config.output.format == "ome",
+        levels=config.output.levels,
     )
     provenance = {
         "version": __version__,
@@ -296,7 +298,11 @@ def _write_batch(
     excluded: set[int] = set()
     while True:
         ranges = _ranges_without(start, stop, excluded)
-        writes = [write_lazily(plan.result(a, b), target.array, start=a) for a, b in ranges]
+        writes = [
+            write_lazily(level, store, start=a)
+            for a, b in ranges
+            for level, store in zip(plan.levels(a, b), level_arrays(target.group))
+        ]
         count = stop - start - len(excluded)
         try:
             executor.compute(*writes, on_progress=lambda share: reporter.advance(share * count))

@@ -1,11 +1,11 @@
 """The output store: a Zarr v3 group holding the result, its source list, and provenance.
 
-Layout (OME-NGFF friendly: multiscale levels "1", "2", ... and the ``ome`` attributes can be added
-beside level "0" later without moving anything)::
+Layout (OME-NGFF 0.5: the ``ome`` attributes describe levels "0", "1", … as one multiscale image)::
 
     result.zarr/
         zarr.json      group; attributes["pipeline"] = provenance and status
-        0/             the result, axes (image, [c], y, x), one chunk per image
+        0/             the result, axes (image, [c], y, x), one chunk per image (or tile)
+        1/, 2/, …      resolution levels (output.levels): y and x halved at each
         sources/       1-D string array: the source file of each image index
         source_shapes/ each image's own shape, when smaller images were padded (input.shapes: pad)
         ledger/        which images are durably written (see ledger.py)
@@ -34,6 +34,7 @@ from pipeline.errors import InputError, OutputError
 from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledger
 
 RESULT_ARRAY = "0"
+MAX_LEVELS = 16
 SOURCES_ARRAY = "sources"
 SHAPES_ARRAY = "source_shapes"
 ATTRS_KEY = "pipeline"
@@ -91,11 +92,22 @@ class StoreLayout:
     dtype: str
     dimension_names: tuple[str, ...]
     codec: str
-    ome: bool = True  # OME-NGFF 0.5 multiscales metadata (one level) for napari / ome-zarr-py
+    ome: bool = True  # OME-NGFF 0.5 multiscales metadata for napari / ome-zarr-py
+    levels: int = 1  # resolution levels: "0" full, then y and x halved at each level
 
 
-def ome_metadata(dimension_names: Sequence[str]) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``multiscales`` for the result at ``0``: axes in NGFF's order, unit scale.
+def level_shape(shape: Sequence[int], level: int) -> tuple[int, ...]:
+    """The shape of resolution ``level``: y and x halved ``level`` times (rounded down, at least 1)."""
+    return (*shape[:-2], *(max(1, n >> level) for n in shape[-2:]))
+
+
+def level_arrays(group: zarr.Group) -> list[zarr.Array]:
+    """The result's resolution levels, full resolution first."""
+    return [group[str(level)] for level in range(MAX_LEVELS) if str(level) in group]
+
+
+def ome_metadata(dimension_names: Sequence[str], levels: int = 1) -> dict[str, Any]:
+    """OME-NGFF 0.5 ``multiscales`` for the result at ``0``, ``1``, …: axes in NGFF's order.
 
     NGFF allows one non-space axis besides time: the image index is that custom axis
     ("index"), or the time axis when channels take the channel slot.
@@ -114,7 +126,16 @@ def ome_metadata(dimension_names: Sequence[str]) -> dict[str, Any]:
                 "name": "result",
                 "axes": [axis(name) for name in dimension_names],
                 "datasets": [
-                    {"path": RESULT_ARRAY, "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(dimension_names)}]}
+                    {
+                        "path": str(level),
+                        "coordinateTransformations": [
+                            {
+                                "type": "scale",
+                                "scale": [1.0] * (len(dimension_names) - 2) + [float(2**level)] * 2,
+                            }
+                        ],
+                    }
+                    for level in range(levels)
                 ],
             }
         ],
@@ -132,18 +153,20 @@ def create_store(
         # The attributes come first: a run killed while creating leaves a store that is ours.
         attributes: dict[str, Any] = {ATTRS_KEY: {**provenance, "status": "creating"}}
         if layout.ome:
-            attributes["ome"] = ome_metadata(layout.dimension_names)
+            attributes["ome"] = ome_metadata(layout.dimension_names, layout.levels)
         group = zarr.open_group(str(target), mode="w", attributes=attributes)
-        array = group.create_array(
-            RESULT_ARRAY,
-            shape=layout.shape,
-            chunks=layout.chunks,
-            dtype=layout.dtype,
-            compressors=CODECS[layout.codec](),
-            dimension_names=list(layout.dimension_names),
-            # An image never written (skipped, or not reached yet) reads as NaN, not as black.
-            fill_value=float("nan") if np.dtype(layout.dtype).kind == "f" else 0,
-        )
+        for level in range(layout.levels):
+            group.create_array(
+                str(level),
+                shape=level_shape(layout.shape, level),
+                chunks=level_shape(layout.chunks, level),
+                dtype=layout.dtype,
+                compressors=CODECS[layout.codec](),
+                dimension_names=list(layout.dimension_names),
+                # An image never written (skipped, or not reached yet) reads as NaN, not as black.
+                fill_value=float("nan") if np.dtype(layout.dtype).kind == "f" else 0,
+            )
+        array = group[RESULT_ARRAY]
         names = group.create_array(
             SOURCES_ARRAY,
             shape=(len(sources),),
@@ -170,11 +193,11 @@ def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
     names = group[SOURCES_ARRAY]
     names.resize((count,))
     names[old:] = np.asarray(list(new_sources), dtype=str)
-    result = group[RESULT_ARRAY]
-    result.resize((count, *result.shape[1:]))
+    for level in level_arrays(group):
+        level.resize((count, *level.shape[1:]))
     resize_ledger(group, count)
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "sources": {"array": SOURCES_ARRAY, "count": count}}
-    return result
+    return group[RESULT_ARRAY]
 
 
 def record_source_shapes(path: str, start: int, shapes: Sequence[tuple[int, ...]]) -> None:
