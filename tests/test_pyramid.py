@@ -62,3 +62,10 @@ def test_levels_are_written_with_the_result_and_grow_on_append(small_images, tmp
     group = zarr.open_group(str(out), mode="r")
     assert [group[str(level)].shape[0] for level in range(3)] == [3, 3, 3]
     np.testing.assert_allclose(group["2"][2], _mean2x2(_mean2x2(group["0"][2:3]))[0], rtol=1e-5)
+
+
+def test_an_axis_down_to_one_sample_stays() -> None:
+    x = RNG.normal(size=(1, 1, 6))
+    levels = [level.compute() for level in pyramid(da.from_array(x), 3)]
+    assert [level.shape for level in levels] == [(1, 1, 6), (1, 1, 3), (1, 1, 1)]
+    np.testing.assert_allclose(levels[1][0, 0], x[0, 0].reshape(3, 2).mean(axis=1), rtol=1e-12)

@@ -13,13 +13,18 @@ from pipeline.steps.cast import cast_to
 
 
 def halve(array: da.Array, dtype: str | np.dtype) -> da.Array:
-    """y and x halved by 2×2 means in float64 (an odd last row or column is dropped), cast to ``dtype``."""
-    y_axis, x_axis = array.ndim - 2, array.ndim - 1
-    ny, nx = array.shape[-2:]
-    even = array[..., : max(2, ny - ny % 2), : max(2, nx - nx % 2)].astype(np.float64)
-    # coarsen needs every chunk divisible by 2: keep even chunk sizes along y and x.
-    even = even.rechunk({axis: _even_chunks(even.chunks[axis]) for axis in (y_axis, x_axis)})
-    return cast_to(da.coarsen(np.mean, even, {y_axis: 2, x_axis: 2}), dtype)
+    """y and x halved by 2×2 means in float64 (an odd last row or column is dropped), cast to ``dtype``.
+
+    An axis already down to one sample stays as it is.
+    """
+    axes = [axis for axis in (array.ndim - 2, array.ndim - 1) if array.shape[axis] >= 2]
+    crop = [slice(None)] * array.ndim
+    for axis in axes:
+        crop[axis] = slice(0, array.shape[axis] // 2 * 2)
+    even = array[tuple(crop)].astype(np.float64)
+    # coarsen needs every chunk divisible by 2: keep even chunk sizes along the halved axes.
+    even = even.rechunk({axis: _even_chunks(even.chunks[axis]) for axis in axes})
+    return cast_to(da.coarsen(np.mean, even, {axis: 2 for axis in axes}), dtype)
 
 
 def _even_chunks(chunks: tuple[int, ...]) -> tuple[int, ...] | int:
