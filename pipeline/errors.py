@@ -57,6 +57,17 @@ class InputError(PipelineError, FileNotFoundError):
     def __str__(self) -> str:  # FileNotFoundError would otherwise print "[Errno ...]" forms
         return str(self.args[0]) if self.args else ""
 
+    @classmethod
+    def unreadable(cls, path: str, exc: BaseException) -> InputError:
+        """The one error for a file that cannot be read, whichever reader failed on it."""
+        if isinstance(exc, InputError):
+            return exc
+        if isinstance(exc, FileNotFoundError):
+            return cls(f"image {path!r} disappeared after the input was listed", path)
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:200] if text else type(exc).__name__
+        return cls(f"cannot read image {path!r}: {reason}", path)
+
     def __reduce__(self):  # keep the path when crossing process boundaries
         return (type(self), (str(self), self.path))
 

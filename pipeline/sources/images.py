@@ -139,7 +139,7 @@ def probe(
             shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
             raw_shape=raw, volume=True,
         )
-    raw = tiff_layout(path)[0] if path.lower().endswith(TIFF_SUFFIXES) else _probe_shape(path)
+    raw = _raw_shape(path)
     shape = _converted_shape(path, raw, color)
     return ImageSpec(
         shape=shape,
@@ -197,8 +197,7 @@ def fits_inside(small: tuple[int, ...], large: tuple[int, ...]) -> bool:
 
 def declared_shape(path: str, color: Color) -> tuple[int, ...]:
     """An image's shape after colour handling, from its header (no decoding)."""
-    raw = tiff_layout(path)[0] if path.lower().endswith(TIFF_SUFFIXES) else _probe_shape(path)
-    return _converted_shape(path, raw, color)
+    return _converted_shape(path, _raw_shape(path), color)
 
 
 def declared_dtype(path: str) -> np.dtype:
@@ -209,19 +208,17 @@ def declared_dtype(path: str) -> np.dtype:
                 return np.dtype(tiff.pages[0].dtype)
         return np.dtype(iio.improps(path).dtype)
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
+        raise InputError.unreadable(path, exc) from None
 
 
-def _probe_shape(path: str) -> tuple[int, ...]:
+def _raw_shape(path: str) -> tuple[int, ...]:
+    """The stored (y, x[, c]) shape of the first image or page, from the header."""
+    if path.lower().endswith(TIFF_SUFFIXES):
+        return tiff_layout(path)[0]
     try:
         return tuple(iio.improps(path).shape)
     except Exception as exc:  # imageio raises many types for unreadable files
-        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+        raise InputError.unreadable(path, exc) from None
 
 
 def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int, ...]:
@@ -243,10 +240,8 @@ def declared_pixels(path: str) -> int:
                 return sum(int(np.prod(page.shape[:2])) for page in tiff.pages)
         with Image.open(path) as image:
             return image.size[0] * image.size[1] * getattr(image, "n_frames", 1)
-    except FileNotFoundError:
-        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
+        raise InputError.unreadable(path, exc) from None
 
 
 def check_size(path: str, max_pixels: int) -> None:
@@ -275,10 +270,8 @@ def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, boo
             return pixels, pixels.ndim == 3
     try:
         pixels = iio.imread(path)
-    except FileNotFoundError:
-        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {_reason(exc)}", path) from None
+        raise InputError.unreadable(path, exc) from None
     if pixels.ndim == 4:  # frames first (GIF): one frame is one image
         if pixels.shape[0] != 1:
             raise InputError(

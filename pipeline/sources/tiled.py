@@ -32,7 +32,7 @@ def tiff_layout(path: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
             tile = (page.tilelength, page.tilewidth) if page.is_tiled else None
             return tuple(page.shape), tile
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+        raise InputError.unreadable(path, exc) from None
 
 
 def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -97,8 +97,6 @@ def _read_tile(*, path: str, color: str, out_dtype: str, block_info: dict | None
     try:
         with tifffile.imread(path, aszarr=True) as store:
             pixels = zarr.open_array(store, mode="r")[y0:y1, x0:x1]
-    except FileNotFoundError:
-        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+        raise InputError.unreadable(path, exc) from None
     return convert_pixels(pixels, color=color, dtype=out_dtype)[np.newaxis]

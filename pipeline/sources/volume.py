@@ -28,7 +28,7 @@ def stack_shape(path: str) -> tuple[int, ...]:
         with tifffile.TiffFile(path) as tiff:
             shape = tuple(tiff.series[0].shape)
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+        raise InputError.unreadable(path, exc) from None
     return shape if len(shape) >= 3 else (1, *shape)
 
 
@@ -73,8 +73,6 @@ def _read_slab(*, path: str, out_dtype: str, block_info: dict | None = None) -> 
     z0, z1 = block_info[None]["array-location"][1]
     try:
         pages = [tifffile.imread(path, key=z) for z in range(z0, z1)]
-    except FileNotFoundError:
-        raise InputError(f"image {path!r} disappeared after the input was listed", path) from None
     except Exception as exc:
-        raise InputError(f"cannot read image {path!r}: {str(exc).splitlines()[0][:200]}", path) from None
+        raise InputError.unreadable(path, exc) from None
     return np.stack([convert_pixels(page, color="gray", dtype=out_dtype) for page in pages])[np.newaxis]
