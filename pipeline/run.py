@@ -30,6 +30,7 @@ from pipeline.sinks.ledger import file_stats, mark_done, mark_unreadable, pendin
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
     StoreLayout,
+    StoredResult,
     append_sources,
     check_output_path,
     create_store,
@@ -148,13 +149,19 @@ def _open_or_create(
     if exists and not config.output.overwrite and stored_status(path) != "creating":
         stored = open_result(path)
         known = stored.sources
-        plan = build_plan(config, known)
+        seen = set(known)
+        new = [source for source in listed if source not in seen]
+        # One plan over the store's images and the new ones; it must be the stored job's.
+        plan = build_plan(config, known + new)
         _check_same_job(stored.provenance, plan, path)
-        new = _new_sources(listed, known, append=append, path=path)
+        if new and not append:
+            raise OutputError(
+                f"{len(new)} input files are not in store {path!r} (first: {new[0]!r}); "
+                f"pass --append to add them, or --overwrite to recompute everything"
+            )
         _report_changed(stored, reporter)
         if new:
             append_sources(path, new)
-            plan = build_plan(config, known + new)
             if plan.source_shapes:
                 record_source_shapes(path, len(known), plan.source_shapes[len(known) :])
         remove_partial_writes(path)
@@ -194,18 +201,7 @@ def _check_same_job(provenance: dict[str, Any], plan: JobPlan, path: str) -> Non
         )
 
 
-def _new_sources(listed: list[str], stored: list[str], *, append: bool, path: str) -> list[str]:
-    known = set(stored)
-    new = [source for source in listed if source not in known]
-    if new and not append:
-        raise OutputError(
-            f"{len(new)} input files are not in store {path!r} (first: {new[0]!r}); "
-            f"pass --append to add them, or --overwrite to recompute everything"
-        )
-    return new
-
-
-def _report_changed(stored: Any, reporter: Reporter) -> None:
+def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
     """Files whose size or mtime differ from when they were processed: reported, not reused silently."""
     done = stored.done
     if not done.any():
