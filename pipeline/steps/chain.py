@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import dask.array as da
 
 from pipeline.errors import KernelError
-from pipeline.steps.convolve import Convolution, apply_group, fusable_groups, halo
+from pipeline.steps.convolve import Convolution, apply_group, group_planned, halo, plan_convolution
 from pipeline.steps.kernels import build_kernel
 from pipeline.steps.normalize import normalize
 
@@ -100,10 +100,13 @@ def chain(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int) -> Chain
 def _convolve_run(
     array: da.Array, steps: Sequence[Step], run: list[int], spatial_ndim: int, stages: list[Stage]
 ) -> da.Array:
-    for index in run:  # plan each step alone first, so an error names the right step
+    planned = []
+    for index in run:  # planned one by one, so that an error names its step
         with _named(steps, index):
-            fusable_groups(array, [steps[index].convolution], spatial_ndim=spatial_ndim)
-    groups = fusable_groups(array, [steps[i].convolution for i in run], spatial_ndim=spatial_ndim)
+            planned.append(
+                plan_convolution(steps[index].convolution, ndim=array.ndim, spatial_ndim=spatial_ndim, dtype=array.dtype)
+            )
+    groups = group_planned(planned)
     position = 0
     for group in groups:
         members = tuple(run[position : position + len(group)])

@@ -171,18 +171,24 @@ def fusable_groups(
     array: da.Array, steps: Sequence[Convolution], *, spatial_ndim: int
 ) -> list[list[PlannedConvolution]]:
     """Plan each step and group runs of ``same`` steps that share one halo exchange."""
+    planned = [plan_convolution(step, ndim=array.ndim, spatial_ndim=spatial_ndim, dtype=array.dtype) for step in steps]
+    return group_planned(planned)
+
+
+def group_planned(planned: Sequence[PlannedConvolution]) -> list[list[PlannedConvolution]]:
+    """Runs of consecutive ``same`` steps (all wrapping, or none) become one group each."""
     groups: list[list[PlannedConvolution]] = []
-    for step in steps:
-        planned = plan_convolution(step, ndim=array.ndim, spatial_ndim=spatial_ndim, dtype=array.dtype)
+    for step in planned:
         last = groups[-1][-1].convolution if groups else None
+        current = step.convolution
         if (
             last is not None
-            and step.mode == last.mode == "same"
-            and (step.boundary == "wrap") == (last.boundary == "wrap")
+            and current.mode == last.mode == "same"
+            and (current.boundary == "wrap") == (last.boundary == "wrap")
         ):
-            groups[-1].append(planned)
+            groups[-1].append(step)
         else:
-            groups.append([planned])
+            groups.append([step])
     return groups
 
 
