@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
+from pipeline.sources.frames import frame_sources
 from pipeline.sources.images import ImageSpec, declared_dtype, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
@@ -136,9 +137,17 @@ def compute_dtype(config: PipelineConfig) -> str:
     return "float64" if config.output.dtype in ("float64", "int32", "uint32") else "float32"
 
 
+def list_sources(config: PipelineConfig) -> list[str]:
+    """The job's images: its files, or each frame of them when the first file holds several."""
+    files = list_images(config.input.paths)
+    if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
+        return files
+    return frame_sources(files, _probe_first_readable(config, files).frames)
+
+
 def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> JobPlan:
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early."""
-    sources = tuple(list_images(config.input.paths) if sources is None else sources)
+    sources = tuple(list_sources(config) if sources is None else sources)
     spec = _probe_first_readable(config, sources)
     source_shapes: tuple[tuple[int, ...], ...] = ()
     if config.input.shapes == "pad":

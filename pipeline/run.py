@@ -25,7 +25,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
-from pipeline.plan import JobPlan, build_plan
+from pipeline.plan import JobPlan, build_plan, list_sources
 from pipeline.sinks.ledger import file_stats, mark_done, mark_unreadable, pending_batches, recorded_stats
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
@@ -43,7 +43,7 @@ from pipeline.sinks.zarr_store import (
     utc_now,
     write_lazily,
 )
-from pipeline.sources.images import list_images
+from pipeline.sources.frames import source_file
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _open_or_create(
     config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter
 ) -> tuple[JobPlan, np.ndarray]:
     path = config.output.path
-    listed = list_images(config.input.paths)
+    listed = list_sources(config)
     if exists and not config.output.overwrite and stored_status(path) != "creating":
         stored = open_result(path)
         known = stored.sources
@@ -209,7 +209,7 @@ def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
     sources = stored.sources
     recorded = recorded_stats(stored.group)
     indices = np.flatnonzero(done)
-    now = file_stats([sources[i] for i in indices])
+    now = file_stats([source_file(sources[i]) for i in indices])
     changed = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (old != new).any()]
     if changed:
         reporter.warning(
@@ -261,7 +261,7 @@ def _write_batches(
     written = unreadable = 0
     for number, (start, stop) in enumerate(batches):
         began = time.perf_counter()
-        stats = file_stats(plan.sources[start:stop])
+        stats = file_stats([source_file(source) for source in plan.sources[start:stop]])
         skipped = _write_batch(config, plan, target, executor, reporter, start, stop)
         mark_done(target.group, start, stop, stats)
         written += stop - start - skipped
@@ -287,10 +287,16 @@ def _write_batch(
 ) -> int:
     """Write images ``start:stop``; with ``on_error: skip`` leave out unreadable files, return how many.
 
-    A file that fails to decode fails its whole batch; it is recorded as unreadable and the batch is
-    computed again without it (chunks already written are simply written again, with the same bytes).
+    A file that fails to decode fails its whole batch; it is recorded as unreadable (every frame of
+    it, for a multi-frame file) and the batch is computed again without it (chunks already written
+    are simply written again, with the same bytes).
     """
-    positions = {source: start + offset for offset, source in enumerate(plan.sources[start:stop])}
+    # Tasks see absolute paths (workers may run elsewhere), so errors name files absolutely.
+    positions: dict[str, list[int]] = {}
+    for index in range(start, stop):
+        source = plan.sources[index]
+        for name in {source, source_file(source)}:
+            positions.setdefault(os.path.abspath(name), []).append(index)
     excluded: set[int] = set()
     while True:
         ranges = _ranges_without(start, stop, excluded)
@@ -304,12 +310,14 @@ def _write_batch(
             executor.compute(*writes, on_progress=lambda share: reporter.advance(share * count))
             return len(excluded)
         except InputError as exc:
-            index = positions.get(exc.path or "")
-            if config.input.on_error != "skip" or index is None or index in excluded:
+            named = os.path.abspath(exc.path) if exc.path else ""
+            failed = [index for index in positions.get(named, []) if index not in excluded]
+            if config.input.on_error != "skip" or not failed:
                 raise
-            excluded.add(index)
-            mark_unreadable(target.group, index, plan.sources[index], str(exc))
-            reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
+            for index in failed:
+                excluded.add(index)
+                mark_unreadable(target.group, index, plan.sources[index], str(exc))
+                reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
 
 
 def _ranges_without(start: int, stop: int, excluded: set[int]) -> list[tuple[int, int]]:

@@ -22,6 +22,7 @@ from natsort import natsorted, ns
 from PIL import Image
 
 from pipeline.errors import InputError
+from pipeline.sources.frames import check_frames, frame_count, frame_pixels, read_frame, split_source
 from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
 from pipeline.sources.volume import SLAB, stack_shape, stack_volumes, volume_shape
 
@@ -102,6 +103,7 @@ class ImageSpec:
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
     volume: bool = False  # each file a (z, y, x) stack, read slice by slice
     pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
+    frames: int = 1  # frames (pages) of each file: each frame is one image (see sources/frames.py)
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -129,9 +131,12 @@ def probe(
     tile: str | int = "auto",
     layout: str = "images",
 ) -> ImageSpec:
-    """Open one file (header only where the format allows) for the collection's image shape."""
-    check_size(path, max_pixels)
+    """Open one file (header only where the format allows) for the collection's image shape.
+
+    ``path`` is a file or one frame of one (``stack.tif#0``).
+    """
     if layout == "volume":
+        check_size(path, max_pixels)
         if color != "gray":
             raise InputError("input.layout: volume reads gray stacks; set input.color: gray")
         raw = stack_shape(path)
@@ -139,15 +144,20 @@ def probe(
             shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
             raw_shape=raw, volume=True,
         )
+    file, frame = split_source(path)
+    frames = frame_count(file)
+    # Each frame is one image, read on its own: the pixel limit applies to one frame.
+    check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels)
     raw = _raw_shape(path)
     shape = _converted_shape(path, raw, color)
     return ImageSpec(
         shape=shape,
         color=color,
-        reference=path,
+        reference=file,
         max_pixels=max_pixels,
         raw_shape=raw,
         tile=choose_tile(path, tile, raw),
+        frames=frames,
     )
 
 
@@ -162,7 +172,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
     if spec.tile is not None:
         return tiled_stack(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, tile=spec.tile,
-            color=spec.color, dtype=dtype, reference=spec.reference,
+            color=spec.color, dtype=dtype, reference=spec.reference, frames=spec.frames,
         )
     names = np.empty(len(sources), dtype=object)
     names[:] = [os.path.abspath(source) for source in sources]
@@ -178,6 +188,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         out_dtype=dtype,
         max_pixels=spec.max_pixels,
         pad_value=spec.pad_value,
+        frames=spec.frames,
     )
 
 
@@ -200,8 +211,9 @@ def declared_shape(path: str, color: Color) -> tuple[int, ...]:
     return _converted_shape(path, _raw_shape(path), color)
 
 
-def declared_dtype(path: str) -> np.dtype:
+def declared_dtype(source: str) -> np.dtype:
     """The pixel type a file stores, from its header."""
+    path, _ = split_source(source)
     try:
         if path.lower().endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tiff:
@@ -211,12 +223,13 @@ def declared_dtype(path: str) -> np.dtype:
         raise InputError.unreadable(path, exc) from None
 
 
-def _raw_shape(path: str) -> tuple[int, ...]:
-    """The stored (y, x[, c]) shape of the first image or page, from the header."""
+def _raw_shape(source: str) -> tuple[int, ...]:
+    """The stored (y, x[, c]) shape of one image: a file's first page or frame, or the named one."""
+    path, frame = split_source(source)
     if path.lower().endswith(TIFF_SUFFIXES):
-        return tiff_layout(path)[0]
+        return tiff_layout(source)[0]
     try:
-        return tuple(iio.improps(path).shape)
+        return tuple(iio.improps(path, index=frame or 0).shape)  # one frame, of animations too
     except Exception as exc:  # imageio raises many types for unreadable files
         raise InputError.unreadable(path, exc) from None
 
@@ -232,21 +245,13 @@ def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int
     )
 
 
-def declared_pixels(path: str) -> int:
-    """Pixels the file's header declares (all pages), read without decoding the image data."""
-    try:
-        if path.lower().endswith((".tif", ".tiff")):
-            with tifffile.TiffFile(path) as tiff:
-                return sum(int(np.prod(page.shape[:2])) for page in tiff.pages)
-        with Image.open(path) as image:
-            return image.size[0] * image.size[1] * getattr(image, "n_frames", 1)
-    except Exception as exc:
-        raise InputError.unreadable(path, exc) from None
+def check_size(source: str, max_pixels: int) -> None:
+    """Refuse a decompression bomb (a small file declaring a huge image) before decoding it.
 
-
-def check_size(path: str, max_pixels: int) -> None:
-    """Refuse a decompression bomb (a small file declaring a huge image) before decoding it."""
-    declared = declared_pixels(path)
+    A whole file counts (all its pages), or one frame when only that frame is read.
+    """
+    path, frame = split_source(source)
+    declared = frame_pixels(path, frame)
     if declared > max_pixels:
         raise InputError(
             f"image {path!r} declares {declared:,} pixels, above input.max_pixels = {max_pixels:,}; "
@@ -255,15 +260,19 @@ def check_size(path: str, max_pixels: int) -> None:
         )
 
 
-def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
+def decode(source: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
     """Pixels of one file, channels last, and whether their colour order is BGR (OpenCV's).
 
     JPEG goes through OpenCV: the same libjpeg-turbo pixels as Pillow's, about 40% faster, and
     CMYK files come out as colour. Everything else, and the message for an unreadable JPEG,
-    comes from imageio. With ``max_pixels`` the header is checked first.
+    comes from imageio. With ``max_pixels`` the header is checked first. ``source`` is a file or
+    one frame of one (``stack.tif#3``).
     """
     if max_pixels is not None:
-        check_size(path, max_pixels)
+        check_size(source, max_pixels)
+    path, frame = split_source(source)
+    if frame is not None:
+        return read_frame(path, frame), False
     if path.lower().endswith(OPENCV_SUFFIXES) and _ends_like_jpeg(path):
         pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # UNCHANGED: no EXIF rotation, as imageio
         if pixels is not None:
@@ -275,8 +284,8 @@ def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, boo
     if pixels.ndim == 4:  # frames first (GIF): one frame is one image
         if pixels.shape[0] != 1:
             raise InputError(
-                f"image {path!r} has {pixels.shape[0]} frames; multi-frame files are not read as "
-                f"collections yet — export the frames as separate files",
+                f"image {path!r} has {pixels.shape[0]} frames; read it as part of a collection "
+                f"(each frame is one image) or name one frame as {path + '#0'!r}",
                 path,
             )
         pixels = pixels[0]
@@ -299,11 +308,22 @@ def _ends_like_jpeg(path: str) -> bool:
 
 
 def read_image(
-    path: str, *, color: Color = "gray", dtype: str = "float32", max_pixels: int | None = None
+    source: str,
+    *,
+    color: Color = "gray",
+    dtype: str = "float32",
+    max_pixels: int | None = None,
+    frames: int | None = None,
+    reference: str = "",
 ) -> np.ndarray:
-    """Decode one file into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped."""
-    pixels, bgr = decode(path, max_pixels=max_pixels)
-    _converted_shape(path, pixels.shape, color)  # rejects shapes we cannot interpret
+    """Decode one file (or frame) into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped.
+
+    With ``frames``, the file must hold that many frames, as ``reference`` (the first file) does.
+    """
+    if frames is not None:
+        check_frames(split_source(source)[0], frames, reference)
+    pixels, bgr = decode(source, max_pixels=max_pixels)
+    _converted_shape(source, pixels.shape, color)  # rejects shapes we cannot interpret
     return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr)
 
 
@@ -334,9 +354,12 @@ def _read_block(
     out_dtype: str,
     max_pixels: int,
     pad_value: float | None,
+    frames: int,
 ) -> np.ndarray:
     path = names.item()
-    image = read_image(path, color=color, dtype=out_dtype, max_pixels=max_pixels)
+    image = read_image(
+        path, color=color, dtype=out_dtype, max_pixels=max_pixels, frames=frames, reference=reference
+    )
     if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
         extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
         image = np.pad(image, extra, constant_values=pad_value)

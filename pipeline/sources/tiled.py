@@ -17,18 +17,22 @@ import tifffile
 import zarr
 
 from pipeline.errors import InputError
+from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, split_source
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 # `tile: auto` reads a TIFF by tiles once it holds more pixels than this (16 MPix: 64 MiB as float32).
 AUTO_TILE_ABOVE = 4096 * 4096
 AUTO_TILE = 2048
 
 
-def tiff_layout(path: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
-    """The first page's shape and its tile size (None for strips), from the header only."""
+def tiff_layout(source: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """A page's shape and its tile size (None for strips), from the header only.
+
+    The first page of a file, or the named one of a frame (``huge.tif#2``).
+    """
+    path, frame = split_source(source)
     try:
         with tifffile.TiffFile(path) as tiff:
-            page = tiff.pages[0]
+            page = tiff.pages[frame or 0]
             tile = (page.tilelength, page.tilewidth) if page.is_tiled else None
             return tuple(page.shape), tile
     except Exception as exc:
@@ -39,7 +43,7 @@ def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tu
     """The (y, x) tile to read ``path`` by, or None to read it whole."""
     if setting == "whole":
         return None
-    if not path.lower().endswith(TIFF_SUFFIXES):
+    if not split_source(path)[0].lower().endswith(TIFF_SUFFIXES):
         if setting == "auto":
             return None
         raise InputError(
@@ -58,11 +62,16 @@ def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tu
 
 def tiled_stack(
     sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], tile: tuple[int, int],
-    color: str, dtype: str, reference: str,
+    color: str, dtype: str, reference: str, frames: int = 1,
 ) -> da.Array:
-    """(image, [c], y, x) with chunks of one tile; ``shape`` is the converted shape of each image."""
+    """(image, [c], y, x) with chunks of one tile; ``shape`` is the converted shape of each image.
+
+    Each source is a file, or one page of a multi-page file (``huge.tif#2``).
+    """
     images = []
     for source in sources:
+        path, frame = split_source(source)
+        check_frames(path, frames, reference)
         found, _ = tiff_layout(source)
         if found != raw_shape:
             raise InputError(
@@ -78,7 +87,8 @@ def tiled_stack(
                 chunks=((1,), *chunks),
                 dtype=dtype,
                 meta=np.empty((0,) * (1 + len(shape)), dtype=dtype),
-                path=os.path.abspath(source),
+                path=os.path.abspath(path),
+                page=frame or 0,
                 color=color,
                 out_dtype=dtype,
             )
@@ -90,12 +100,13 @@ def _split(size: int, step: int) -> tuple[int, ...]:
     return tuple(min(step, size - start) for start in range(0, size, step))
 
 
-def _read_tile(*, path: str, color: str, out_dtype: str, block_info: dict | None = None) -> np.ndarray:
+def _read_tile(*, path: str, page: int, color: str, out_dtype: str, block_info: dict | None = None) -> np.ndarray:
     from pipeline.sources.images import convert_pixels
 
     (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
     try:
-        with tifffile.imread(path, aszarr=True) as store:
+        # One page's store (key): a multi-page file's series would add a leading page axis.
+        with tifffile.imread(path, aszarr=True, key=page) as store:
             pixels = zarr.open_array(store, mode="r")[y0:y1, x0:x1]
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None

@@ -15,8 +15,7 @@ import numpy as np
 import tifffile
 
 from pipeline.errors import InputError
-
-TIFF_SUFFIXES = (".tif", ".tiff")
+from pipeline.sources.frames import TIFF_SUFFIXES
 SLAB = 16
 
 

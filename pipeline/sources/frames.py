@@ -1,0 +1,95 @@
+"""Multi-page TIFFs and animated GIFs (APNG, WebP) in a collection: each page or frame is one image.
+
+Like dask-image's ``imread``, the frame count comes from the collection's first file, so listing a
+million files opens one of them; every read task then checks that its file holds exactly as many
+frames, and fails naming the file if not, so no frame is silently dropped or invented.
+
+An image read from a multi-frame file is named ``<file>#<frame>`` (``stack.tif#3``) in the
+store's source list, in the ledger's positions and in messages.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+from PIL import Image
+
+from pipeline.errors import InputError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Formats that can hold several frames; others are always one image per file.
+MULTI_FRAME_SUFFIXES = (*TIFF_SUFFIXES, ".gif", ".png", ".webp")
+_FRAME_NAME = re.compile(r"^(?P<path>.+)#(?P<frame>\d+)$")
+
+
+def split_source(source: str) -> tuple[str, int | None]:
+    """``stack.tif#3`` → (``stack.tif``, 3); a plain file name → (name, None)."""
+    match = _FRAME_NAME.match(source)
+    if match and match["path"].lower().endswith(MULTI_FRAME_SUFFIXES):
+        return match["path"], int(match["frame"])
+    return source, None
+
+
+def source_file(source: str) -> str:
+    """The file an image's source name refers to (what ``os.stat`` and the lock see)."""
+    return split_source(source)[0]
+
+
+def frame_sources(files: Sequence[str], frames: int) -> list[str]:
+    """The images of ``files`` when each holds ``frames`` frames: the files themselves when one."""
+    if frames == 1:
+        return list(files)
+    return [f"{path}#{frame}" for path in files for frame in range(frames)]
+
+
+def frame_count(path: str) -> int:
+    """Pages of a TIFF, frames of a GIF/APNG/WebP, 1 for every other format (header only)."""
+    if not path.lower().endswith(MULTI_FRAME_SUFFIXES):
+        return 1
+    try:
+        if path.lower().endswith(TIFF_SUFFIXES):
+            with tifffile.TiffFile(path) as tiff:
+                return len(tiff.pages)
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+
+
+def check_frames(path: str, expected: int, reference: str) -> None:
+    """Refuse a file whose frame count differs from the collection's (learnt from ``reference``)."""
+    found = frame_count(path)
+    if found != expected:
+        raise InputError(
+            f"image {path!r} holds {found} frames (pages) but {reference!r}, the first file, holds {expected}; "
+            f"every file of a collection must hold as many (split the files, or list them in separate jobs)",
+            path,
+        )
+
+
+def read_frame(path: str, frame: int) -> np.ndarray:
+    """One page of a TIFF or one frame of an animation, channels last."""
+    try:
+        if path.lower().endswith(TIFF_SUFFIXES):
+            return tifffile.imread(path, key=frame)
+        return iio.imread(path, index=frame)
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+
+
+def frame_pixels(path: str, frame: int | None) -> int:
+    """Pixels of one frame (``frame``) or of the whole file, from the header: the bomb check's count."""
+    try:
+        if path.lower().endswith(TIFF_SUFFIXES):
+            with tifffile.TiffFile(path) as tiff:
+                pages = tiff.pages if frame is None else [tiff.pages[frame]]
+                return sum(int(np.prod(page.shape[:2])) for page in pages)
+        with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1) if frame is None else 1
+            return image.size[0] * image.size[1] * frames
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
