@@ -160,7 +160,9 @@ def run(
         typer.Option("--resume", help="Finish an interrupted run (also what a plain rerun of the same job does)."),
     ] = False,
     progress: Annotated[
-        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
+        Optional[bool], typer.Option(
+            "--progress/--no-progress", help="Progress bar (default: a bar on a terminal, a line per batch otherwise)."
+        )
     ] = None,
     log_format: Annotated[
         LogFormat, typer.Option(help="plain: a summary line; json: one JSON object per event on stdout.")
@@ -173,8 +175,12 @@ def run(
     from pipeline.run import run as run_job
 
     del resume  # resuming is what a rerun does; the flag lets scripts say so
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    reporter = Reporter(log_format=log_format.value, quiet=quiet, progress=show_bar)
+    terminal = sys.stderr.isatty()
+    # A terminal gets a bar; a log file (not a TTY) a line per batch, unless --no-progress.
+    reporter = Reporter(
+        log_format=log_format.value, quiet=quiet, progress=terminal if progress is None else progress,
+        lines=progress is None and not terminal,
+    )
     with reported_errors(reporter):
         overrides = _overrides(set_, overwrite=overwrite, scheduler=scheduler, workers=workers, batch_size=batch_size)
         run_job(load_config(config, overrides), append=append, reporter=reporter)
@@ -211,41 +217,33 @@ def plan(
 ) -> None:
     """Show what a job will do, without doing it: per stage the strategy, halo, chunks; tasks, memory, bytes."""
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.plan import build_plans
 
     with reported_errors():
-        job = build_plan(load_config(config, _overrides(set_)))
-        estimates = job.estimates()
-    stages = [
-        {
-            "steps": list(stage.steps),
-            "what": stage.description,
-            "strategy": list(stage.strategies) or ["-"],
-            "halo": list(stage.halo),
-            "shape": list(stage.shape),
-            "chunks": list(stage.chunks),
-        }
-        for stage in job.stages
-    ]
+        plans = build_plans(load_config(config, _overrides(set_)))
+        described = {name: job.describe() for name, job in plans.items()}
     if as_json:
-        out.print_json(json.dumps({"stages": stages, **estimates, "compute_dtype": job.compute_dtype}))
+        out.print_json(json.dumps(described[""] if "" in described else {"groups": described}))
         return
-    table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "chunk")
-    for stage in stages:
-        table.add_row(
-            ",".join(map(str, stage["steps"])), stage["what"], ", ".join(stage["strategy"]),
-            str(tuple(stage["halo"])), str(tuple(stage["shape"])), str(tuple(stage["chunks"])),
+    for name, info in described.items():
+        if name:
+            out.print(f"[bold]group {name}[/bold]", highlight=False)
+        table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "chunk")
+        for stage in info["stages"]:
+            table.add_row(
+                ",".join(map(str, stage["steps"])), stage["what"], ", ".join(stage["strategy"]),
+                str(tuple(stage["halo"])), str(tuple(stage["shape"])), str(tuple(stage["chunks"])),
+            )
+        out.print(table)
+        mib = 1024 * 1024
+        out.print(
+            f"{info['images']} images, {info['tasks']} tasks, compute dtype {info['compute_dtype']}; "
+            f"peak memory ≈ {info['peak_memory_per_task'] / mib:.1f} MiB per task, "
+            f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {info['workers']} workers; "
+            f"read ≈ {info['bytes_read_estimate'] / mib:.1f} MiB, "
+            f"write {info['bytes_written_uncompressed'] / mib:.1f} MiB before compression",
+            highlight=False,
         )
-    out.print(table)
-    mib = 1024 * 1024
-    out.print(
-        f"{estimates['images']} images, {estimates['tasks']} tasks, compute dtype {job.compute_dtype}; "
-        f"peak memory ≈ {estimates['peak_memory_per_task'] / mib:.1f} MiB per task, "
-        f"≈ {estimates['peak_memory_all_workers'] / mib:.1f} MiB for {estimates['workers']} workers; "
-        f"read ≈ {estimates['bytes_read_estimate'] / mib:.1f} MiB, "
-        f"write {estimates['bytes_written_uncompressed'] / mib:.1f} MiB before compression",
-        highlight=False,
-    )
 
 
 @app.command()
@@ -308,8 +306,11 @@ def inspect(
     sources: Annotated[int, typer.Option(help="How many source files to list.")] = 5,
 ) -> None:
     """Show a store's shape, dtype, chunks, codec, status, steps and source files."""
-    from pipeline.sinks.zarr_store import open_result
+    from pipeline.sinks.zarr_store import grouped_summary, open_result, stored_groups
 
+    if stored_groups(store):
+        _inspect_groups(grouped_summary(store), as_json=as_json)
+        return
     with reported_errors():
         info = open_result(store).summary(sources=sources)
     names, unreadable = info["sources"], info["unreadable"]
@@ -329,6 +330,23 @@ def inspect(
     for entry in unreadable[:sources]:
         table.add_row("[bold]unreadable", f"{entry['index']}: {entry['reason']}")
     out.print(table)
+
+
+def _inspect_groups(info: dict, *, as_json: bool) -> None:
+    """A store of shape groups (input.shapes: group): one row per group; inspect a group for more."""
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"[bold]{info['store']}[/bold]: {info['status']}, {len(info['groups'])} shape groups", highlight=False)
+    table = Table("group", "image shape", "images", "written", "status", "inspect with")
+    for group in info["groups"]:
+        table.add_row(
+            group["group"], str(tuple(group["shape"])), str(group["images"]), str(group["written"]),
+            group["status"], f"pipeline inspect {group['store']}",
+        )
+    out.print(table)
+    for entry in info["unreadable"]:
+        out.print(f"unreadable: {entry['reason']}", highlight=False)
 
 
 def _describe_step(step: dict) -> str:

@@ -50,9 +50,10 @@ class InputConfig(_Frozen):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="an unreadable image: fail the run, or skip it (listed in the store with its reason)"
     )
-    shapes: Literal["strict", "pad"] = Field(
+    shapes: Literal["strict", "pad", "group"] = Field(
         "strict",
-        description="images of different sizes: strict fails naming the file; pad pads each to the largest",
+        description="images of different sizes: strict fails naming the file; pad pads each to the largest; "
+        "group writes one result per distinct shape",
     )
     pad_value: float = Field(0.0, description="the value padding adds with shapes: pad")
     layout: Literal["images", "volume"] = Field(

@@ -2,8 +2,9 @@
 
 Events: ``start``, ``batch`` (after each durably written batch), ``warning``, ``end`` and
 ``error``. ``--log-format json`` prints each as one JSON object per line on stdout; plain mode
-shows a progress bar on a terminal and a summary line at the end; ``--quiet`` prints nothing on
-success.
+shows a progress bar on a terminal and a summary table at the end, or, when stderr is not a
+terminal (a batch job's log file), one plain line per written batch and a summary line;
+``--quiet`` prints nothing on success.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ LogFormat = Literal["plain", "json"]
 
 class Reporter:
     def __init__(
-        self, *, log_format: LogFormat = "plain", quiet: bool = False, progress: bool = False, stream: TextIO | None = None
+        self,
+        *,
+        log_format: LogFormat = "plain",
+        quiet: bool = False,
+        progress: bool = False,
+        lines: bool = False,
+        stream: TextIO | None = None,
     ) -> None:
+        """``progress``: a rich bar and summary table (a terminal); ``lines``: a line per batch (a log file)."""
         self.log_format = log_format
         self.quiet = quiet
         self._stream = stream or sys.stdout
@@ -29,6 +37,9 @@ class Reporter:
         self._bar: Any = None
         self._task: Any = None
         self._want_bar = progress and log_format == "plain" and not quiet
+        self._want_lines = lines and not progress and log_format == "plain" and not quiet
+        self._batches = 0
+        self._table = False
 
     @classmethod
     def silent(cls) -> Reporter:
@@ -40,6 +51,9 @@ class Reporter:
         self._stream.flush()
 
     def start(self, **fields: Any) -> None:
+        self._batches = fields.get("batches", 0)
+        if self._want_lines and fields.get("done"):
+            self._err.print(f"resuming: {fields['done']} images already written, {fields.get('pending', 0)} to do")
         if self.log_format == "json" and not self.quiet:
             self._json("start", **fields)
         elif not self.quiet and fields.get("dashboard"):
@@ -73,6 +87,16 @@ class Reporter:
     def batch(self, **fields: Any) -> None:
         if self.log_format == "json" and not self.quiet:
             self._json("batch", **fields)
+        elif self._want_lines:
+            rate = fields.get("images_per_second")
+            seconds = fields.get("seconds") or 0.0
+            eta = f", ETA {fields['pending'] / rate:.0f} s" if rate and fields.get("pending") else ""
+            skipped = f" ({fields['unreadable']} unreadable)" if fields.get("unreadable") else ""
+            self._err.print(
+                f"batch {fields['batch'] + 1}/{self._batches}: images {fields['start']}-{fields['stop'] - 1} "
+                f"written{skipped} in {seconds:.1f} s ({rate or 0:.1f} images/s); "
+                f"{fields['done']} done, {fields['pending']} to do{eta}"
+            )
 
     def warning(self, message: str, **fields: Any) -> None:
         if self.quiet:
@@ -83,20 +107,45 @@ class Reporter:
             self._err.print(f"[yellow]warning:[/yellow] {message}", markup=True)
 
     def end(self, **fields: Any) -> None:
+        had_bar = self._bar is not None
         self._close_bar()
         if self.quiet:
             return
         if self.log_format == "json":
             self._json("end", **fields)
             return
+        if had_bar:
+            self._summary_table(fields)
         unreadable = f", {fields['unreadable']} unreadable (skipped)" if fields.get("unreadable") else ""
+        if fields.get("groups"):  # input.shapes: group
+            result = ", ".join(f"{name} ({count} images)" for name, count in fields["groups"].items())
+        else:
+            result = f"{tuple(fields['shape'])} {fields['dtype']}"
         print(
             f"{fields['status']}: {fields['processed']} images processed, {fields['skipped']} skipped "
             f"(already written){unreadable}, {fields['failed']} failed, in {fields['seconds']:.1f} s "
-            f"({fields['images_per_second']:.1f} images/s) → {fields['store']} {tuple(fields['shape'])} {fields['dtype']}",
+            f"({fields['images_per_second']:.1f} images/s) → {fields['store']} {result}",
             file=self._stream,
             flush=True,
         )
+
+    def _summary_table(self, fields: dict[str, Any]) -> None:
+        """On a terminal, the run at a glance (the summary line below it stays for scripts)."""
+        from rich.table import Table
+
+        table = Table(title="run summary", show_header=False, title_justify="left")
+        rows = [
+            ("store", fields["store"]),
+            ("images", fields["images"]),
+            ("processed", fields["processed"]),
+            ("already written", fields["skipped"]),
+            ("unreadable (skipped)", fields.get("unreadable", 0)),
+            ("seconds", f"{fields['seconds']:.1f}"),
+            ("images/s", f"{fields['images_per_second']:.1f}"),
+        ]
+        for name, value in rows:
+            table.add_row(name, str(value))
+        self._err.print(table)
 
     def error(self, message: str, exit_code: int) -> None:
         self._close_bar()

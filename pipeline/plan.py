@@ -21,6 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
 from pipeline.sources.frames import frame_sources
+from pipeline.sources.shapes import group_by_shape
 from pipeline.sources.images import ImageSpec, declared_dtype, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
@@ -108,6 +109,21 @@ class JobPlan:
         """The lazy result for images ``start:stop``, one chunk per image, in the output dtype."""
         return _lazy_result(self.config, self.sources[start:stop], self.spec, self.steps, self.compute_dtype)[0]
 
+    def describe(self) -> dict[str, Any]:
+        """What `pipeline plan` shows: each stage's strategy, halo, shape and chunks, and the estimates."""
+        stages = [
+            {
+                "steps": list(stage.steps),
+                "what": stage.description,
+                "strategy": list(stage.strategies) or ["-"],
+                "halo": list(stage.halo),
+                "shape": list(stage.shape),
+                "chunks": list(stage.chunks),
+            }
+            for stage in self.stages
+        ]
+        return {"stages": stages, **self.estimates(), "compute_dtype": self.compute_dtype}
+
     def estimates(self) -> dict[str, Any]:
         """Task count, peak memory per worker and bytes moved, for `pipeline plan`."""
         workers = 1 if self.config.execution.scheduler == "sync" else resolve_workers(self.config.execution.workers)
@@ -143,6 +159,14 @@ def list_sources(config: PipelineConfig) -> list[str]:
     if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
         return files
     return frame_sources(files, _probe_first_readable(config, files).frames)
+
+
+def build_plans(config: PipelineConfig) -> dict[str, JobPlan]:
+    """The plans of a job: ``{"": plan}``, or one per image shape with ``input.shapes: group``."""
+    if config.input.shapes != "group":
+        return {"": build_plan(config)}
+    split = group_by_shape(list_sources(config), color=config.input.color, skip_unreadable=config.input.on_error == "skip")
+    return {name: build_plan(config, sources) for name, sources in split.groups.items()}
 
 
 def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> JobPlan:

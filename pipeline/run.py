@@ -8,11 +8,9 @@ disk. So a rerun of the same job (or ``--resume``) finishes what a killed run le
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +28,12 @@ from pipeline.sinks.ledger import file_stats, mark_done, mark_unreadable, pendin
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
     StoreLayout,
+    create_grouped_root,
+    record_groups,
+    stored_groups,
     StoredResult,
     append_sources,
+    check_not_inside_inputs,
     check_output_path,
     create_store,
     level_arrays,
@@ -44,6 +46,7 @@ from pipeline.sinks.zarr_store import (
     write_lazily,
 )
 from pipeline.sources.frames import source_file
+from pipeline.sources.shapes import group_by_shape
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,10 @@ class RunSummary:
     processed: int
     skipped: int  # already written by an earlier run
     unreadable: int  # skipped now because their files could not be read (input.on_error: skip)
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # of the result; () when grouped by shape
     dtype: str
     seconds: float
+    groups: dict[str, int] | None = None  # input.shapes: group — images per shape group
 
     @property
     def images_per_second(self) -> float:
@@ -72,7 +76,7 @@ class RunSummary:
         """The fields of the final ``end`` event and summary line."""
         return {
             "status": "complete",
-            **{k: v for k, v in asdict(self).items() if k != "seconds"},
+            **{k: v for k, v in asdict(self).items() if k != "seconds" and (k != "groups" or v)},
             "shape": list(self.shape),
             "failed": 0,
             "seconds": round(self.seconds, 3),
@@ -90,6 +94,15 @@ def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
     return max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
 
 
+@dataclass(frozen=True)
+class Part:
+    """One result store a run writes: the whole output, or one shape group of it."""
+
+    config: PipelineConfig  # output.path is this part's store
+    plan: JobPlan
+    pending: np.ndarray  # per image: still to write
+
+
 def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | None = None) -> RunSummary:
     """Run a job, finish what an earlier run of it left, or (``append``) add new input files.
 
@@ -102,15 +115,28 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     with StoreLock(path):
         # Checked under the lock: a store another run is creating is busy (exit 5), not foreign.
         exists = check_output_path(path)
-        _check_not_inside_inputs(config)
-        plan, pending = _prepare(config, exists=exists, append=append, reporter=reporter)
+        check_not_inside_inputs(path, config.input.paths)
+        if config.input.shapes == "group":
+            parts, header_failures = _prepare_groups(config, exists=exists, append=append, reporter=reporter)
+        else:
+            parts, header_failures = [Part(config, *_prepare(config, exists=exists, append=append, reporter=reporter))], 0
+        written = unreadable = 0
+        current = path
         try:
             with open_executor(config.execution) as executor:
-                processed, unreadable = _write_batches(config, plan, pending, executor, reporter)
+                sizes = [batch_size(part.config, part.plan, executor.workers) for part in parts]
+                _report_start(config, parts, sizes, executor, reporter)
+                for part, size in zip(parts, sizes):
+                    current = part.config.output.path
+                    counts = _write_batches(part.config, part.plan, part.pending, size, executor, reporter)
+                    written, unreadable = written + counts[0], unreadable + counts[1]
+                    if current != path:
+                        set_status(current, "complete", finished=utc_now())
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             reason = str(exc).strip().split("\n")[0] or type(exc).__name__
-            set_status(path, status, finished=utc_now(), error=reason)
+            for store in dict.fromkeys((current, path)):
+                set_status(store, status, finished=utc_now(), error=reason)
             if isinstance(exc, OSError) and not isinstance(exc, PipelineError):  # disk full, permissions
                 raise OutputError(
                     f"cannot write store {path!r}: {exc.strerror or exc}; nothing unwritten is marked "
@@ -118,18 +144,79 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
                 ) from None
             raise
         set_status(path, "complete", finished=utc_now())
+    images = sum(len(part.plan.sources) for part in parts)
+    grouped = config.input.shapes == "group"
     summary = RunSummary(
         store=path,
-        images=len(plan.sources),
-        processed=processed,
-        skipped=len(plan.sources) - processed - unreadable,
-        unreadable=unreadable,
-        shape=plan.shape,
-        dtype=plan.dtype,
+        images=images + header_failures,
+        processed=written,
+        skipped=images - written - unreadable,
+        unreadable=unreadable + header_failures,
+        shape=() if grouped else parts[0].plan.shape,
+        dtype=parts[0].plan.dtype,
         seconds=time.perf_counter() - started,
+        groups={Path(part.config.output.path).name: len(part.plan.sources) for part in parts} if grouped else None,
     )
     reporter.end(**summary.as_event())
     return summary
+
+
+def _report_start(config: PipelineConfig, parts: list[Part], sizes: list[int], executor: Executor, reporter: Reporter) -> None:
+    images = sum(len(part.plan.sources) for part in parts)
+    pending = sum(int(part.pending.sum()) for part in parts)
+    batches = sum(len(list(pending_batches(~part.pending, size))) for part, size in zip(parts, sizes))
+    reporter.start(
+        store=config.output.path,
+        images=images,
+        pending=pending,
+        done=images - pending,
+        batches=batches,
+        batch_size=sizes[0] if len(set(sizes)) == 1 else sizes,
+        scheduler=config.execution.scheduler,
+        dashboard=executor.dashboard,
+    )
+
+
+def _prepare_groups(config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter) -> tuple[list[Part], int]:
+    """input.shapes: group — one part per image shape, each its own store inside the output.
+
+    Returns the parts and how many files were set aside because their headers could not be read.
+    """
+    path = config.output.path
+    split = group_by_shape(list_sources(config), color=config.input.color, skip_unreadable=config.input.on_error == "skip")
+    fresh = not exists or config.output.overwrite or stored_status(path) == "creating"
+    if fresh:
+        create_grouped_root(
+            path, {"version": __version__, "config": config.model_dump(mode="json"), "started": utc_now()}
+        )
+    else:
+        if stored_groups(path) is None:
+            raise OutputError(
+                f"store {path!r} holds one result, not one per image shape; pass --overwrite to replace it "
+                f"with a grouped store, or choose another output.path"
+            )
+    members = {name: os.path.join(path, name) for name in split.groups}
+    for name, sources in split.groups.items():
+        if not fresh and stored_status(members[name]) is None and not append:
+            raise OutputError(
+                f"{len(sources)} input files of a new shape are not in store {path!r} (first: {sources[0]!r}); "
+                f"pass --append to add them, or --overwrite to recompute everything"
+            )
+    if not fresh:
+        set_status(path, "running", resumed=utc_now())
+    for source, reason in split.unreadable:
+        reporter.warning(f"skipped: {reason}", source=source)
+    record_groups(path, split.shapes, split.unreadable)
+    parts = []
+    for name, sources in split.groups.items():
+        member = config.model_copy(update={"output": config.output.model_copy(update={"path": members[name]})})
+        exists = stored_status(members[name]) is not None
+        plan, pending = _open_or_create(member, exists=exists, append=append, reporter=reporter, listed=sources)
+        parts.append(Part(member, plan, pending))
+    narrowing = parts[0].plan.narrowing()
+    if narrowing:
+        reporter.warning(narrowing)
+    return parts, len(split.unreadable)
 
 
 def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter) -> tuple[JobPlan, np.ndarray]:
@@ -142,11 +229,16 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
 
 
 def _open_or_create(
-    config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter
+    config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter, listed: list[str] | None = None
 ) -> tuple[JobPlan, np.ndarray]:
     path = config.output.path
-    listed = list_sources(config)
+    listed = list_sources(config) if listed is None else listed
     if exists and not config.output.overwrite and stored_status(path) != "creating":
+        if stored_groups(path) is not None:
+            raise OutputError(
+                f"store {path!r} holds one result per image shape (input.shapes: group); run the job with "
+                f"input.shapes: group, pass --overwrite to replace it, or choose another output.path"
+            )
         stored = open_result(path)
         known = stored.sources
         seen = set(known)
@@ -219,43 +311,13 @@ def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
         )
 
 
-def _check_not_inside_inputs(config: PipelineConfig) -> None:
-    """A store inside an input folder would be listed as input by the next run of a glob."""
-    store = Path(config.output.path).resolve()
-    entries = [config.input.paths] if isinstance(config.input.paths, str) else config.input.paths
-    for entry in entries:
-        if glob.has_magic(entry):  # the folder part before the first wildcard
-            prefix = re.split(r"[*?\[]", entry, maxsplit=1)[0]
-            folder = (Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent).resolve()
-        elif Path(entry).is_dir():
-            folder = Path(entry).resolve()
-        else:
-            continue  # single files: nothing of the store can be listed as input
-        if store == folder or folder in store.parents:
-            raise OutputError(
-                f"output.path {config.output.path!r} is inside the input folder {str(folder)!r}; "
-                f"write the store elsewhere so it is never read back as input"
-            )
-
-
 def _write_batches(
-    config: PipelineConfig, plan: JobPlan, pending: np.ndarray, executor: Executor, reporter: Reporter
+    config: PipelineConfig, plan: JobPlan, pending: np.ndarray, size: int, executor: Executor, reporter: Reporter
 ) -> tuple[int, int]:
     """Write every pending image, batch by batch; return (written, skipped as unreadable)."""
     path = config.output.path
-    size = batch_size(config, plan, executor.workers)
     batches = list(pending_batches(~pending, size))
     total = int(pending.sum())
-    reporter.start(
-        store=path,
-        images=len(plan.sources),
-        pending=total,
-        done=len(plan.sources) - total,
-        batches=len(batches),
-        batch_size=size,
-        scheduler=config.execution.scheduler,
-        dashboard=executor.dashboard,
-    )
     # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
     target = open_result(os.path.abspath(path), mode="r+")
     written = unreadable = 0

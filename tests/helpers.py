@@ -19,11 +19,15 @@ def assert_ok(result) -> None:
     assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
 
 
+PROGRESS_LINES = ("batch ", "resuming: ")
+
+
 def assert_error(result, exit_code: int, *fragments: str) -> str:
     """A user error: the documented exit code, one line on stderr naming the problem, no traceback."""
     assert result.exit_code == exit_code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
     assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
+    # Batches written before the error are logged a line each (stderr is not a terminal here).
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith(PROGRESS_LINES)]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:

@@ -137,3 +137,33 @@ def test_progress_bar_goes_to_stderr_only(capsys: pytest.CaptureFixture[str]) ->
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "resuming: 2 images already written" in captured.err
+
+
+def test_not_a_terminal_gets_a_plain_line_per_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    _all_events(Reporter(lines=True, stream=stream))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "resuming: 2 images already written, 5 to do"
+    assert err[1] == "batch 1/2: images 2-4 written in 0.5 s (6.0 images/s); 3 done, 2 to do, ETA 0 s"
+    assert err[3].startswith("batch 2/2: images 5-6 written in 0.5 s") and "ETA" not in err[3]
+    assert "2 source files changed" in err[2]
+    assert stream.getvalue().startswith("complete: ")  # the summary line stays on stdout
+
+
+def test_lines_give_way_to_the_bar_json_and_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    for reporter in (
+        Reporter(lines=True, progress=True, stream=io.StringIO()),
+        Reporter(lines=True, quiet=True, stream=io.StringIO()),
+        Reporter(lines=True, log_format="json", stream=io.StringIO()),
+    ):
+        reporter.start(**START)
+        reporter.batch(**BATCH)
+    assert "batch 1/2" not in capsys.readouterr().err
+
+
+def test_a_terminal_run_ends_with_a_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    _all_events(Reporter(progress=True, stream=stream))
+    err = capsys.readouterr().err
+    assert "run summary" in err
+    assert "processed" in err and "images/s" in err and "4.0" in err

@@ -429,3 +429,15 @@ def test_append_summary_counts_each_image_once(fast_job: Path, tmp_path: Path) -
     assert appended.returncode == 0, appended.stderr
     end = events(appended.stdout)[-1]
     assert (end["images"], end["processed"], end["skipped"], end["shape"]) == (7, 1, 6, [7, 20, 24])
+
+
+def test_a_log_file_gets_a_line_per_batch(fast_job: Path, tmp_path: Path) -> None:
+    """Not a terminal (the run's stderr is a pipe here): plain lines, which --no-progress turns off."""
+    done = cli("run", fast_job, "--set", "execution.batch_size=4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("batch ") for line in lines), done.stderr
+    assert lines[0].startswith(f"batch 1/{len(lines)}: images 0-3 written in ")
+    assert "images/s" in lines[0] and "to do" in lines[0]
+    quiet = cli("run", fast_job, "--overwrite", "--no-progress", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -10,6 +10,13 @@ Layout (OME-NGFF 0.5: the ``ome`` attributes describe levels "0", "1", … as on
         source_shapes/ each image's own shape, when smaller images were padded (input.shapes: pad)
         ledger/        which images are durably written (see ledger.py)
 
+With ``input.shapes: group`` the store is a group of such stores, one per image shape::
+
+    result.zarr/
+        zarr.json      attributes["pipeline"] = provenance, status and "groups": {name: shape}
+        48x64/         a result store as above, for the images of that shape
+        512x512/       …
+
 ``status`` is ``running`` while chunks are written (and stays so if the run is killed),
 ``failed`` (with the error) if the run stops on an error, and ``complete`` only after every image
 is recorded as written.
@@ -17,8 +24,10 @@ is recorded as written.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -69,6 +78,25 @@ def check_output_path(path: str) -> bool:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output.path {path!r} is not writable (no write permission on {str(parent)!r})")
     return exists
+
+
+def check_not_inside_inputs(path: str, inputs: str | Sequence[str]) -> None:
+    """A store inside an input folder would be listed as input by the next run of a glob."""
+    store = Path(path).resolve()
+    entries = [inputs] if isinstance(inputs, str) else inputs
+    for entry in entries:
+        if glob.has_magic(entry):  # the folder part before the first wildcard
+            prefix = re.split(r"[*?\[]", entry, maxsplit=1)[0]
+            folder = (Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent).resolve()
+        elif Path(entry).is_dir():
+            folder = Path(entry).resolve()
+        else:
+            continue  # single files: nothing of the store can be listed as input
+        if store == folder or folder in store.parents:
+            raise OutputError(
+                f"output.path {path!r} is inside the input folder {str(folder)!r}; "
+                f"write the store elsewhere so it is never read back as input"
+            )
 
 
 def _written_by_us(target: Path) -> bool:
@@ -295,10 +323,67 @@ class StoredResult:
         }
 
 
+def create_grouped_root(path: str, provenance: dict[str, Any]) -> None:
+    """Replace whatever is at ``path`` with an empty store of shape groups, in status ``running``."""
+    target = Path(path)
+    if target.exists():
+        shutil.rmtree(target)  # check_output_path has established that it is one of ours
+    try:
+        zarr.open_group(str(target), mode="w", attributes={ATTRS_KEY: {**provenance, "status": "running", "groups": {}}})
+    except OSError as exc:
+        raise OutputError(f"cannot create output store {path!r}: {exc.strerror or exc}") from None
+
+
+def stored_groups(path: str) -> dict[str, list[int]] | None:
+    """A grouped store's groups (name → image shape), or None for a store of one result."""
+    try:
+        attrs = zarr.open_group(path, mode="r").attrs.get(ATTRS_KEY, {})
+    except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError):
+        return None
+    groups = attrs.get("groups")
+    return dict(groups) if isinstance(groups, dict) else None
+
+
+def record_groups(path: str, groups: dict[str, Sequence[int]], unreadable: Sequence[tuple[str, str]]) -> None:
+    """Add groups to a grouped store's list, and note files whose headers could not be read."""
+    group = zarr.open_group(path, mode="r+")
+    attrs = group.attrs[ATTRS_KEY]
+    known = {**attrs.get("groups", {}), **{name: list(shape) for name, shape in groups.items()}}
+    skipped = [{"source": source, "reason": reason} for source, reason in unreadable]
+    group.attrs[ATTRS_KEY] = {**attrs, "groups": known, "unreadable": skipped}
+
+
+def grouped_summary(path: str) -> dict[str, Any]:
+    """What `pipeline inspect` shows for a grouped store: its status and each group's progress."""
+    attrs = dict(zarr.open_group(path, mode="r").attrs.get(ATTRS_KEY, {}))
+    groups = []
+    for name, shape in attrs.get("groups", {}).items():
+        member = os.path.join(path, name)
+        try:
+            stored = open_result(member)
+            images, written, status = stored.array.shape[0], int((stored.flags == 1).sum()), stored.status
+        except InputError:  # a run killed before this group's store was created
+            images, written, status = 0, 0, "not started"
+        groups.append({"group": name, "store": member, "shape": shape, "images": images, "written": written, "status": status})
+    return {
+        "store": path,
+        "status": attrs.get("status", "unknown"),
+        **{key: attrs.get(key) for key in ("version", "started", "finished", "error")},
+        "groups": groups,
+        "unreadable": attrs.get("unreadable", []),
+    }
+
+
 def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:
     """Open a store written by this pipeline: for reading (inspect, export) or ``r+`` to resume it."""
     if not Path(path).is_dir():
         raise InputError(f"store {path!r} does not exist")
+    groups = stored_groups(path)
+    if groups:
+        raise InputError(
+            f"store {path!r} holds one result per image shape (input.shapes: group): "
+            f"{', '.join(groups)}; name one, e.g. {os.path.join(path, next(iter(groups)))!r}"
+        )
     try:
         group = zarr.open_group(path, mode=mode)
         array = group[RESULT_ARRAY]

@@ -1,0 +1,46 @@
+"""``input.shapes: group``: a mixed collection split into one collection per distinct image shape.
+
+Grouping reads every file's header (not its pixels), as padding does. Each group is named by its
+shape (``48x64``, ``3x48x64`` with channels kept) and keeps the collection's order; the groups come
+in the order their first image appears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from pipeline.errors import InputError
+from pipeline.sources.images import Color, declared_shape
+
+
+@dataclass(frozen=True)
+class ShapeGroups:
+    groups: dict[str, list[str]]  # group name → its sources, in collection order
+    shapes: dict[str, tuple[int, ...]]  # group name → the shape of each of its images
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), with skip
+
+
+def group_name(shape: Sequence[int]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def group_by_shape(sources: Sequence[str], *, color: Color, skip_unreadable: bool) -> ShapeGroups:
+    """Split ``sources`` by their declared shape; unreadable headers fail, or are set aside with skip."""
+    groups: dict[str, list[str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    unreadable: list[tuple[str, str]] = []
+    for source in sources:
+        try:
+            shape = declared_shape(source, color)
+        except InputError as exc:
+            if not skip_unreadable:
+                raise
+            unreadable.append((source, str(exc)))
+            continue
+        name = group_name(shape)
+        groups.setdefault(name, []).append(source)
+        shapes[name] = shape
+    if not groups:
+        raise InputError(f"input.paths: none of the {len(sources)} files can be read (first: {unreadable[0][1]})")
+    return ShapeGroups(groups, shapes, unreadable)
