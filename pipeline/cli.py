@@ -318,7 +318,7 @@ def inspect(
         out.print_json(json.dumps(info))
         return
     table = Table(show_header=False, box=None)
-    for key in ("store", "status", "progress", "shape", "axes", "dtype", "chunks", "codec", "version", "started", "finished", "error"):
+    for key in ("store", "status", "progress", "shape", "axes", "dtype", "chunks", "shards", "codec", "version", "started", "finished", "error"):
         if info[key] is not None:
             table.add_row(f"[bold]{key}", str(info[key]))
     for index, step in enumerate(info["steps"]):

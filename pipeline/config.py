@@ -145,9 +145,22 @@ class OutputConfig(_Frozen):
     levels: Annotated[int, Field(ge=1, le=8, strict=True)] = Field(
         1, description="resolution levels written with the result: each halves y and x (2x2 mean), for viewers"
     )
-    format: Literal["ome", "zarr"] = Field(
-        "ome", description="ome: OME-NGFF 0.5 metadata (opens in napari, ome-zarr-py); zarr: the arrays only"
+    format: Literal["ome", "ome-0.4", "zarr"] = Field(
+        "ome",
+        description="ome: OME-NGFF 0.5 metadata, Zarr v3 (opens in napari, ome-zarr-py); ome-0.4: OME-NGFF 0.4 "
+        "in a Zarr v2 store, for readers that need it; zarr: the arrays only",
     )
+    shards: Union[None, PositiveCount, list[PositiveCount]] = Field(
+        None,
+        description="pack chunks into shard files: N images per shard, or a shard shape of whole chunks; "
+        "writes are cut at shard edges so no two tasks write one shard",
+    )
+
+    @model_validator(mode="after")
+    def _shards_need_zarr_v3(self) -> OutputConfig:
+        if self.shards is not None and self.format == "ome-0.4":
+            raise ValueError("output.shards needs Zarr v3; OME-NGFF 0.4 (output.format: ome-0.4) is Zarr v2 — use format ome")
+        return self
 
 
 class ExecutionConfig(_Frozen):

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.errors import InputError, OutputError
 from pipeline.sinks.export import to_displayable
-from pipeline.sinks.zarr_store import open_result
+from pipeline.sinks.zarr_store import dimension_names, open_result
 from pipeline.sources.images import read_image
 
 BACKGROUND = 32  # dark grey around letterboxed cells and for sources that can no longer be read
@@ -21,7 +21,7 @@ def contact_sheet(store: str, output: str, *, count: int = 4, cell: int = 256) -
     result = open_result(store)
     config = result.provenance.get("config", {})
     color = config.get("input", {}).get("color", "gray")
-    volume = "z" in (result.array.metadata.dimension_names or ())
+    volume = "z" in dimension_names(result.array)
     sources = result.sources[:count]
     if not sources:
         raise InputError(f"store {store!r} holds no images")

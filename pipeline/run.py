@@ -25,6 +25,7 @@ from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.plan import JobPlan, build_plan, list_sources
 from pipeline.sinks.ledger import file_stats, mark_done, mark_unreadable, pending_batches, recorded_stats
+from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
     StoreLayout,
@@ -91,7 +92,10 @@ def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
         return chosen
     image_bytes = max(1, int(np.prod(plan.image_shape)) * np.dtype(plan.compute_dtype).itemsize)
     by_count = math.ceil(len(plan.sources) / MIN_BATCHES)
-    return max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
+    size = max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
+    # Whole shards per batch, so that a batch never leaves a shard for the next one to rewrite.
+    per_shard = (shard_shape(config.output.shards, plan.chunks) or (1,))[0]
+    return math.ceil(size / per_shard) * per_shard
 
 
 @dataclass(frozen=True)
@@ -267,8 +271,10 @@ def _open_or_create(
         dtype=plan.dtype,
         dimension_names=plan.axes,
         codec=config.output.codec,
-        ome=config.output.format == "ome",
+        ome=config.output.format != "zarr",
         levels=config.output.levels,
+        shards=shard_shape(config.output.shards, plan.chunks),
+        ome_version="0.4" if config.output.format == "ome-0.4" else "0.5",
     )
     provenance = {
         "version": __version__,
@@ -363,13 +369,15 @@ def _write_batch(
     while True:
         ranges = _ranges_without(start, stop, excluded)
         writes = [
-            write_lazily(level, store, start=a)
+            [write_lazily(level, store, start=a) for level, store in zip(plan.levels(a, b), level_arrays(target.group))]
             for a, b in ranges
-            for level, store in zip(plan.levels(a, b), level_arrays(target.group))
         ]
-        count = stop - start - len(excluded)
+        # Ranges around a skipped image may share a shard: written one after the other, never at once.
+        together = writes if target.array.shards is not None else [[w for levels in writes for w in levels]]
+        sizes = [b - a for a, b in ranges] if target.array.shards is not None else [stop - start - len(excluded)]
         try:
-            executor.compute(*writes, on_progress=lambda share: reporter.advance(share * count))
+            for group, images in zip(together, sizes):
+                executor.compute(*group, on_progress=lambda share, images=images: reporter.advance(share * images))
             return len(excluded)
         except InputError as exc:
             named = os.path.abspath(exc.path) if exc.path else ""

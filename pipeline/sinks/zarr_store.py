@@ -35,11 +35,14 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import dask.array as da
+import numcodecs
+from numcodecs.abc import Codec as V2Codec
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline.errors import InputError, OutputError
+from pipeline.sinks.layout import StoreLayout, aligned_chunks, level_shape, level_shards, ome_metadata
 from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledger
 
 RESULT_ARRAY = "0"
@@ -55,6 +58,15 @@ CODECS = {
     "zstd": lambda: [ZstdCodec(level=3)],
     "none": lambda: None,
 }
+# The same compression for Zarr v2 stores (output.format: ome-0.4), from numcodecs.
+V2_CODECS = {
+    "blosc-lz4": lambda: [numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)],
+    "blosc-zstd": lambda: [numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)],
+    "zstd": lambda: [numcodecs.Zstd(level=3)],
+    "none": lambda: None,
+}
+# Where a group keeps its attributes: Zarr v3, then v2.
+METADATA_FILES = (("zarr.json", lambda meta: meta.get("attributes", {})), (".zattrs", lambda meta: meta))
 
 
 def utc_now() -> str:
@@ -105,69 +117,19 @@ def _written_by_us(target: Path) -> bool:
 
 def stored_status(path: str) -> str | None:
     """The status a store of ours records ("creating" if a run died while making it), else None."""
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ours = meta.get("attributes", {}).get(ATTRS_KEY)
-    return ours.get("status", "unknown") if isinstance(ours, dict) else None
-
-
-@dataclass(frozen=True)
-class StoreLayout:
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    dtype: str
-    dimension_names: tuple[str, ...]
-    codec: str
-    ome: bool = True  # OME-NGFF 0.5 multiscales metadata for napari / ome-zarr-py
-    levels: int = 1  # resolution levels: "0" full, then y and x halved at each level
-
-
-def level_shape(shape: Sequence[int], level: int) -> tuple[int, ...]:
-    """The shape of resolution ``level``: y and x halved ``level`` times (rounded down, at least 1)."""
-    return (*shape[:-2], *(max(1, n >> level) for n in shape[-2:]))
+    for name, attributes in METADATA_FILES:
+        try:
+            meta = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        ours = attributes(meta).get(ATTRS_KEY) if isinstance(meta, dict) else None
+        return ours.get("status", "unknown") if isinstance(ours, dict) else None
+    return None
 
 
 def level_arrays(group: zarr.Group) -> list[zarr.Array]:
     """The result's resolution levels, full resolution first."""
     return [group[str(level)] for level in range(MAX_LEVELS) if str(level) in group]
-
-
-def ome_metadata(dimension_names: Sequence[str], levels: int = 1) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``multiscales`` for the result at ``0``, ``1``, …: axes in NGFF's order.
-
-    NGFF allows one non-space axis besides time: the image index is that custom axis
-    ("index"), or the time axis when channels take the channel slot.
-    """
-    def axis(name: str) -> dict[str, str]:
-        if name in ("z", "y", "x"):
-            return {"name": name, "type": "space"}
-        if name == "c":
-            return {"name": name, "type": "channel"}
-        return {"name": name, "type": "time" if "c" in dimension_names else "index"}
-
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": "result",
-                "axes": [axis(name) for name in dimension_names],
-                "datasets": [
-                    {
-                        "path": str(level),
-                        "coordinateTransformations": [
-                            {
-                                "type": "scale",
-                                "scale": [1.0] * (len(dimension_names) - 2) + [float(2**level)] * 2,
-                            }
-                        ],
-                    }
-                    for level in range(levels)
-                ],
-            }
-        ],
-    }
 
 
 def create_store(
@@ -181,16 +143,21 @@ def create_store(
         # The attributes come first: a run killed while creating leaves a store that is ours.
         attributes: dict[str, Any] = {ATTRS_KEY: {**provenance, "status": "creating"}}
         if layout.ome:
-            attributes["ome"] = ome_metadata(layout.dimension_names, layout.levels)
-        group = zarr.open_group(str(target), mode="w", attributes=attributes)
+            attributes.update(ome_metadata(layout.dimension_names, layout.levels, layout.ome_version))
+        v2 = layout.zarr_format == 2
+        group = zarr.open_group(str(target), mode="w", attributes=attributes, zarr_format=layout.zarr_format)
         for level in range(layout.levels):
+            names = list(layout.dimension_names)
             group.create_array(
                 str(level),
                 shape=level_shape(layout.shape, level),
                 chunks=level_shape(layout.chunks, level),
+                shards=level_shards(layout.chunks, layout.shards, level),
                 dtype=layout.dtype,
-                compressors=CODECS[layout.codec](),
-                dimension_names=list(layout.dimension_names),
+                compressors=(V2_CODECS if v2 else CODECS)[layout.codec](),
+                # Zarr v2 has no dimension names; readers (xarray, ome-zarr) look for this attribute.
+                dimension_names=None if v2 else names,
+                attributes={"_ARRAY_DIMENSIONS": names} if v2 else None,
                 # An image never written (skipped, or not reached yet) reads as NaN, not as black.
                 fill_value=float("nan") if np.dtype(layout.dtype).kind == "f" else 0,
             )
@@ -251,12 +218,20 @@ def remove_partial_writes(path: str) -> int:
 def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> Any:
     """The delayed write of ``result`` into ``target[start:]``, one task per dask chunk, without locks.
 
-    Writing without a lock is safe only when no two tasks touch one zarr chunk, so every dask
-    chunk must cover whole zarr chunks; anything else is refused rather than risk lost writes.
+    Writing without a lock is safe only when no two tasks touch one zarr chunk (or shard), so
+    every dask chunk must cover whole zarr chunks; anything else is refused rather than risk lost
+    writes. A sharded array's writes are cut at shard edges, so each shard it touches is written by
+    one task; a shard begun by an earlier batch is completed by one task of this one. Writes
+    computed together must not share a shard (see run._write_batch).
     """
-    for axis, (sizes, step) in enumerate(zip(result.chunks, target.chunks)):
+    if target.shards is not None:  # one task per shard it touches: cut the result at shard edges
+        result = result.rechunk(
+            tuple(aligned_chunks(n, start if axis == 0 else 0, step) for axis, (n, step) in enumerate(zip(result.shape, target.shards)))
+        )
+    grid = target.shards or target.chunks
+    for axis, (sizes, step) in enumerate(zip(result.chunks, grid)):
         edges = np.cumsum(sizes)[:-1] + (start if axis == 0 else 0)
-        if np.any(edges % step) or (axis == 0 and start % step):
+        if np.any(edges % step) or (axis == 0 and start % step and target.shards is None):
             raise ValueError(f"dask chunks {sizes} along axis {axis} split zarr chunks of {step}")
     region = (slice(start, start + result.shape[0]),) + (slice(None),) * (result.ndim - 1)
     return da.store(result, target, regions=region, lock=False, compute=False)
@@ -314,7 +289,9 @@ class StoredResult:
             "shape": list(self.array.shape),
             "dtype": str(self.array.dtype),
             "chunks": list(self.array.chunks),
-            "axes": list(self.array.metadata.dimension_names or ()),
+            "axes": list(dimension_names(self.array)),
+            "shards": list(self.array.shards) if self.array.shards else None,
+            "zarr_format": self.array.metadata.zarr_format,
             "codec": describe_codec(self.array),
             **{key: prov.get(key) for key in ("version", "started", "finished", "error")},
             "steps": prov.get("steps", []),
@@ -392,13 +369,23 @@ def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:
     return StoredResult(path=path, group=group, array=array, provenance=dict(group.attrs.get(ATTRS_KEY, {})))
 
 
+def dimension_names(array: zarr.Array) -> tuple[str, ...]:
+    """The array's axis names: Zarr v3 metadata, or the ``_ARRAY_DIMENSIONS`` attribute of v2."""
+    names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
+    return tuple(names or ())
+
+
 def describe_codec(array: zarr.Array) -> str:
     codecs = array.compressors
     if not codecs:
         return "none"
     parts = []
     for codec in codecs:
-        config = codec.to_dict().get("configuration", {})
-        detail = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in config.items() if k != "typesize")
-        parts.append(f"{codec.to_dict()['name']}({detail})")
+        if isinstance(codec, V2Codec):  # Zarr v2
+            config = codec.get_config()
+            name = config.pop("id")
+        else:
+            name, config = codec.to_dict()["name"], codec.to_dict().get("configuration", {})
+        detail = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in config.items() if k not in ("typesize", "blocksize"))
+        parts.append(f"{name}({detail})")
     return " + ".join(parts)

@@ -1,0 +1,103 @@
+"""How a result is laid out on disk: chunks, shards, resolution levels and OME-NGFF metadata.
+
+Shards (``output.shards``) pack many chunks into one file, for file systems and object stores that
+dislike millions of small files. A shard is rewritten whole by whoever writes into it, so two tasks
+writing one shard at once would lose one's data (zarr-python#3682): every write is cut at shard
+boundaries (:func:`aligned_chunks`) and a shard is only ever written by one task at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from pipeline.errors import ConfigError
+
+OmeVersion = Literal["0.5", "0.4"]
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    dimension_names: tuple[str, ...]
+    codec: str
+    ome: bool = True  # OME-NGFF multiscales metadata for napari / ome-zarr-py
+    levels: int = 1  # resolution levels: "0" full, then y and x halved at each level
+    shards: tuple[int, ...] | None = None  # a shard of level 0; None: one file per chunk
+    ome_version: OmeVersion = "0.5"  # 0.4 is written as a Zarr v2 store, for readers that need it
+
+    @property
+    def zarr_format(self) -> int:
+        return 2 if self.ome and self.ome_version == "0.4" else 3
+
+
+def level_shape(shape: Sequence[int], level: int) -> tuple[int, ...]:
+    """The shape of resolution ``level``: y and x halved ``level`` times (rounded down, at least 1)."""
+    return (*shape[:-2], *(max(1, n >> level) for n in shape[-2:]))
+
+
+def level_shards(chunks: Sequence[int], shards: Sequence[int] | None, level: int) -> tuple[int, ...] | None:
+    """A level's shard: as many of that level's chunks per shard as at full resolution."""
+    if shards is None:
+        return None
+    return tuple(n * (s // c) for n, s, c in zip(level_shape(chunks, level), shards, chunks))
+
+
+def shard_shape(setting: int | Sequence[int] | None, chunks: Sequence[int]) -> tuple[int, ...] | None:
+    """``output.shards`` as a shard shape: N images per shard, or a shape of whole chunks."""
+    if setting is None:
+        return None
+    if isinstance(setting, int):
+        return (setting * chunks[0], *chunks[1:])
+    shards = tuple(setting)
+    if len(shards) != len(chunks) or any(s % c for s, c in zip(shards, chunks)):
+        raise ConfigError(
+            f"output.shards: {list(shards)} must have one size per axis ({len(chunks)}) and hold whole chunks "
+            f"of {list(chunks)} along each (e.g. {[2 * c for c in chunks]}); or give a number of images per shard"
+        )
+    return shards
+
+
+def aligned_chunks(length: int, start: int, step: int) -> tuple[int, ...]:
+    """Split ``start:start+length`` at the multiples of ``step``: one piece per grid cell it touches.
+
+    >>> aligned_chunks(10, 3, 4)
+    (1, 4, 4, 1)
+    """
+    edges = [start, *range((start // step + 1) * step, start + length, step), start + length]
+    return tuple(b - a for a, b in zip(edges, edges[1:]))
+
+
+def ome_metadata(dimension_names: Sequence[str], levels: int = 1, version: OmeVersion = "0.5") -> dict[str, Any]:
+    """OME-NGFF ``multiscales`` for the result at ``0``, ``1``, …: axes in NGFF's order.
+
+    NGFF allows one non-space axis besides time: the image index is that custom axis
+    ("index"), or the time axis when channels take the channel slot. 0.5 nests it under
+    ``ome`` (Zarr v3); 0.4 puts ``multiscales`` at the top of the attributes (Zarr v2).
+    """
+
+    def axis(name: str) -> dict[str, str]:
+        if name in ("z", "y", "x"):
+            return {"name": name, "type": "space"}
+        if name == "c":
+            return {"name": name, "type": "channel"}
+        return {"name": name, "type": "time" if "c" in dimension_names else "index"}
+
+    multiscale = {
+        "name": "result",
+        "axes": [axis(name) for name in dimension_names],
+        "datasets": [
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0] * (len(dimension_names) - 2) + [float(2**level)] * 2}
+                ],
+            }
+            for level in range(levels)
+        ],
+    }
+    if version == "0.4":
+        return {"multiscales": [{"version": "0.4", **multiscale}]}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}

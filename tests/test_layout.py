@@ -1,0 +1,121 @@
+"""Chunks, shards and OME-NGFF versions on disk: shard-aligned writes never lose a neighbour's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from conftest import job_config
+from helpers import assert_error, assert_ok, read_store
+from pipeline.errors import ConfigError
+from pipeline.sinks.layout import aligned_chunks, level_shards, ome_metadata, shard_shape
+from pipeline.sinks.zarr_store import write_lazily
+
+EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
+
+
+def test_aligned_chunks_cut_at_every_grid_edge() -> None:
+    assert aligned_chunks(10, 3, 4) == (1, 4, 4, 1)
+    assert aligned_chunks(8, 0, 4) == (4, 4)
+    assert aligned_chunks(2, 5, 4) == (2,)
+    assert aligned_chunks(7, 0, 10) == (7,)
+
+
+def test_shard_shapes_from_the_config() -> None:
+    assert shard_shape(None, (1, 64, 64)) is None
+    assert shard_shape(16, (1, 64, 64)) == (16, 64, 64)
+    assert shard_shape([1, 256, 128], (1, 64, 64)) == (1, 256, 128)
+    with pytest.raises(ConfigError, match=r"output.shards: \[1, 100, 64\].*whole chunks"):
+        shard_shape([1, 100, 64], (1, 64, 64))
+    with pytest.raises(ConfigError, match="one size per axis"):
+        shard_shape([4, 64], (1, 64, 64))
+    assert level_shards((1, 64, 64), (4, 128, 64), 1) == (4, 64, 32)
+
+
+def test_ome_versions_put_the_metadata_where_their_readers_look() -> None:
+    assert ome_metadata(("image", "y", "x"))["ome"]["version"] == "0.5"
+    old = ome_metadata(("image", "y", "x"), 2, "0.4")
+    assert "ome" not in old and old["multiscales"][0]["version"] == "0.4"
+    assert [d["path"] for d in old["multiscales"][0]["datasets"]] == ["0", "1"]
+
+
+def test_threads_writing_one_image_each_into_shards_lose_nothing(tmp_path: Path) -> None:
+    """Per-image tasks would race on a shard of 4 images; the write is cut at shard edges instead."""
+    target = zarr.create_array(
+        str(tmp_path / "s.zarr"), shape=(10, 8, 8), chunks=(1, 8, 8), shards=(4, 8, 8), dtype="float32"
+    )
+    values = np.arange(10 * 64, dtype=np.float32).reshape(10, 8, 8)
+    write_lazily(da.from_array(values[:7], chunks=(1, 8, 8)), target).compute(scheduler="threads", num_workers=4)
+    # A later batch completes the shard the first one left half-written (images 4-6 of 4-7).
+    write_lazily(da.from_array(values[7:], chunks=(1, 8, 8)), target, start=7).compute(scheduler="threads")
+    np.testing.assert_array_equal(target[:], values)
+
+
+def test_a_sharded_run_writes_one_file_per_shard(small_images, tmp_path: Path, write_config, run_cli) -> None:
+    folder = small_images(("a1.png", "a2.png", "a3.png", "a4.png", "a5.png", "a6.png", "a7.png"))
+    plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
+    assert_ok(run_cli("run", write_config(job_config(folder, plain), "plain.yaml")))
+    raw = job_config(folder, sharded)
+    raw["output"].update(shards=3, levels=2)
+    raw["execution"] = {"scheduler": "threads", "workers": 4, "batch_size": 2}
+    assert_ok(run_cli("run", write_config(raw, "sharded.yaml")))
+    group = zarr.open_group(str(sharded), mode="r")
+    assert group["0"].shards == (3, 48, 64) and group["1"].shards == (3, 24, 32)
+    assert sorted(p.name for p in (sharded / "0" / "c").iterdir()) == ["0", "1", "2"]  # 7 images, 3 per shard
+    np.testing.assert_array_equal(read_store(sharded)[0], read_store(plain)[0])
+    assert not np.isnan(group["1"][:]).any()
+
+
+def test_skipping_an_image_inside_a_shard_keeps_its_neighbours(small_images, tmp_path: Path, write_config, run_cli) -> None:
+    folder = small_images(("a1.png", "a2.png", "a3.png", "a4.png"))
+    (folder / "a2b.png").write_bytes(b"broken")  # sorts between a2 and a3: inside the first shard
+    raw = job_config(folder, tmp_path / "out.zarr")
+    raw["input"]["on_error"] = "skip"
+    raw["output"]["shards"] = 4
+    raw["execution"] = {"scheduler": "threads", "workers": 2}
+    assert_ok(run_cli("run", write_config(raw)))
+    values, _, sources = read_store(tmp_path / "out.zarr")
+    assert np.isnan(values[2]).all()
+    for index in (0, 1, 3, 4):
+        photo = iio.imread(sources[index]).astype(np.float64)
+        gray = photo[..., :3] @ [0.299, 0.587, 0.114] if photo.ndim == 3 else photo
+        np.testing.assert_allclose(values[index], ndimage.convolve(gray, EDGE, mode="reflect"), rtol=1e-5, atol=1e-3)
+
+
+def test_shards_that_split_chunks_are_a_config_error(small_images, tmp_path: Path, write_config, run_cli) -> None:
+    raw = job_config(small_images(), tmp_path / "out.zarr")
+    raw["output"]["shards"] = [2, 40, 64]
+    assert_error(run_cli("run", write_config(raw)), 2, "output.shards", "whole chunks of [1, 48, 64]")
+    assert not (tmp_path / "out.zarr").exists()
+    raw["output"].update(shards=2, format="ome-0.4")
+    assert_error(run_cli("run", write_config(raw)), 2, "output.shards needs Zarr v3")
+
+
+def test_ome_0_4_is_a_zarr_v2_store_that_ome_zarr_reads(small_images, tmp_path: Path, write_config, run_cli) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    folder = small_images()
+    out, reference = tmp_path / "v04.zarr", tmp_path / "v05.zarr"
+    raw = job_config(folder, out)
+    raw["output"].update(format="ome-0.4", levels=2)
+    assert_ok(run_cli("run", write_config(raw)))
+    assert (out / ".zattrs").is_file() and not (out / "zarr.json").exists()
+    assert_ok(run_cli("run", write_config(job_config(folder, reference), "ref.yaml")))
+    (node,) = list(Reader(parse_url(str(out)))())
+    assert node.zarr.version == "0.4"
+    assert [axis["name"] for axis in node.metadata["axes"]] == ["image", "y", "x"]
+    np.testing.assert_array_equal(np.asarray(node.data[0]), read_store(reference)[0])
+    assert np.asarray(node.data[1]).shape == (4, 24, 32)
+    # Resuming, inspecting and exporting read the v2 store like any other.
+    assert "0 images processed, 4 skipped" in run_cli("run", write_config(raw)).stdout
+    shown = run_cli("inspect", out, "--json")
+    assert_ok(shown)
+    assert '"zarr_format": 2' in shown.stdout and "blosc(cname=lz4" in shown.stdout
+    assert_ok(run_cli("export", out, tmp_path / "png"))
