@@ -12,15 +12,16 @@ import sys
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import numpy as np
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, scrub_secrets
 
 if TYPE_CHECKING:
     from pipeline.events import Reporter
@@ -76,7 +77,7 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
         if _state["debug"]:
             raise
         err.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {_first_line(exc)} "
+            f"[red]internal error:[/red] {type(exc).__name__}: {scrub_secrets(_first_line(exc))} "
             "(rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
@@ -193,7 +194,7 @@ def validate(config: ConfigArg, set_: SetOption = None) -> None:
             err.print(f"{config}: {problem}" if not problem.startswith(str(config)) else problem, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     with reported_errors():
-        files = list_images(cfg.input.paths)
+        files = list_images(cfg.input.paths, cfg.input.storage_options)
     steps = ", ".join(
         f"convolve {s.convolve.kernel if isinstance(s.convolve.kernel, str) else 'inline'} ({s.convolve.mode})"
         if hasattr(s, "convolve")
@@ -281,6 +282,37 @@ def kernels(
     out.print(table)
 
 
+StorageOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        "-S",
+        help="fsspec option for a store at a URL, key=value (repeatable; dotted keys nest, values are YAML), "
+        "e.g. endpoint_url=http://localhost:9000 or anon=true. Credentials come from the environment.",
+    ),
+]
+
+
+def _storage_options(items: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--storage-option {key!r}: expected key=value, e.g. endpoint_url=http://localhost:9000")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        *parents, last = key.strip().split(".")
+        node = options
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--storage-option {key!r}: {part!r} is given a value and nested keys")
+        node[last] = value
+    return options
+
+
 def _parse_params(items: list[str] | None) -> dict[str, float | int]:
     params: dict[str, float | int] = {}
     for item in items or []:
@@ -306,12 +338,13 @@ def inspect(
     store: Annotated[str, typer.Argument(help="Zarr store written by `pipeline run`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     sources: Annotated[int, typer.Option(help="How many source files to list.")] = 5,
+    storage_option: StorageOption = None,
 ) -> None:
     """Show a store's shape, dtype, chunks, codec, status, steps and source files."""
     from pipeline.sinks.zarr_store import open_result
 
     with reported_errors():
-        info = open_result(store).summary(sources=sources)
+        info = open_result(store, storage_options=_storage_options(storage_option)).summary(sources=sources)
     names, unreadable = info["sources"], info["unreadable"]
     if as_json:
         out.print_json(json.dumps(info))
@@ -349,13 +382,15 @@ def export(
         ExportNormalize, typer.Option(help="auto: stretch to 0-255 only what the format cannot hold.")
     ] = ExportNormalize.auto,
     index: Annotated[Optional[str], typer.Option(help="Images to write: N or START:STOP (default all).")] = None,
+    storage_option: StorageOption = None,
 ) -> None:
     """Write stored images back out as PNG, JPEG or TIFF files."""
     from pipeline.sinks.export import export_images
 
     with reported_errors():
         written = export_images(
-            store, outdir, fmt=format.value, normalize=normalize.value, indices=_parse_index(index)
+            store, outdir, fmt=format.value, normalize=normalize.value, indices=_parse_index(index),
+            storage_options=_storage_options(storage_option),
         )
     out.print(f"wrote {len(written)} {format.value} files to {outdir}", highlight=False)
 
@@ -366,12 +401,13 @@ def preview(
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write.")] = "preview.png",
     count: Annotated[int, typer.Option(min=1, help="How many images (columns).")] = 4,
     cell: Annotated[int, typer.Option(min=16, help="Size of each cell in pixels.")] = 256,
+    storage_option: StorageOption = None,
 ) -> None:
-    """Write a contact sheet: the first sources above their results."""
+    """Write a contact sheet: the first sources above their results (remote sources with the run's options)."""
     from pipeline.preview import contact_sheet
 
     with reported_errors():
-        written = contact_sheet(store, output, count=count, cell=cell)
+        written = contact_sheet(store, output, count=count, cell=cell, storage_options=_storage_options(storage_option))
     out.print(f"wrote {written}", highlight=False)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
 from pipeline.steps.normalize import unit_range_to
 from pipeline.steps.pyramid import pyramid
+from pipeline.storage import file_size
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class JobPlan:
         last_normalizes = bool(self.steps) and self.steps[-1].unit_range
         if out.kind not in "ui" or last_normalizes:
             return None
-        source = declared_dtype(self.spec.reference)
+        source = declared_dtype(self.spec.reference, self.spec.storage_options)
         if source.kind in "ui" and np.iinfo(source).max <= np.iinfo(out).max and np.iinfo(source).min >= np.iinfo(out).min:
             if not any(step.convolution is not None for step in self.steps):
                 return None  # nothing can leave the input's range
@@ -115,7 +115,7 @@ class JobPlan:
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
         # A task holds the decoded image, its float copy, an input and output per kernel, the cast.
         per_task = block + 2 * largest + int(np.prod(self.image_shape)) * np.dtype(self.dtype).itemsize
-        first_file = os.path.getsize(self.sources[0]) if os.path.exists(self.sources[0]) else 0
+        first_file = file_size(self.sources[0], self.spec.storage_options)
         (one_image,) = dask.optimize(self.result(0, 1))
         return {
             "images": len(self.sources),
@@ -138,7 +138,8 @@ def compute_dtype(config: PipelineConfig) -> str:
 
 def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> JobPlan:
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early."""
-    sources = tuple(list_images(config.input.paths) if sources is None else sources)
+    listed = list_images(config.input.paths, config.input.storage_options) if sources is None else sources
+    sources = tuple(listed)
     spec = _probe_first_readable(config, sources)
     source_shapes: tuple[tuple[int, ...], ...] = ()
     if config.input.shapes == "pad":
@@ -159,7 +160,7 @@ def _padded_spec(
     """Every image padded to the largest: this reads every file's header (not its pixels)."""
     if spec.volume or spec.tile is not None:
         raise InputError("input.shapes: pad works on whole 2-D images (not volumes or tiled TIFFs)")
-    shapes = [declared_shape(source, config.input.color) for source in sources]
+    shapes = [declared_shape(source, config.input.color, config.input.storage_options) for source in sources]
     # Channels come from the first image; y and x from the largest of all.
     largest = (*spec.shape[:-2], *(max(shape[axis] for shape in shapes) for axis in (-2, -1)))
     for source, shape in zip(sources, shapes):
@@ -183,6 +184,7 @@ def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> Ima
                 max_pixels=config.input.max_pixels,
                 tile=config.input.tile,
                 layout=config.input.layout,
+                storage_options=config.input.storage_options,
             )
         except InputError:
             if source is candidates[-1]:

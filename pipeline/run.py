@@ -8,21 +8,17 @@ disk. So a rerun of the same job (or ``--resume``) finishes what a killed run le
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
-import os
-import re
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import __version__
 from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.errors import InputError, OutputError, PipelineError, scrub_secrets
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.plan import JobPlan, build_plan
@@ -44,6 +40,7 @@ from pipeline.sinks.zarr_store import (
     write_lazily,
 )
 from pipeline.sources.images import list_images
+from pipeline.storage import absolute, entry_folder, explain, is_remote, is_remote_failure, is_within
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +95,29 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     """
     reporter = reporter or Reporter.silent()
     started = time.perf_counter()
-    path = config.output.path
-    with StoreLock(path):
+    path, options = config.output.path, config.output.storage_options
+    with StoreLock(path, options):
         # Checked under the lock: a store another run is creating is busy (exit 5), not foreign.
-        exists = check_output_path(path)
+        exists = check_output_path(path, options)
         _check_not_inside_inputs(config)
         plan, pending = _prepare(config, exists=exists, append=append, reporter=reporter)
         try:
             with open_executor(config.execution) as executor:
                 processed, unreadable = _write_batches(config, plan, pending, executor, reporter)
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            reason = str(exc).strip().split("\n")[0] or type(exc).__name__
-            set_status(path, status, finished=utc_now(), error=reason)
+            _record_failure(config, exc)
             if isinstance(exc, OSError) and not isinstance(exc, PipelineError):  # disk full, permissions
                 raise OutputError(
                     f"cannot write store {path!r}: {exc.strerror or exc}; nothing unwritten is marked "
                     f"written — free space or fix permissions and rerun to resume"
                 ) from None
+            if is_remote_failure(exc):  # a lost connection, expired credentials
+                raise OutputError(
+                    f"cannot write store {path!r}: {explain(exc, options)}; nothing unwritten is marked "
+                    f"written — rerun to resume"
+                ) from None
             raise
-        set_status(path, "complete", finished=utc_now())
+        set_status(path, "complete", storage_options=options, finished=utc_now())
     summary = RunSummary(
         store=path,
         images=len(plan.sources),
@@ -132,6 +132,17 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     return summary
 
 
+def _record_failure(config: PipelineConfig, exc: BaseException) -> None:
+    """Mark the store failed (or interrupted) with the reason; a store that cannot be reached stays as it was."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    reason = scrub_secrets(str(exc).strip().split("\n")[0] or type(exc).__name__, config.output.storage_options)
+    try:
+        set_status(config.output.path, status, storage_options=config.output.storage_options, finished=utc_now(), error=reason)
+    except Exception:
+        if not is_remote(config.output.path):
+            raise
+
+
 def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter) -> tuple[JobPlan, np.ndarray]:
     """Create, resume or extend the store; return the plan and a per-image 'still to do' mask."""
     plan, pending = _open_or_create(config, exists=exists, append=append, reporter=reporter)
@@ -144,10 +155,10 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
 def _open_or_create(
     config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter
 ) -> tuple[JobPlan, np.ndarray]:
-    path = config.output.path
-    listed = list_images(config.input.paths)
-    if exists and not config.output.overwrite and stored_status(path) != "creating":
-        stored = open_result(path)
+    path, options = config.output.path, config.output.storage_options
+    listed = list_images(config.input.paths, config.input.storage_options)
+    if exists and not config.output.overwrite and stored_status(path, options) != "creating":
+        stored = open_result(path, storage_options=options)
         known = stored.sources
         seen = set(known)
         new = [source for source in listed if source not in seen]
@@ -159,14 +170,14 @@ def _open_or_create(
                 f"{len(new)} input files are not in store {path!r} (first: {new[0]!r}); "
                 f"pass --append to add them, or --overwrite to recompute everything"
             )
-        _report_changed(stored, reporter)
+        _report_changed(stored, config, reporter)
         if new:
-            append_sources(path, new)
+            append_sources(path, new, options)
             if plan.source_shapes:
-                record_source_shapes(path, len(known), plan.source_shapes[len(known) :])
+                record_source_shapes(path, len(known), plan.source_shapes[len(known) :], options)
         remove_partial_writes(path)
-        set_status(path, "running", resumed=utc_now())
-        done = open_result(path).done
+        set_status(path, "running", storage_options=options, resumed=utc_now())
+        done = open_result(path, storage_options=options).done
         return plan, ~done
     plan = build_plan(config, listed)
     layout = StoreLayout(
@@ -187,9 +198,9 @@ def _open_or_create(
         "compute_dtype": plan.compute_dtype,
         "started": utc_now(),
     }
-    create_store(path, layout, sources=plan.sources, provenance=provenance)
+    create_store(path, layout, sources=plan.sources, provenance=provenance, storage_options=options)
     if plan.source_shapes:
-        record_source_shapes(path, 0, plan.source_shapes)
+        record_source_shapes(path, 0, plan.source_shapes, options)
     return plan, np.ones(len(plan.sources), dtype=bool)
 
 
@@ -201,7 +212,7 @@ def _check_same_job(provenance: dict[str, Any], plan: JobPlan, path: str) -> Non
         )
 
 
-def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
+def _report_changed(stored: StoredResult, config: PipelineConfig, reporter: Reporter) -> None:
     """Files whose size or mtime differ from when they were processed: reported, not reused silently."""
     done = stored.done
     if not done.any():
@@ -209,7 +220,7 @@ def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
     sources = stored.sources
     recorded = recorded_stats(stored.group)
     indices = np.flatnonzero(done)
-    now = file_stats([sources[i] for i in indices])
+    now = file_stats([sources[i] for i in indices], config.input.storage_options)
     changed = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (old != new).any()]
     if changed:
         reporter.warning(
@@ -221,19 +232,12 @@ def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
 
 def _check_not_inside_inputs(config: PipelineConfig) -> None:
     """A store inside an input folder would be listed as input by the next run of a glob."""
-    store = Path(config.output.path).resolve()
     entries = [config.input.paths] if isinstance(config.input.paths, str) else config.input.paths
     for entry in entries:
-        if glob.has_magic(entry):  # the folder part before the first wildcard
-            prefix = re.split(r"[*?\[]", entry, maxsplit=1)[0]
-            folder = (Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent).resolve()
-        elif Path(entry).is_dir():
-            folder = Path(entry).resolve()
-        else:
-            continue  # single files: nothing of the store can be listed as input
-        if store == folder or folder in store.parents:
+        folder = entry_folder(entry, config.input.storage_options)  # None for single files
+        if folder is not None and is_within(config.output.path, folder):
             raise OutputError(
-                f"output.path {config.output.path!r} is inside the input folder {str(folder)!r}; "
+                f"output.path {config.output.path!r} is inside the input folder {folder!r}; "
                 f"write the store elsewhere so it is never read back as input"
             )
 
@@ -257,11 +261,11 @@ def _write_batches(
         dashboard=executor.dashboard,
     )
     # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
-    target = open_result(os.path.abspath(path), mode="r+")
+    target = open_result(absolute(path), mode="r+", storage_options=config.output.storage_options)
     written = unreadable = 0
     for number, (start, stop) in enumerate(batches):
         began = time.perf_counter()
-        stats = file_stats(plan.sources[start:stop])
+        stats = file_stats(plan.sources[start:stop], config.input.storage_options)
         skipped = _write_batch(config, plan, target, executor, reporter, start, stop)
         mark_done(target.group, start, stop, stats)
         written += stop - start - skipped

@@ -13,6 +13,9 @@ Layout (OME-NGFF 0.5: the ``ome`` attributes describe levels "0", "1", … as on
 ``status`` is ``running`` while chunks are written (and stays so if the run is killed),
 ``failed`` (with the error) if the run stops on an error, and ``complete`` only after every image
 is recorded as written.
+
+A store may also live at an fsspec URL (``s3://bucket/x.zarr``): zarr writes it through its
+FsspecStore with ``output.storage_options``, and every function here takes those options.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledger
+from pipeline.sinks.ome import ome_metadata
+from pipeline.storage import explain, filesystem, is_remote, is_remote_failure, local_or_url
 
 RESULT_ARRAY = "0"
 MAX_LEVELS = 16
@@ -39,6 +44,8 @@ SOURCES_ARRAY = "sources"
 SHAPES_ARRAY = "source_shapes"
 ATTRS_KEY = "pipeline"
 SOURCES_PER_CHUNK = 65536
+
+Options = Mapping[str, Any] | None
 
 CODECS = {
     "blosc-lz4": lambda: [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
@@ -52,8 +59,21 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def check_output_path(path: str) -> bool:
-    """Fail early, before any work, if no store can live at ``path``; say whether one exists."""
+def open_group(path: str, mode: str, storage_options: Options = None, **kwargs: Any) -> zarr.Group:
+    """The zarr group at a local path, or at a URL through zarr's fsspec store."""
+    if is_remote(path):
+        return zarr.open_group(path, mode=mode, storage_options=dict(storage_options or {}), **kwargs)
+    return zarr.open_group(path, mode=mode, **kwargs)
+
+
+def check_output_path(path: str, storage_options: Options = None) -> bool:
+    """Fail early, before any work, if no store can live at ``path``; say whether one exists.
+
+    On a remote store nothing says in advance whether it is writable: the lock object, written
+    before this check, is the first write and fails with the reason.
+    """
+    if is_remote(path):
+        return _check_remote_output(path, storage_options)
     target = Path(path)
     if target.is_file():
         raise OutputError(f"output.path {path!r} is a file; give a directory name for the Zarr store")
@@ -71,14 +91,35 @@ def check_output_path(path: str) -> bool:
     return exists
 
 
+def _check_remote_output(path: str, storage_options: Options) -> bool:
+    fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
+    try:
+        if fs.isfile(root):
+            raise OutputError(f"output.path {path!r} is an object (a file); give a prefix for the Zarr store")
+        try:
+            exists = bool(fs.ls(root))
+        except FileNotFoundError:
+            exists = False
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"output.path {path!r}: {explain(exc, storage_options)}") from None
+    if exists and stored_status(path, storage_options) is None:
+        raise OutputError(
+            f"refusing to write into {path!r}: it is not a store written by this pipeline; "
+            f"choose another output.path"
+        )
+    return exists
+
+
 def _written_by_us(target: Path) -> bool:
     return stored_status(str(target)) is not None
 
 
-def stored_status(path: str) -> str | None:
+def stored_status(path: str, storage_options: Options = None) -> str | None:
     """The status a store of ours records ("creating" if a run died while making it), else None."""
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+        meta = json.loads(_read_group_metadata(path, storage_options))
     except (OSError, ValueError):
         return None
     ours = meta.get("attributes", {}).get(ATTRS_KEY)
@@ -106,55 +147,47 @@ def level_arrays(group: zarr.Group) -> list[zarr.Array]:
     return [group[str(level)] for level in range(MAX_LEVELS) if str(level) in group]
 
 
-def ome_metadata(dimension_names: Sequence[str], levels: int = 1) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``multiscales`` for the result at ``0``, ``1``, …: axes in NGFF's order.
+def _read_group_metadata(path: str, storage_options: Options) -> str:
+    if not is_remote(path):
+        return (Path(path) / "zarr.json").read_text(encoding="utf-8")
+    fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
+    try:
+        return fs.cat_file(f"{root.rstrip('/')}/zarr.json").decode("utf-8")
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:
+        raise OutputError(f"output.path {path!r}: {explain(exc, storage_options)}") from None
 
-    NGFF allows one non-space axis besides time: the image index is that custom axis
-    ("index"), or the time axis when channels take the channel slot.
-    """
-    def axis(name: str) -> dict[str, str]:
-        if name in ("z", "y", "x"):
-            return {"name": name, "type": "space"}
-        if name == "c":
-            return {"name": name, "type": "channel"}
-        return {"name": name, "type": "time" if "c" in dimension_names else "index"}
 
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": "result",
-                "axes": [axis(name) for name in dimension_names],
-                "datasets": [
-                    {
-                        "path": str(level),
-                        "coordinateTransformations": [
-                            {
-                                "type": "scale",
-                                "scale": [1.0] * (len(dimension_names) - 2) + [float(2**level)] * 2,
-                            }
-                        ],
-                    }
-                    for level in range(levels)
-                ],
-            }
-        ],
-    }
+def _remove(path: str, storage_options: Options) -> None:
+    """Delete a store (check_output_path has established that it is one of ours)."""
+    if not is_remote(path):
+        if Path(path).exists():
+            shutil.rmtree(path)
+        return
+    fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
+    try:
+        fs.rm(root, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 def create_store(
-    path: str, layout: StoreLayout, *, sources: tuple[str, ...], provenance: dict[str, Any]
+    path: str,
+    layout: StoreLayout,
+    *,
+    sources: tuple[str, ...],
+    provenance: dict[str, Any],
+    storage_options: Options = None,
 ) -> zarr.Array:
     """Replace whatever is at ``path`` with a fresh store in status ``running``; return the result array."""
-    target = Path(path)
-    if target.exists():
-        shutil.rmtree(target)  # check_output_path has established that it is one of ours
     try:
+        _remove(path, storage_options)
         # The attributes come first: a run killed while creating leaves a store that is ours.
         attributes: dict[str, Any] = {ATTRS_KEY: {**provenance, "status": "creating"}}
         if layout.ome:
             attributes["ome"] = ome_metadata(layout.dimension_names, layout.levels)
-        group = zarr.open_group(str(target), mode="w", attributes=attributes)
+        group = open_group(path, "w", storage_options, attributes=attributes)
         for level in range(layout.levels):
             group.create_array(
                 str(level),
@@ -180,14 +213,17 @@ def create_store(
             "status": "running",
             "sources": {"array": SOURCES_ARRAY, "count": len(sources)},
         }
-    except OSError as exc:
-        raise OutputError(f"cannot create output store {path!r}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_remote_failure(exc)):
+            raise
+        reason = explain(exc, storage_options) if is_remote(path) else exc.strerror or exc
+        raise OutputError(f"cannot create output store {path!r}: {reason}") from None
     return array
 
 
-def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
+def append_sources(path: str, new_sources: Sequence[str], storage_options: Options = None) -> zarr.Array:
     """Grow the store along the image axis for ``new_sources``; return the (resized) result array."""
-    group = zarr.open_group(path, mode="r+")
+    group = open_group(path, "r+", storage_options)
     old = group[SOURCES_ARRAY].shape[0]
     count = old + len(new_sources)
     names = group[SOURCES_ARRAY]
@@ -200,9 +236,11 @@ def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
     return group[RESULT_ARRAY]
 
 
-def record_source_shapes(path: str, start: int, shapes: Sequence[tuple[int, ...]]) -> None:
+def record_source_shapes(
+    path: str, start: int, shapes: Sequence[tuple[int, ...]], storage_options: Options = None
+) -> None:
     """Each image's own shape before padding (input.shapes: pad), from index ``start`` on."""
-    group = zarr.open_group(path, mode="r+")
+    group = open_group(path, "r+", storage_options)
     rows = np.asarray(shapes, dtype=np.int64).reshape(len(shapes), -1)
     if SHAPES_ARRAY not in group:
         group.create_array(SHAPES_ARRAY, shape=(0, rows.shape[1]), chunks=(SOURCES_PER_CHUNK, rows.shape[1]), dtype="int64")
@@ -212,7 +250,13 @@ def record_source_shapes(path: str, start: int, shapes: Sequence[tuple[int, ...]
 
 
 def remove_partial_writes(path: str) -> int:
-    """Delete the temporary files of chunk writes cut short by a killed run; return how many."""
+    """Delete the temporary files of chunk writes cut short by a killed run; return how many.
+
+    A remote store has none: an object store writes each chunk in one request, which lands whole
+    or not at all.
+    """
+    if is_remote(path):
+        return 0
     removed = 0
     for leftover in Path(path).rglob("*.partial"):
         leftover.unlink(missing_ok=True)
@@ -234,9 +278,9 @@ def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> Any
     return da.store(result, target, regions=region, lock=False, compute=False)
 
 
-def set_status(path: str, status: str, **fields: Any) -> None:
+def set_status(path: str, status: str, *, storage_options: Options = None, **fields: Any) -> None:
     """Update the status (and e.g. the finish time or the error) in the group's attributes."""
-    group = zarr.open_group(path, mode="r+")
+    group = open_group(path, "r+", storage_options)
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], **fields, "status": status}
 
 
@@ -295,16 +339,31 @@ class StoredResult:
         }
 
 
-def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:
+def open_result(path: str, *, mode: Literal["r", "r+"] = "r", storage_options: Options = None) -> StoredResult:
     """Open a store written by this pipeline: for reading (inspect, export) or ``r+`` to resume it."""
-    if not Path(path).is_dir():
+    path = local_or_url(path)
+    if not _store_exists(path, storage_options):
         raise InputError(f"store {path!r} does not exist")
     try:
-        group = zarr.open_group(path, mode=mode)
+        group = open_group(path, mode, storage_options)
         array = group[RESULT_ARRAY]
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.BaseZarrError):
         raise InputError(f"{path!r} is not a store written by this pipeline (no group with array '0')") from None
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_remote_failure(exc)):
+            raise
+        raise InputError(f"store {path!r} cannot be read: {explain(exc, storage_options)}") from None
     return StoredResult(path=path, group=group, array=array, provenance=dict(group.attrs.get(ATTRS_KEY, {})))
+
+
+def _store_exists(path: str, storage_options: Options) -> bool:
+    if not is_remote(path):
+        return Path(path).is_dir()
+    fs, root = filesystem(path, storage_options, where="store")
+    try:
+        return bool(fs.exists(root))
+    except Exception as exc:
+        raise InputError(f"store {path!r} cannot be read: {explain(exc, storage_options)}") from None
 
 
 def describe_codec(array: zarr.Array) -> str:

@@ -7,25 +7,26 @@ decoded inside its own task, converted to the compute dtype on the input's own s
 
 from __future__ import annotations
 
-import glob
+import io
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 import cv2
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
 import tifffile
-from natsort import natsorted, ns
 from PIL import Image
 
 from pipeline.errors import InputError
+from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
 from pipeline.sources.volume import SLAB, stack_shape, stack_volumes, volume_shape
+from pipeline.storage import absolute, is_remote, opened, read_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "probe", "read_image", "stack_images"]
+
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
 # Refuse images declaring more pixels than this before decoding them (input.max_pixels).
 DEFAULT_MAX_PIXELS = 1 << 30
@@ -49,47 +50,6 @@ class ImageCollection:
         return sum(axis in ("z", "y", "x") for axis in self.axes)
 
 
-def list_images(paths: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Expand globs and directories into a naturally sorted list of files, without opening any.
-
-    Entries keep the order they are given in; files within an entry are sorted naturally
-    (``img2`` before ``img10``). A file named twice is kept once, at its first place.
-    """
-    entries = [paths] if isinstance(paths, str) else list(paths)
-    found: list[str] = []
-    for entry in entries:
-        found.extend(_expand(entry))
-    return list(dict.fromkeys(found))
-
-
-def _expand(entry: str) -> list[str]:
-    if glob.has_magic(entry):
-        # Listing must not stat a million files: a name with an image suffix is taken as a file.
-        matches = [
-            path
-            for path in glob.glob(entry, recursive=True)
-            if path.lower().endswith(IMAGE_SUFFIXES) or os.path.isfile(path)
-        ]
-        if not matches:
-            raise InputError(f"input.paths: {entry!r} matches no files; check the pattern and the working directory")
-        return natsorted(matches, alg=ns.PATH)
-    if os.path.isdir(entry):
-        with os.scandir(entry) as listing:
-            matches = [
-                item.path
-                for item in listing
-                if item.name.lower().endswith(IMAGE_SUFFIXES) and item.is_file()
-            ]
-        if not matches:
-            raise InputError(
-                f"input.paths: directory {entry!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        return natsorted(matches, alg=ns.PATH)
-    if os.path.isfile(entry):
-        return [entry]
-    raise InputError(f"input.paths: {entry!r} does not exist")
-
-
 @dataclass(frozen=True)
 class ImageSpec:
     """What every image of a collection must look like, learnt from its first file."""
@@ -102,6 +62,8 @@ class ImageSpec:
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
     volume: bool = False  # each file a (z, y, x) stack, read slice by slice
     pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
+    # fsspec options for remote files (input.storage_options); handed to every decode task
+    storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -128,18 +90,25 @@ def probe(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tile: str | int = "auto",
     layout: str = "images",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape."""
-    check_size(path, max_pixels)
+    options = dict(storage_options or {})
+    check_size(path, max_pixels, options)
     if layout == "volume":
         if color != "gray":
             raise InputError("input.layout: volume reads gray stacks; set input.color: gray")
+        if is_remote(path):
+            raise InputError(
+                f"input.layout: volume reads local TIFF stacks slice by slice; {path!r} is remote — "
+                f"copy the stacks to a local disk first", path
+            )
         raw = stack_shape(path)
         return ImageSpec(
             shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
             raw_shape=raw, volume=True,
         )
-    raw = _raw_shape(path)
+    raw = _raw_shape(path, options)
     shape = _converted_shape(path, raw, color)
     return ImageSpec(
         shape=shape,
@@ -148,13 +117,15 @@ def probe(
         max_pixels=max_pixels,
         raw_shape=raw,
         tile=choose_tile(path, tile, raw),
+        storage_options=options,
     )
 
 
 def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
 
-    Tasks get absolute paths: a distributed worker may run in another directory. Huge TIFFs
+    Tasks get absolute paths (a distributed worker may run in another directory), or URLs and
+    the storage options: each task opens its own file, whatever process it runs in. Huge TIFFs
     (``spec.tile``) are read by tiles instead, one task per tile.
     """
     if spec.volume:
@@ -165,7 +136,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
             color=spec.color, dtype=dtype, reference=spec.reference,
         )
     names = np.empty(len(sources), dtype=object)
-    names[:] = [os.path.abspath(source) for source in sources]
+    names[:] = [absolute(source) for source in sources]
     return da.from_array(names, chunks=1, name=False).map_blocks(
         _read_block,
         new_axis=list(range(1, 1 + len(spec.shape))),
@@ -178,6 +149,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         out_dtype=dtype,
         max_pixels=spec.max_pixels,
         pad_value=spec.pad_value,
+        storage_options=dict(spec.storage_options),
     )
 
 
@@ -195,28 +167,36 @@ def fits_inside(small: tuple[int, ...], large: tuple[int, ...]) -> bool:
     return len(small) == len(large) and small[:-2] == large[:-2] and all(a <= b for a, b in zip(small, large))
 
 
-def declared_shape(path: str, color: Color) -> tuple[int, ...]:
+def declared_shape(path: str, color: Color, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """An image's shape after colour handling, from its header (no decoding)."""
-    return _converted_shape(path, _raw_shape(path), color)
+    return _converted_shape(path, _raw_shape(path, storage_options), color)
 
 
-def declared_dtype(path: str) -> np.dtype:
+def declared_dtype(path: str, storage_options: Mapping[str, Any] | None = None) -> np.dtype:
     """The pixel type a file stores, from its header."""
     try:
-        if path.lower().endswith(TIFF_SUFFIXES):
-            with tifffile.TiffFile(path) as tiff:
-                return np.dtype(tiff.pages[0].dtype)
-        return np.dtype(iio.improps(path).dtype)
+        with opened(path, storage_options) as source:
+            if path.lower().endswith(TIFF_SUFFIXES):
+                with tifffile.TiffFile(source) as tiff:
+                    return np.dtype(tiff.pages[0].dtype)
+            return np.dtype(iio.improps(source, extension=_suffix(path)).dtype)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
 
-def _raw_shape(path: str) -> tuple[int, ...]:
+def _suffix(path: str) -> str | None:
+    """The extension hint imageio needs for a remote file object (a local path carries its own)."""
+    suffix = os.path.splitext(path)[1].lower()
+    return suffix if suffix in IMAGE_SUFFIXES else None
+
+
+def _raw_shape(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """The stored (y, x[, c]) shape of the first image or page, from the header."""
     if path.lower().endswith(TIFF_SUFFIXES):
-        return tiff_layout(path)[0]
+        return tiff_layout(path, storage_options)[0]
     try:
-        return tuple(iio.improps(path).shape)
+        with opened(path, storage_options) as source:
+            return tuple(iio.improps(source, extension=_suffix(path)).shape)
     except Exception as exc:  # imageio raises many types for unreadable files
         raise InputError.unreadable(path, exc) from None
 
@@ -232,21 +212,27 @@ def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int
     )
 
 
-def declared_pixels(path: str) -> int:
-    """Pixels the file's header declares (all pages), read without decoding the image data."""
+def declared_pixels(path: str, storage_options: Mapping[str, Any] | None = None, *, data: bytes | None = None) -> int:
+    """Pixels the file's header declares (all pages), read without decoding the image data.
+
+    ``data``: the file's bytes, when a remote file has already been fetched whole.
+    """
     try:
-        if path.lower().endswith((".tif", ".tiff")):
-            with tifffile.TiffFile(path) as tiff:
-                return sum(int(np.prod(page.shape[:2])) for page in tiff.pages)
-        with Image.open(path) as image:
-            return image.size[0] * image.size[1] * getattr(image, "n_frames", 1)
+        with opened(path, storage_options) if data is None else io.BytesIO(data) as source:
+            if path.lower().endswith((".tif", ".tiff")):
+                with tifffile.TiffFile(source) as tiff:
+                    return sum(int(np.prod(page.shape[:2])) for page in tiff.pages)
+            with Image.open(source) as image:
+                return image.size[0] * image.size[1] * getattr(image, "n_frames", 1)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
 
-def check_size(path: str, max_pixels: int) -> None:
+def check_size(
+    path: str, max_pixels: int, storage_options: Mapping[str, Any] | None = None, *, data: bytes | None = None
+) -> None:
     """Refuse a decompression bomb (a small file declaring a huge image) before decoding it."""
-    declared = declared_pixels(path)
+    declared = declared_pixels(path, storage_options, data=data)
     if declared > max_pixels:
         raise InputError(
             f"image {path!r} declares {declared:,} pixels, above input.max_pixels = {max_pixels:,}; "
@@ -255,13 +241,18 @@ def check_size(path: str, max_pixels: int) -> None:
         )
 
 
-def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
+def decode(
+    path: str, *, max_pixels: int | None = None, storage_options: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, bool]:
     """Pixels of one file, channels last, and whether their colour order is BGR (OpenCV's).
 
     JPEG goes through OpenCV: the same libjpeg-turbo pixels as Pillow's, about 40% faster, and
     CMYK files come out as colour. Everything else, and the message for an unreadable JPEG,
-    comes from imageio. With ``max_pixels`` the header is checked first.
+    comes from imageio. With ``max_pixels`` the header is checked first. A remote file is
+    fetched whole in one request and decoded from its bytes the same way.
     """
+    if is_remote(path):
+        return _decode_bytes(path, _fetch(path, storage_options), max_pixels)
     if max_pixels is not None:
         check_size(path, max_pixels)
     if path.lower().endswith(OPENCV_SUFFIXES) and _ends_like_jpeg(path):
@@ -272,6 +263,31 @@ def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, boo
         pixels = iio.imread(path)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
+    return _one_frame(path, pixels), False
+
+
+def _fetch(path: str, storage_options: Mapping[str, Any] | None) -> bytes:
+    try:
+        return read_bytes(path, storage_options)
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+
+
+def _decode_bytes(path: str, data: bytes, max_pixels: int | None) -> tuple[np.ndarray, bool]:
+    if max_pixels is not None:
+        check_size(path, max_pixels, data=data)
+    if path.lower().endswith(OPENCV_SUFFIXES) and data[-2:] == b"\xff\xd9":
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if pixels is not None:
+            return pixels, pixels.ndim == 3
+    try:
+        pixels = iio.imread(data, extension=_suffix(path))
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+    return _one_frame(path, pixels), False
+
+
+def _one_frame(path: str, pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 4:  # frames first (GIF): one frame is one image
         if pixels.shape[0] != 1:
             raise InputError(
@@ -280,7 +296,7 @@ def decode(path: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, boo
                 path,
             )
         pixels = pixels[0]
-    return pixels, False
+    return pixels
 
 
 def _ends_like_jpeg(path: str) -> bool:
@@ -299,10 +315,15 @@ def _ends_like_jpeg(path: str) -> bool:
 
 
 def read_image(
-    path: str, *, color: Color = "gray", dtype: str = "float32", max_pixels: int | None = None
+    path: str,
+    *,
+    color: Color = "gray",
+    dtype: str = "float32",
+    max_pixels: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Decode one file into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped."""
-    pixels, bgr = decode(path, max_pixels=max_pixels)
+    pixels, bgr = decode(path, max_pixels=max_pixels, storage_options=storage_options)
     _converted_shape(path, pixels.shape, color)  # rejects shapes we cannot interpret
     return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr)
 
@@ -334,9 +355,10 @@ def _read_block(
     out_dtype: str,
     max_pixels: int,
     pad_value: float | None,
+    storage_options: dict[str, Any],
 ) -> np.ndarray:
     path = names.item()
-    image = read_image(path, color=color, dtype=out_dtype, max_pixels=max_pixels)
+    image = read_image(path, color=color, dtype=out_dtype, max_pixels=max_pixels, storage_options=storage_options)
     if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
         extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
         image = np.pad(image, extra, constant_values=pad_value)
