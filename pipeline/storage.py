@@ -118,10 +118,17 @@ def filesystem(
                 f"{where}: unknown protocol {protocol_of(url)!r} in {url!r}; use a local path or an fsspec "
                 f"URL such as s3://, gs://, az://, memory://"
             ) from None
-        raise error(f"{where}: cannot open {url!r}: {explain(exc, options)}") from None
+        raise _cannot_open(url, options, where, error, exc) from None
     except Exception as exc:  # a bad storage option (TypeError), a credentials file that cannot be read
-        side = where.split(".")[0]
-        raise error(f"{side}.storage_options: cannot open {url!r}: {explain(exc, options)}") from None
+        raise _cannot_open(url, options, where, error, exc) from None
+
+
+def _cannot_open(
+    url: str, options: StorageOptions | None, where: str, error: type[PipelineError], exc: BaseException
+) -> PipelineError:
+    side = where.split(".")[0]
+    key = f"{side}.storage_options" if side in ("input", "output") else "the storage options"
+    return error(f"{where}: cannot open {url!r} with {key}: {explain(exc, options)}")
 
 
 def _package_for(url: str) -> str:

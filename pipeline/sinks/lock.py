@@ -158,6 +158,7 @@ class _LockObject:
 
     def _check_then_write(self, data: bytes) -> bool:
         try:
+            self._fs.invalidate_cache(self._key)
             if self._fs.exists(self._key):
                 return False
             self._fs.pipe_file(self._key, data)

@@ -94,6 +94,7 @@ def check_output_path(path: str, storage_options: Options = None) -> bool:
 def _check_remote_output(path: str, storage_options: Options) -> bool:
     fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
     try:
+        fs.invalidate_cache(root)  # zarr writes through another instance, which does not clear this one's
         if fs.isfile(root):
             raise OutputError(f"output.path {path!r} is an object (a file); give a prefix for the Zarr store")
         try:
@@ -361,6 +362,7 @@ def _store_exists(path: str, storage_options: Options) -> bool:
         return Path(path).is_dir()
     fs, root = filesystem(path, storage_options, where="store")
     try:
+        fs.invalidate_cache(root)  # zarr writes through another instance, which does not clear this one's
         return bool(fs.exists(root))
     except Exception as exc:
         raise InputError(f"store {path!r} cannot be read: {explain(exc, storage_options)}") from None

@@ -63,6 +63,7 @@ def _expand(entry: str) -> list[str]:
 
 def _expand_remote(entry: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     fs, path = filesystem(entry, storage_options, where="input.paths")
+    fs.invalidate_cache()  # a listing cached by an earlier run in this process may be stale
     try:
         if glob.has_magic(entry):
             found = fs.glob(path, detail=True)
