@@ -396,3 +396,48 @@ def test_inspect_of_a_missing_remote_store(bucket: Bucket, run_cli: Callable[...
 
 def test_a_storage_option_flag_without_a_value(run_cli: Callable[..., Any]) -> None:
     assert_error(run_cli("inspect", "s3://b/x.zarr", "--storage-option", "anon"), 2, "expected key=value")
+
+
+def test_access_denied_to_the_store(
+    small_images: Callable[..., Path], run_cli: Callable[..., Any], write_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def denied(self: Any, path: str, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError("Access Denied")
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", denied)
+    store = f"memory://denied-{uuid.uuid4().hex}/o.zarr"
+    result = run_cli("run", write_config(_job(str(small_images()), store)))
+    assert_error(result, 4, f"cannot create the lock '{store}.lock': access denied (Access Denied)")
+
+
+def test_connection_lost_while_writing_leaves_a_resumable_store(
+    small_images: Callable[..., Path], tmp_path: Path, run_cli: Callable[..., Any], write_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    plain_pipe = MemoryFileSystem.pipe_file
+
+    def lost_at_the_third_image(self: Any, path: str, value: bytes, *args: Any, **kwargs: Any) -> Any:
+        if "/0/c/2/" in path:  # the chunk of image 2 of the result
+            raise EndpointConnectionError(endpoint_url="http://storage.invalid/")
+        return plain_pipe(self, path, value, *args, **kwargs)
+
+    folder = small_images()
+    store = f"memory://lost-{uuid.uuid4().hex}/o.zarr"
+    config = write_config(_job(str(folder), store, batch_size=1))
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", lost_at_the_third_image)
+    failed = run_cli("run", config)
+    assert_error(failed, 4, f"cannot write store '{store}': cannot reach the endpoint", "rerun to resume")
+    group = zarr.open_group(store, mode="r")
+    assert group["ledger/done"][:].tolist() == [1, 1, 0, 0] and group.attrs["pipeline"]["status"] == "failed"
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", plain_pipe)
+    assert_ok(run_cli("run", config))
+    np.testing.assert_array_equal(
+        zarr.open_group(store, mode="r")["0"][:], _local_reference(folder, tmp_path, run_cli, write_config)
+    )
