@@ -189,6 +189,11 @@ def test_export_and_preview_read_a_remote_store(
     store = bucket.url("edge.zarr")
     assert_ok(run_cli("run", write_config(_job(images, store, input_options=bucket.options, output_options=bucket.options))))
     option = ("--storage-option", f"endpoint_url={bucket.endpoint}")
+    config = write_config(_job(images, str(tmp_path / "planned.zarr"), input_options=bucket.options), "plan.yaml")
+    validated = run_cli("validate", config)
+    assert_ok(validated)
+    assert "valid: 4 input files" in validated.stdout
+    assert_ok(run_cli("plan", config))
 
     shown = run_cli("inspect", store, *option)
     assert_ok(shown)
@@ -235,8 +240,16 @@ def test_remote_store_resumes_after_a_failure_and_a_rerun_of_a_complete_one_does
 
     again = run_cli("run", config, "--log-format", "json")
     assert_ok(again)
-    assert [json.loads(line) for line in again.stdout.splitlines()][-1]["processed"] == 0
+    logged = [json.loads(line) for line in again.stdout.splitlines()]
+    assert logged[-1]["processed"] == 0 and not [event for event in logged if event["event"] == "warning"]
     np.testing.assert_array_equal(_remote_store(store, bucket)[0], stored)
+
+    # A source replaced since it was processed is reported from its object's size and time, not reused silently.
+    bucket.fs.pipe_file(f"{bucket.name}/images/img1.png", bucket.fs.cat_file(f"{bucket.name}/images/img10.png"))
+    changed = run_cli("run", config, "--log-format", "json")
+    assert_ok(changed)
+    warnings = [json.loads(line) for line in changed.stdout.splitlines() if '"warning"' in line]
+    assert warnings and warnings[0]["changed"] == [f"{images}/img1.png"]
 
 
 def test_memory_urls_for_inputs_and_store(
