@@ -12,15 +12,15 @@ import sys
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import numpy as np
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from pipeline import __version__
+from pipeline.arguments import parse_index, parse_params, parse_storage_options
 from pipeline.errors import ConfigError, PipelineError, scrub_secrets
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ def kernels(
 
     with reported_errors():
         if name is not None:
-            kernel = build_kernel(name, _parse_params(param))
+            kernel = build_kernel(name, parse_params(param))
             out.print(f"{name} {dict(kernel.params) or ''} shape {kernel.weights.shape}", highlight=False)
             out.print(_format_matrix(kernel.weights), highlight=False)
             return
@@ -293,42 +293,6 @@ StorageOption = Annotated[
 ]
 
 
-def _storage_options(items: list[str] | None) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--storage-option {key!r}: expected key=value, e.g. endpoint_url=http://localhost:9000")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        *parents, last = key.strip().split(".")
-        node = options
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--storage-option {key!r}: {part!r} is given a value and nested keys")
-        node[last] = value
-    return options
-
-
-def _parse_params(items: list[str] | None) -> dict[str, float | int]:
-    params: dict[str, float | int] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--param {item!r}: expected key=value, e.g. sigma=2.0")
-        try:
-            params[key] = int(value)
-        except ValueError:
-            try:
-                params[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"--param {item!r}: {value!r} is not a number") from None
-    return params
-
-
 def _format_matrix(weights: np.ndarray) -> str:
     return np.array2string(weights, precision=4, suppress_small=True, max_line_width=200)
 
@@ -344,7 +308,7 @@ def inspect(
     from pipeline.sinks.zarr_store import open_result
 
     with reported_errors():
-        info = open_result(store, storage_options=_storage_options(storage_option)).summary(sources=sources)
+        info = open_result(store, storage_options=parse_storage_options(storage_option)).summary(sources=sources)
     names, unreadable = info["sources"], info["unreadable"]
     if as_json:
         out.print_json(json.dumps(info))
@@ -389,8 +353,8 @@ def export(
 
     with reported_errors():
         written = export_images(
-            store, outdir, fmt=format.value, normalize=normalize.value, indices=_parse_index(index),
-            storage_options=_storage_options(storage_option),
+            store, outdir, fmt=format.value, normalize=normalize.value, indices=parse_index(index),
+            storage_options=parse_storage_options(storage_option),
         )
     out.print(f"wrote {len(written)} {format.value} files to {outdir}", highlight=False)
 
@@ -407,21 +371,8 @@ def preview(
     from pipeline.preview import contact_sheet
 
     with reported_errors():
-        written = contact_sheet(store, output, count=count, cell=cell, storage_options=_storage_options(storage_option))
+        written = contact_sheet(store, output, count=count, cell=cell, storage_options=parse_storage_options(storage_option))
     out.print(f"wrote {written}", highlight=False)
-
-
-def _parse_index(text: str | None) -> slice:
-    if text is None:
-        return slice(None)
-    try:
-        if ":" in text:
-            start, _, stop = text.partition(":")
-            return slice(int(start) if start else None, int(stop) if stop else None)
-        position = int(text)
-        return slice(position, position + 1 if position != -1 else None)
-    except ValueError:
-        raise ConfigError(f"--index {text!r}: expected N or START:STOP, e.g. 0:10") from None
 
 
 def main() -> None:

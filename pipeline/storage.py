@@ -38,7 +38,7 @@ StorageOptions = Mapping[str, Any]
 
 
 def protocol_of(path: str) -> str:
-    """``s3`` for ``s3://b/k``, the innermost-first protocol of a chained URL, ``file`` for a plain path."""
+    """``s3`` for ``s3://b/k``, the first protocol of a chained URL, ``file`` for a plain path."""
     return path.split("://", 1)[0].split("::")[0] if "://" in path else "file"
 
 
@@ -208,18 +208,19 @@ def file_stats(paths: Sequence[str], options: StorageOptions | None = None) -> n
     trip per image in the driver.
     """
     stats = np.full((len(paths), 2), -1, dtype=np.int64)
-    remote = [row for row, path in enumerate(paths) if is_remote(path)]
+    remote: dict[str, list[int]] = {}  # rows by protocol: one filesystem each
     for row, path in enumerate(paths):
         if is_remote(path):
+            remote.setdefault(protocol_of(path), []).append(row)
             continue
         try:
             info = os.stat(path)
         except OSError:
             continue
         stats[row] = (info.st_size, info.st_mtime_ns)
-    if remote:
-        infos = _remote_infos([paths[row] for row in remote], options)
-        for row, info in zip(remote, infos):
+    for rows in remote.values():
+        infos = _remote_infos([paths[row] for row in rows], options)
+        for row, info in zip(rows, infos):
             if info is not None:
                 stats[row] = (int(info.get("size") or 0), _mtime_ns(info))
     return stats
