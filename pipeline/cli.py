@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.arguments import parse_index, parse_params, parse_storage_options
+from pipeline.errors import ConfigError, PipelineError, scrub_secrets
 
 if TYPE_CHECKING:
     from pipeline.events import Reporter
@@ -76,7 +77,7 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
         if _state["debug"]:
             raise
         err.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {_first_line(exc)} "
+            f"[red]internal error:[/red] {type(exc).__name__}: {scrub_secrets(_first_line(exc))} "
             "(rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
@@ -199,7 +200,7 @@ def validate(config: ConfigArg, set_: SetOption = None) -> None:
             err.print(f"{config}: {problem}" if not problem.startswith(str(config)) else problem, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     with reported_errors():
-        files = list_images(cfg.input.paths)
+        files = list_images(cfg.input.paths, cfg.input.storage_options)
     steps = ", ".join(
         f"convolve {s.convolve.kernel if isinstance(s.convolve.kernel, str) else 'inline'} ({s.convolve.mode})"
         if hasattr(s, "convolve")
@@ -266,7 +267,7 @@ def kernels(
 
     with reported_errors():
         if name is not None:
-            kernel = build_kernel(name, _parse_params(param))
+            kernel = build_kernel(name, parse_params(param))
             out.print(f"{name} {dict(kernel.params) or ''} shape {kernel.weights.shape}", highlight=False)
             out.print(_format_matrix(kernel.weights), highlight=False)
             return
@@ -279,20 +280,15 @@ def kernels(
     out.print(table)
 
 
-def _parse_params(items: list[str] | None) -> dict[str, float | int]:
-    params: dict[str, float | int] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--param {item!r}: expected key=value, e.g. sigma=2.0")
-        try:
-            params[key] = int(value)
-        except ValueError:
-            try:
-                params[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"--param {item!r}: {value!r} is not a number") from None
-    return params
+StorageOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        "-S",
+        help="fsspec option for a store at a URL, key=value (repeatable; dotted keys nest, values are YAML), "
+        "e.g. endpoint_url=http://localhost:9000 or anon=true. Credentials come from the environment.",
+    ),
+]
 
 
 def _format_matrix(weights: np.ndarray) -> str:
@@ -304,15 +300,18 @@ def inspect(
     store: Annotated[str, typer.Argument(help="Zarr store written by `pipeline run`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     sources: Annotated[int, typer.Option(help="How many source files to list.")] = 5,
+    storage_option: StorageOption = None,
 ) -> None:
     """Show a store's shape, dtype, chunks, codec, status, steps and source files."""
-    from pipeline.sinks.zarr_store import grouped_summary, open_result, stored_groups
+    from pipeline.sinks.grouped import grouped_summary, stored_groups
+    from pipeline.sinks.zarr_store import open_result
 
-    if stored_groups(store):
-        _inspect_groups(grouped_summary(store), as_json=as_json)
-        return
     with reported_errors():
-        info = open_result(store).summary(sources=sources)
+        options = parse_storage_options(storage_option)
+        if stored_groups(store, options):
+            _inspect_groups(grouped_summary(store, options), as_json=as_json)
+            return
+        info = open_result(store, storage_options=options).summary(sources=sources)
     names, unreadable = info["sources"], info["unreadable"]
     if as_json:
         out.print_json(json.dumps(info))
@@ -367,13 +366,15 @@ def export(
         ExportNormalize, typer.Option(help="auto: stretch to 0-255 only what the format cannot hold.")
     ] = ExportNormalize.auto,
     index: Annotated[Optional[str], typer.Option(help="Images to write: N or START:STOP (default all).")] = None,
+    storage_option: StorageOption = None,
 ) -> None:
     """Write stored images back out as PNG, JPEG or TIFF files."""
     from pipeline.sinks.export import export_images
 
     with reported_errors():
         written = export_images(
-            store, outdir, fmt=format.value, normalize=normalize.value, indices=_parse_index(index)
+            store, outdir, fmt=format.value, normalize=normalize.value, indices=parse_index(index),
+            storage_options=parse_storage_options(storage_option),
         )
     out.print(f"wrote {len(written)} {format.value} files to {outdir}", highlight=False)
 
@@ -384,26 +385,14 @@ def preview(
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write.")] = "preview.png",
     count: Annotated[int, typer.Option(min=1, help="How many images (columns).")] = 4,
     cell: Annotated[int, typer.Option(min=16, help="Size of each cell in pixels.")] = 256,
+    storage_option: StorageOption = None,
 ) -> None:
-    """Write a contact sheet: the first sources above their results."""
+    """Write a contact sheet: the first sources above their results (remote sources with the run's options)."""
     from pipeline.preview import contact_sheet
 
     with reported_errors():
-        written = contact_sheet(store, output, count=count, cell=cell)
+        written = contact_sheet(store, output, count=count, cell=cell, storage_options=parse_storage_options(storage_option))
     out.print(f"wrote {written}", highlight=False)
-
-
-def _parse_index(text: str | None) -> slice:
-    if text is None:
-        return slice(None)
-    try:
-        if ":" in text:
-            start, _, stop = text.partition(":")
-            return slice(int(start) if start else None, int(stop) if stop else None)
-        position = int(text)
-        return slice(position, position + 1 if position != -1 else None)
-    except ValueError:
-        raise ConfigError(f"--index {text!r}: expected N or START:STOP, e.g. 0:10") from None
 
 
 def main() -> None:

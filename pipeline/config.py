@@ -2,6 +2,8 @@
 
 Relative paths (inputs, output, kernel files) are taken relative to the current working directory,
 like every other command-line tool, so ``--set output.path=out/x.zarr`` means what it says.
+Inputs and output may be fsspec URLs; ``file://`` URLs become local paths here, and a dump of the
+config (what a store's provenance records) never holds a secret-looking storage option.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from pipeline.errors import ConfigError, KernelError
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
+from pipeline.storage import local_or_url, redact_options, refuse_embedded_password, without_userinfo
 from pipeline.steps.convolve import Boundary, Mode
 from pipeline.steps.kernels import BUILTINS, KERNEL_FILE_SUFFIXES, build_kernel, check_matrix
 
@@ -37,6 +41,17 @@ PositiveCount = Annotated[int, Field(gt=0, strict=True)]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+STORAGE_OPTIONS_HELP = (
+    "fsspec options for URL paths (endpoint_url, anon, client_kwargs, ...); credentials come from the "
+    "environment, and secret-looking options are never recorded"
+)
+
+
+def _location(path: str) -> str:
+    """A local path, or a URL without a password in it; ``file://`` URLs become local paths."""
+    return local_or_url(refuse_embedded_password(path))
 
 
 class InputConfig(_Frozen):
@@ -67,12 +82,18 @@ class InputConfig(_Frozen):
         DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"
     )
 
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
+
     @field_validator("paths")
     @classmethod
     def _not_empty(cls, value: str | list[str]) -> str | list[str]:
         if not value or (isinstance(value, list) and not all(value)):
             raise ValueError("give at least one path, directory or glob")
-        return value
+        return _location(value) if isinstance(value, str) else [_location(entry) for entry in value]
+
+    @field_serializer("storage_options")
+    def _redacted(self, options: dict[str, Any]) -> dict[str, Any]:
+        return redact_options(options)
 
 
 class ConvolveSpec(_Frozen):
@@ -136,7 +157,7 @@ Step = Annotated[
 
 
 class OutputConfig(_Frozen):
-    path: str = Field(description="Zarr store to create (a directory)")
+    path: str = Field(description="Zarr store to create: a directory, or an fsspec URL (s3://bucket/x.zarr)")
     dtype: OutputDType = Field(
         "float32", description="integer outputs are rounded and clipped to the type's range, never wrapped"
     )
@@ -156,11 +177,22 @@ class OutputConfig(_Frozen):
         "writes are cut at shard edges so no two tasks write one shard",
     )
 
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
+
     @model_validator(mode="after")
     def _shards_need_zarr_v3(self) -> OutputConfig:
         if self.shards is not None and self.format == "ome-0.4":
             raise ValueError("output.shards needs Zarr v3; OME-NGFF 0.4 (output.format: ome-0.4) is Zarr v2 — use format ome")
         return self
+
+    @field_validator("path")
+    @classmethod
+    def _local_or_url(cls, value: str) -> str:
+        return _location(value)
+
+    @field_serializer("storage_options")
+    def _redacted(self, options: dict[str, Any]) -> dict[str, Any]:
+        return redact_options(options)
 
 
 class ExecutionConfig(_Frozen):
@@ -313,7 +345,7 @@ def _describe(error: dict[str, Any]) -> str:
     message = message.replace("a valid tuple", "a valid list")
     if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
         message += f" (got {error['input']!r})"
-    return f"{key}: {message}"
+    return without_userinfo(f"{key}: {message}")  # a URL's password is never echoed back
 
 
 # How pydantic names the members of a union in an error's path ("str", "list[str]",

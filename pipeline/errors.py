@@ -15,11 +15,49 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import os
+import re
+from typing import Any, Mapping
+
+# Names of options and environment variables whose values are credentials.
+_SECRET_NAME = re.compile(r"key|secret|token|passw|credential|auth|signature|sas|connection_?string|private", re.I)
+# Shorter values are not scrubbed from messages: they would blank out ordinary words.
+_MIN_SECRET = 8
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def scrub_secrets(text: str, options: Mapping[str, Any] | None = None) -> str:
+    """``text`` with every credential from the environment (or from ``options``) replaced by ``***``."""
+    secrets = [value for name, value in os.environ.items() if is_secret_name(name)]
+    secrets += list(_secret_values(options or {}))
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= _MIN_SECRET and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _secret_values(options: Mapping[str, Any]):
+    for name, value in options.items():
+        if isinstance(value, Mapping):
+            yield from _secret_values(value)
+        elif isinstance(value, str) and is_secret_name(str(name)):
+            yield value
+
 
 class PipelineError(ValueError):
-    """Base of every error a user can cause; ``exit_code`` is what the CLI returns."""
+    """Base of every error a user can cause; ``exit_code`` is what the CLI returns.
+
+    Its message never shows a credential from the environment: it may be printed, logged as JSON
+    and recorded in the store.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__(scrub_secrets(str(message)), *args)
 
     def __reduce__(self):
         # Errors raised on distributed workers are pickled; the OS-error bases of some of ours

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -27,6 +26,7 @@ from pipeline.steps.cast import cast_to
 from pipeline.steps.chain import Stage, Step, build_steps, chain
 from pipeline.steps.normalize import unit_range_to
 from pipeline.steps.pyramid import pyramid
+from pipeline.storage import file_size
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class JobPlan:
         last_normalizes = bool(self.steps) and self.steps[-1].unit_range
         if out.kind not in "ui" or last_normalizes:
             return None
-        source = declared_dtype(self.spec.reference)
+        source = declared_dtype(self.spec.reference, self.spec.storage_options)
         if source.kind in "ui" and np.iinfo(source).max <= np.iinfo(out).max and np.iinfo(source).min >= np.iinfo(out).min:
             if not any(step.convolution is not None for step in self.steps):
                 return None  # nothing can leave the input's range
@@ -132,7 +132,7 @@ class JobPlan:
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
         # A task holds the decoded image, its float copy, an input and output per kernel, the cast.
         per_task = block + 2 * largest + int(np.prod(self.image_shape)) * np.dtype(self.dtype).itemsize
-        first_file = os.path.getsize(self.sources[0]) if os.path.exists(self.sources[0]) else 0
+        first_file = file_size(self.sources[0], self.spec.storage_options)
         (one_image,) = dask.optimize(self.result(0, 1))
         return {
             "images": len(self.sources),
@@ -155,7 +155,7 @@ def compute_dtype(config: PipelineConfig) -> str:
 
 def list_sources(config: PipelineConfig) -> list[str]:
     """The job's images: its files, or each frame of them when the first file holds several."""
-    files = list_images(config.input.paths)
+    files = list_images(config.input.paths, config.input.storage_options)
     if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
         return files
     return frame_sources(files, _probe_first_readable(config, files).frames)
@@ -165,7 +165,7 @@ def build_plans(config: PipelineConfig) -> dict[str, JobPlan]:
     """The plans of a job: ``{"": plan}``, or one per image shape with ``input.shapes: group``."""
     if config.input.shapes != "group":
         return {"": build_plan(config)}
-    split = group_by_shape(list_sources(config), color=config.input.color, skip_unreadable=config.input.on_error == "skip")
+    split = group_by_shape(list_sources(config), config.input)
     return {name: build_plan(config, sources) for name, sources in split.groups.items()}
 
 
@@ -192,7 +192,7 @@ def _padded_spec(
     """Every image padded to the largest: this reads every file's header (not its pixels)."""
     if spec.volume or spec.tile is not None:
         raise InputError("input.shapes: pad works on whole 2-D images (not volumes or tiled TIFFs)")
-    shapes = [declared_shape(source, config.input.color) for source in sources]
+    shapes = [declared_shape(source, config.input.color, config.input.storage_options) for source in sources]
     # Channels come from the first image; y and x from the largest of all.
     largest = (*spec.shape[:-2], *(max(shape[axis] for shape in shapes) for axis in (-2, -1)))
     for source, shape in zip(sources, shapes):
@@ -216,6 +216,7 @@ def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> Ima
                 max_pixels=config.input.max_pixels,
                 tile=config.input.tile,
                 layout=config.input.layout,
+                storage_options=config.input.storage_options,
             )
         except InputError:
             if source is candidates[-1]:

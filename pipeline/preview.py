@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import imageio.v3 as iio
@@ -12,15 +13,23 @@ from pipeline.errors import InputError, OutputError
 from pipeline.sinks.export import to_displayable
 from pipeline.sinks.zarr_store import dimension_names, open_result
 from pipeline.sources.images import read_image
+from pipeline.storage import recorded_options
 
 BACKGROUND = 32  # dark grey around letterboxed cells and for sources that can no longer be read
 
 
-def contact_sheet(store: str, output: str, *, count: int = 4, cell: int = 256) -> Path:
-    """Write a PNG grid: row 1 the sources (as the run read them), row 2 the results, ``count`` columns."""
-    result = open_result(store)
+def contact_sheet(
+    store: str, output: str, *, count: int = 4, cell: int = 256, storage_options: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a PNG grid: row 1 the sources (as the run read them), row 2 the results, ``count`` columns.
+
+    ``storage_options`` reach a store at a URL; remote sources are read with the input options the
+    run recorded (its secrets were never recorded: they come from the environment again).
+    """
+    result = open_result(store, storage_options=storage_options)
     config = result.provenance.get("config", {})
     color = config.get("input", {}).get("color", "gray")
+    source_options = recorded_options(config.get("input", {}).get("storage_options", {}))
     volume = "z" in dimension_names(result.array)
     sources = result.sources[:count]
     if not sources:
@@ -28,7 +37,7 @@ def contact_sheet(store: str, output: str, *, count: int = 4, cell: int = 256) -
     sheet = np.full((2 * cell, len(sources) * cell, 3), BACKGROUND, dtype=np.uint8)
     for column, source in enumerate(sources):
         try:
-            original = read_image(source, color=color, dtype="float32")
+            original = read_image(source, color=color, dtype="float32", storage_options=source_options)
         except InputError:
             original = None  # moved or deleted since the run: its cell stays empty
         for row, image in enumerate((original, result.array[column])):

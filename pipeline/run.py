@@ -9,8 +9,6 @@ disk. So a rerun of the same job (or ``--resume``) finishes what a killed run le
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,42 +18,33 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.errors import OutputError, PipelineError, scrub_secrets
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
+from pipeline.batches import batch_size, write_batches
 from pipeline.plan import JobPlan, build_plan, list_sources
-from pipeline.sinks.ledger import file_stats, mark_done, mark_unreadable, pending_batches, recorded_stats
+from pipeline.sinks.grouped import create_grouped_root, member_path, record_groups, stored_groups
 from pipeline.sinks.layout import shard_shape
+from pipeline.sinks.ledger import pending_batches, recorded_stats
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
     StoreLayout,
-    create_grouped_root,
-    record_groups,
-    stored_groups,
     StoredResult,
     append_sources,
-    check_not_inside_inputs,
     check_output_path,
     create_store,
-    level_arrays,
     open_result,
     record_source_shapes,
     remove_partial_writes,
     set_status,
     stored_status,
     utc_now,
-    write_lazily,
 )
 from pipeline.sources.frames import source_file
 from pipeline.sources.shapes import group_by_shape
+from pipeline.storage import entry_folder, explain, file_stats, is_remote, is_remote_failure, is_within
 
 log = logging.getLogger(__name__)
-
-# Auto batches: enough of them to checkpoint often, few enough images each to bound the graph.
-MAX_AUTO_BATCH = 512
-MIN_BATCHES = 20
-BATCH_MEMORY = 2 * 1024**3  # the results of one batch, were a scheduler to hold them all
-
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -85,19 +74,6 @@ class RunSummary:
         }
 
 
-def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
-    """The configured batch size, or one from the image count, the workers and a memory bound."""
-    chosen = config.execution.batch_size
-    if chosen != "auto":
-        return chosen
-    image_bytes = max(1, int(np.prod(plan.image_shape)) * np.dtype(plan.compute_dtype).itemsize)
-    by_count = math.ceil(len(plan.sources) / MIN_BATCHES)
-    size = max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
-    # Whole shards per batch, so that a batch never leaves a shard for the next one to rewrite.
-    per_shard = (shard_shape(config.output.shards, plan.chunks) or (1,))[0]
-    return math.ceil(size / per_shard) * per_shard
-
-
 @dataclass(frozen=True)
 class Part:
     """One result store a run writes: the whole output, or one shape group of it."""
@@ -115,11 +91,11 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     """
     reporter = reporter or Reporter.silent()
     started = time.perf_counter()
-    path = config.output.path
-    with StoreLock(path):
+    path, options = config.output.path, config.output.storage_options
+    with StoreLock(path, options):
         # Checked under the lock: a store another run is creating is busy (exit 5), not foreign.
-        exists = check_output_path(path)
-        check_not_inside_inputs(path, config.input.paths)
+        exists = check_output_path(path, options)
+        _check_not_inside_inputs(config)
         if config.input.shapes == "group":
             parts, header_failures = _prepare_groups(config, exists=exists, append=append, reporter=reporter)
         else:
@@ -132,22 +108,25 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
                 _report_start(config, parts, sizes, executor, reporter)
                 for part, size in zip(parts, sizes):
                     current = part.config.output.path
-                    counts = _write_batches(part.config, part.plan, part.pending, size, executor, reporter)
+                    counts = write_batches(part.config, part.plan, part.pending, size, executor, reporter)
                     written, unreadable = written + counts[0], unreadable + counts[1]
                     if current != path:
-                        set_status(current, "complete", finished=utc_now())
+                        set_status(current, "complete", storage_options=options, finished=utc_now())
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            reason = str(exc).strip().split("\n")[0] or type(exc).__name__
             for store in dict.fromkeys((current, path)):
-                set_status(store, status, finished=utc_now(), error=reason)
+                _record_failure(store, options, exc)
             if isinstance(exc, OSError) and not isinstance(exc, PipelineError):  # disk full, permissions
                 raise OutputError(
                     f"cannot write store {path!r}: {exc.strerror or exc}; nothing unwritten is marked "
                     f"written — free space or fix permissions and rerun to resume"
                 ) from None
+            if is_remote_failure(exc):  # a lost connection, expired credentials
+                raise OutputError(
+                    f"cannot write store {path!r}: {explain(exc, options)}; nothing unwritten is marked "
+                    f"written — rerun to resume"
+                ) from None
             raise
-        set_status(path, "complete", finished=utc_now())
+        set_status(path, "complete", storage_options=options, finished=utc_now())
     images = sum(len(part.plan.sources) for part in parts)
     grouped = config.input.shapes == "group"
     summary = RunSummary(
@@ -163,6 +142,17 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     )
     reporter.end(**summary.as_event())
     return summary
+
+
+def _record_failure(path: str, options: dict[str, Any], exc: BaseException) -> None:
+    """Mark a store failed (or interrupted) with the reason; a store that cannot be reached stays as it was."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    reason = scrub_secrets(str(exc).strip().split("\n")[0] or type(exc).__name__, options)
+    try:
+        set_status(path, status, storage_options=options, finished=utc_now(), error=reason)
+    except Exception:
+        if not is_remote(path):
+            raise
 
 
 def _report_start(config: PipelineConfig, parts: list[Part], sizes: list[int], executor: Executor, reporter: Reporter) -> None:
@@ -186,35 +176,35 @@ def _prepare_groups(config: PipelineConfig, *, exists: bool, append: bool, repor
 
     Returns the parts and how many files were set aside because their headers could not be read.
     """
-    path = config.output.path
-    split = group_by_shape(list_sources(config), color=config.input.color, skip_unreadable=config.input.on_error == "skip")
-    fresh = not exists or config.output.overwrite or stored_status(path) == "creating"
+    path, options = config.output.path, config.output.storage_options
+    split = group_by_shape(list_sources(config), config.input)
+    fresh = not exists or config.output.overwrite or stored_status(path, options) == "creating"
     if fresh:
         create_grouped_root(
-            path, {"version": __version__, "config": config.model_dump(mode="json"), "started": utc_now()}
+            path, {"version": __version__, "config": config.model_dump(mode="json"), "started": utc_now()}, options
         )
     else:
-        if stored_groups(path) is None:
+        if stored_groups(path, options) is None:
             raise OutputError(
                 f"store {path!r} holds one result, not one per image shape; pass --overwrite to replace it "
                 f"with a grouped store, or choose another output.path"
             )
-    members = {name: os.path.join(path, name) for name in split.groups}
+    members = {name: member_path(path, name) for name in split.groups}
     for name, sources in split.groups.items():
-        if not fresh and stored_status(members[name]) is None and not append:
+        if not fresh and stored_status(members[name], options) is None and not append:
             raise OutputError(
                 f"{len(sources)} input files of a new shape are not in store {path!r} (first: {sources[0]!r}); "
                 f"pass --append to add them, or --overwrite to recompute everything"
             )
     if not fresh:
-        set_status(path, "running", resumed=utc_now())
+        set_status(path, "running", storage_options=options, resumed=utc_now())
     for source, reason in split.unreadable:
         reporter.warning(f"skipped: {reason}", source=source)
-    record_groups(path, split.shapes, split.unreadable)
+    record_groups(path, split.shapes, split.unreadable, options)
     parts = []
     for name, sources in split.groups.items():
         member = config.model_copy(update={"output": config.output.model_copy(update={"path": members[name]})})
-        exists = stored_status(members[name]) is not None
+        exists = stored_status(members[name], options) is not None
         plan, pending = _open_or_create(member, exists=exists, append=append, reporter=reporter, listed=sources)
         parts.append(Part(member, plan, pending))
     narrowing = parts[0].plan.narrowing()
@@ -235,15 +225,15 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
 def _open_or_create(
     config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter, listed: list[str] | None = None
 ) -> tuple[JobPlan, np.ndarray]:
-    path = config.output.path
+    path, options = config.output.path, config.output.storage_options
     listed = list_sources(config) if listed is None else listed
-    if exists and not config.output.overwrite and stored_status(path) != "creating":
-        if stored_groups(path) is not None:
+    if exists and not config.output.overwrite and stored_status(path, options) != "creating":
+        if stored_groups(path, options) is not None:
             raise OutputError(
                 f"store {path!r} holds one result per image shape (input.shapes: group); run the job with "
                 f"input.shapes: group, pass --overwrite to replace it, or choose another output.path"
             )
-        stored = open_result(path)
+        stored = open_result(path, storage_options=options)
         known = stored.sources
         seen = set(known)
         new = [source for source in listed if source not in seen]
@@ -255,14 +245,14 @@ def _open_or_create(
                 f"{len(new)} input files are not in store {path!r} (first: {new[0]!r}); "
                 f"pass --append to add them, or --overwrite to recompute everything"
             )
-        _report_changed(stored, reporter)
+        _report_changed(stored, config, reporter)
         if new:
-            append_sources(path, new)
+            append_sources(path, new, options)
             if plan.source_shapes:
-                record_source_shapes(path, len(known), plan.source_shapes[len(known) :])
+                record_source_shapes(path, len(known), plan.source_shapes[len(known) :], options)
         remove_partial_writes(path)
-        set_status(path, "running", resumed=utc_now())
-        done = open_result(path).done
+        set_status(path, "running", storage_options=options, resumed=utc_now())
+        done = open_result(path, storage_options=options).done
         return plan, ~done
     plan = build_plan(config, listed)
     layout = StoreLayout(
@@ -285,9 +275,9 @@ def _open_or_create(
         "compute_dtype": plan.compute_dtype,
         "started": utc_now(),
     }
-    create_store(path, layout, sources=plan.sources, provenance=provenance)
+    create_store(path, layout, sources=plan.sources, provenance=provenance, storage_options=options)
     if plan.source_shapes:
-        record_source_shapes(path, 0, plan.source_shapes)
+        record_source_shapes(path, 0, plan.source_shapes, options)
     return plan, np.ones(len(plan.sources), dtype=bool)
 
 
@@ -299,7 +289,7 @@ def _check_same_job(provenance: dict[str, Any], plan: JobPlan, path: str) -> Non
         )
 
 
-def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
+def _report_changed(stored: StoredResult, config: PipelineConfig, reporter: Reporter) -> None:
     """Files whose size or mtime differ from when they were processed: reported, not reused silently."""
     done = stored.done
     if not done.any():
@@ -307,7 +297,7 @@ def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
     sources = stored.sources
     recorded = recorded_stats(stored.group)
     indices = np.flatnonzero(done)
-    now = file_stats([source_file(sources[i]) for i in indices])
+    now = file_stats([source_file(sources[i]) for i in indices], config.input.storage_options)
     changed = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (old != new).any()]
     if changed:
         reporter.warning(
@@ -317,81 +307,13 @@ def _report_changed(stored: StoredResult, reporter: Reporter) -> None:
         )
 
 
-def _write_batches(
-    config: PipelineConfig, plan: JobPlan, pending: np.ndarray, size: int, executor: Executor, reporter: Reporter
-) -> tuple[int, int]:
-    """Write every pending image, batch by batch; return (written, skipped as unreadable)."""
-    path = config.output.path
-    batches = list(pending_batches(~pending, size))
-    total = int(pending.sum())
-    # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
-    target = open_result(os.path.abspath(path), mode="r+")
-    written = unreadable = 0
-    for number, (start, stop) in enumerate(batches):
-        began = time.perf_counter()
-        stats = file_stats([source_file(source) for source in plan.sources[start:stop]])
-        skipped = _write_batch(config, plan, target, executor, reporter, start, stop)
-        mark_done(target.group, start, stop, stats)
-        written += stop - start - skipped
-        unreadable += skipped
-        seconds = time.perf_counter() - began
-        reporter.batch(
-            batch=number,
-            start=start,
-            stop=stop,
-            images=stop - start,
-            unreadable=skipped,
-            done=written + unreadable,
-            pending=total - written - unreadable,
-            seconds=round(seconds, 3),
-            images_per_second=round((stop - start) / seconds, 2) if seconds > 0 else None,
-        )
-        log.info("batch %d: images %d-%d written in %.2f s", number, start, stop - 1, seconds)
-    return written, unreadable
-
-
-def _write_batch(
-    config: PipelineConfig, plan: JobPlan, target: Any, executor: Executor, reporter: Reporter, start: int, stop: int
-) -> int:
-    """Write images ``start:stop``; with ``on_error: skip`` leave out unreadable files, return how many.
-
-    A file that fails to decode fails its whole batch; it is recorded as unreadable (every frame of
-    it, for a multi-frame file) and the batch is computed again without it (chunks already written
-    are simply written again, with the same bytes).
-    """
-    # Tasks see absolute paths (workers may run elsewhere), so errors name files absolutely.
-    positions: dict[str, list[int]] = {}
-    for index in range(start, stop):
-        source = plan.sources[index]
-        for name in {source, source_file(source)}:
-            positions.setdefault(os.path.abspath(name), []).append(index)
-    excluded: set[int] = set()
-    while True:
-        ranges = _ranges_without(start, stop, excluded)
-        writes = [
-            [write_lazily(level, store, start=a) for level, store in zip(plan.levels(a, b), level_arrays(target.group))]
-            for a, b in ranges
-        ]
-        # Ranges around a skipped image may share a shard: written one after the other, never at once.
-        together = writes if target.array.shards is not None else [[w for levels in writes for w in levels]]
-        sizes = [b - a for a, b in ranges] if target.array.shards is not None else [stop - start - len(excluded)]
-        try:
-            for group, images in zip(together, sizes):
-                executor.compute(*group, on_progress=lambda share, images=images: reporter.advance(share * images))
-            return len(excluded)
-        except InputError as exc:
-            named = os.path.abspath(exc.path) if exc.path else ""
-            failed = [index for index in positions.get(named, []) if index not in excluded]
-            if config.input.on_error != "skip" or not failed:
-                raise
-            for index in failed:
-                excluded.add(index)
-                mark_unreadable(target.group, index, plan.sources[index], str(exc))
-                reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
-
-
-def _ranges_without(start: int, stop: int, excluded: set[int]) -> list[tuple[int, int]]:
-    """Contiguous ranges of ``start:stop`` that leave out ``excluded``."""
-    flags = np.ones(stop - start, dtype=bool)
-    flags[[i - start for i in excluded]] = False
-    return [(a + start, b + start) for a, b in pending_batches(~flags, stop - start)]
+def _check_not_inside_inputs(config: PipelineConfig) -> None:
+    """A store inside an input folder would be listed as input by the next run of a glob."""
+    entries = [config.input.paths] if isinstance(config.input.paths, str) else config.input.paths
+    for entry in entries:
+        folder = entry_folder(entry, config.input.storage_options)  # None for single files
+        if folder is not None and is_within(config.output.path, folder):
+            raise OutputError(
+                f"output.path {config.output.path!r} is inside the input folder {folder!r}; "
+                f"write the store elsewhere so it is never read back as input"
+            )

@@ -31,7 +31,7 @@ def assert_error(result, exit_code: int, *fragments: str) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:
-        assert fragment in lines[0]
+        assert fragment in lines[0], lines[0]
     assert result.stdout == ""
     return lines[0]
 

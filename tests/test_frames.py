@@ -7,7 +7,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import pytest
 import tifffile
 import zarr
 from PIL import Image

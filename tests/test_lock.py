@@ -203,3 +203,79 @@ def test_unwritable_folder_is_an_output_error(tmp_path: Path) -> None:
                 pass
     finally:
         folder.chmod(0o700)
+
+
+# --------------------------------------------------------------------------------------------
+# the lock as an object beside a remote store (memory:// here; S3 in test_remote.py)
+
+
+@pytest.fixture
+def remote_store() -> str:
+    import uuid
+
+    return f"memory://locks-{uuid.uuid4().hex}/result.zarr"
+
+
+def _memory() -> Any:
+    import fsspec
+
+    return fsspec.filesystem("memory")
+
+
+def _remote_owner(store: str) -> dict[str, Any] | None:
+    key = store.split("://", 1)[1] + ".lock"
+    return json.loads(_memory().cat_file(key)) if _memory().exists(key) else None
+
+
+def test_remote_lock_is_an_object_beside_the_store_removed_on_exit(remote_store: str) -> None:
+    with StoreLock(remote_store) as held:
+        assert held.path == remote_store + ".lock"
+        owner = _remote_owner(remote_store)
+        assert owner["host"] == HOST and owner["pid"] == os.getpid() and owner["touched"] > time.time() - 60
+        with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):
+            with StoreLock(remote_store):
+                pytest.fail("a second holder must not enter")
+    assert _remote_owner(remote_store) is None
+
+
+def test_remote_lock_of_a_dead_run_elsewhere_is_taken_over_once_not_refreshed(remote_store: str) -> None:
+    key = remote_store.split("://", 1)[1] + ".lock"
+    fresh = {"host": OTHER_HOST, "pid": 1, "started": "x", "token": "t", "touched": time.time() - 5}
+    _memory().pipe_file(key, json.dumps(fresh).encode())
+    with pytest.raises(StoreLockedError, match=OTHER_HOST):
+        with StoreLock(remote_store):
+            pass
+    _memory().pipe_file(key, json.dumps({**fresh, "touched": time.time() - STALE_AFTER - 5}).encode())
+    with StoreLock(remote_store):
+        assert _remote_owner(remote_store)["host"] == HOST
+
+
+def test_remote_heartbeat_rewrites_the_time(remote_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lock_module, "HEARTBEAT", 0.02)
+    with StoreLock(remote_store):
+        first = _remote_owner(remote_store)["touched"]
+        deadline = time.monotonic() + 5
+        while _remote_owner(remote_store)["touched"] == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _remote_owner(remote_store)["touched"] > first, "the heartbeat did not rewrite the lock"
+
+
+def test_remote_lock_without_conditional_writes_checks_then_writes(
+    remote_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    plain_pipe = MemoryFileSystem.pipe_file
+
+    def no_create_mode(self: Any, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> Any:
+        if mode == "create":
+            raise NotImplementedError("no conditional writes here")
+        return plain_pipe(self, path, value, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", no_create_mode)
+    with StoreLock(remote_store):
+        assert _remote_owner(remote_store)["pid"] == os.getpid()
+        with pytest.raises(StoreLockedError):
+            with StoreLock(remote_store):
+                pass
+    assert _remote_owner(remote_store) is None

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from conftest import SAMPLES, write_small_image
 from helpers import assert_error, assert_ok, read_store
+from pipeline.config import InputConfig
 from pipeline.sources.shapes import group_by_shape, group_name
 
 EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
@@ -51,7 +52,7 @@ def job(mixed: Path, tmp_path: Path, make_job, write_config):
 
 def test_groups_are_named_by_shape_in_order_of_appearance(mixed: Path) -> None:
     files = sorted(str(path) for path in mixed.iterdir())
-    split = group_by_shape(files, color="gray", skip_unreadable=False)
+    split = group_by_shape(files, InputConfig(paths=files))
     assert list(split.groups) == ["48x64", "30x40", "20x20"]
     assert [Path(s).name for s in split.groups["48x64"]] == ["a1.png", "c3.png"]
     assert split.shapes["30x40"] == (30, 40)

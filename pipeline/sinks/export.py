@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import imageio.v3 as iio
 import numpy as np
@@ -49,9 +49,10 @@ def export_images(
     fmt: ExportFormat = "png",
     normalize: ExportNormalize = "auto",
     indices: slice = slice(None),
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write images ``indices`` of ``store`` to ``outdir`` as ``<index>_<source name>.<ext>``."""
-    result = open_result(store)
+    """Write images ``indices`` of ``store`` (a folder or a URL) to ``outdir`` as ``<index>_<source name>.<ext>``."""
+    result = open_result(store, storage_options=storage_options)
     sources = result.sources
     chosen = range(len(sources))[indices]
     if not chosen:

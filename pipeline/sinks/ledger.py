@@ -7,17 +7,19 @@ Two small arrays inside the store, written only after a batch's chunk writes hav
                                       the group's attributes under "unreadable")
     ledger/stats   int64 (images, 2)  the source file's size and mtime (ns) when it was read
 
-Zarr's local store writes every chunk to a temporary file and renames it into place, so a run
-killed at any moment leaves each ledger chunk either before or after a batch, never half-written.
+Zarr's local store writes every chunk to a temporary file and renames it into place, and an
+object store writes each chunk in one request, so a run killed at any moment leaves each ledger
+chunk either before or after a batch, never half-written.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import zarr
+
+from pipeline.storage import file_stats  # noqa: F401 (the ledger's stats come from here)
 
 LEDGER = "ledger"
 LEDGER_CHUNK = 4096
@@ -33,18 +35,6 @@ def create_ledger(group: zarr.Group, count: int) -> None:
 def resize_ledger(group: zarr.Group, count: int) -> None:
     group[f"{LEDGER}/done"].resize((count,))
     group[f"{LEDGER}/stats"].resize((count, 2))
-
-
-def file_stats(paths: Sequence[str]) -> np.ndarray:
-    """(size, mtime_ns) per file; -1 for a file that cannot be stat-ed."""
-    stats = np.full((len(paths), 2), -1, dtype=np.int64)
-    for row, path in enumerate(paths):
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        stats[row] = (info.st_size, info.st_mtime_ns)
-    return stats
 
 
 def mark_done(group: zarr.Group, start: int, stop: int, stats: np.ndarray) -> None:

@@ -1,9 +1,15 @@
-"""One run per store at a time: an exclusive lock file beside the store, with a stale-lock rule.
+"""One run per store at a time: an exclusive lock beside the store, with a stale-lock rule.
 
-The lock ``<store>.lock`` holds the owner's host, pid and start time and is touched every
+The lock ``<store>.lock`` holds the owner's host, pid and start time and is refreshed every
 ``HEARTBEAT`` seconds while the run lives. A lock is stale, and is taken over, when its owner is on
-this host and its pid is gone (a killed run), or when it has not been touched for ``STALE_AFTER``
+this host and its pid is gone (a killed run), or when it has not been refreshed for ``STALE_AFTER``
 seconds (a run on another host that died with its machine).
+
+Beside a local store the lock is a file created with ``O_EXCL`` and refreshed by touching it.
+Beside a remote store (``s3://bucket/x.zarr``) it is an object, created only if absent (a
+conditional write where the filesystem offers one, as s3fs and memory:// do; otherwise a check
+then a write, which two runs starting in the same instant can both pass), and refreshed by
+rewriting it with the time in it, since object stores have no touch.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pipeline.errors import OutputError, StoreLockedError
+from pipeline.storage import explain, filesystem, is_remote
 
 HEARTBEAT = 30.0
 STALE_AFTER = 600.0
@@ -26,53 +34,82 @@ def lock_path(store: str) -> Path:
     return Path(str(store).rstrip("/") + ".lock")
 
 
+def _owner_record() -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "token": uuid.uuid4().hex,  # tells this run's lock from a later run's in the same process
+    }
+
+
 class StoreLock:
     """Context manager: hold the store's lock for the duration of a run."""
 
-    def __init__(self, store: str) -> None:
-        self.path = lock_path(store)
+    def __init__(self, store: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self._medium: _LockFile | _LockObject = (
+            _LockObject(store, storage_options) if is_remote(store) else _LockFile(store)
+        )
+        self.path = self._medium.path
+        self._owner = _owner_record()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
     def __enter__(self) -> StoreLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._medium.prepare()
         for _ in range(2):  # a second try after taking over a stale lock
-            if self._create():
+            if self._medium.create(self._owner):
                 self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="store-lock")
                 self._beat.start()
                 return self
-            owner = read_owner(self.path)
-            if owner is not None and not is_stale(owner, self.path):
+            owner = self._medium.read_owner()
+            if owner is not None and not self._medium.is_stale(owner):
                 raise StoreLockedError(
                     f"store is in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
                     f"since {owner.get('started')}); wait for it, or remove {str(self.path)!r} if that run is gone"
                 )
-            self._take_over()
+            self._medium.take_over(owner)
         raise StoreLockedError(f"could not take the lock {str(self.path)!r}; another run took it first")
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
-        try:
-            if (read_owner(self.path) or {}).get("pid") == os.getpid():
-                self.path.unlink()
-        except OSError:
-            pass
+        self._medium.release(self._owner)
 
-    def _create(self) -> bool:
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            if not self._medium.refresh(self._owner):
+                return
+
+
+class _LockFile:
+    """The lock as a local file: O_EXCL creation, rename to take over, mtime as the heartbeat."""
+
+    def __init__(self, store: str) -> None:
+        self.path = lock_path(store)
+
+    def prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def create(self, owner: dict[str, Any]) -> bool:
         try:
             handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
         except OSError as exc:
             raise OutputError(f"cannot create the lock {str(self.path)!r}: {exc.strerror or exc}") from None
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with os.fdopen(handle, "w") as file:
             json.dump(owner, file)
         return True
 
-    def _take_over(self) -> None:
+    def read_owner(self) -> dict[str, Any] | None:
+        return read_owner(self.path)
+
+    def is_stale(self, owner: dict[str, Any]) -> bool:
+        return is_stale(owner, self.path)
+
+    def take_over(self, owner: dict[str, Any] | None) -> None:
         # Rename first: of two runs taking over at once, only one rename succeeds.
         aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
         try:
@@ -81,12 +118,103 @@ class StoreLock:
         except FileNotFoundError:
             pass
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
+    def refresh(self, owner: dict[str, Any]) -> bool:
+        try:
+            os.utime(self.path)
+        except OSError:
+            return False
+        return True
+
+    def release(self, owner: dict[str, Any]) -> None:
+        try:
+            if (read_owner(self.path) or {}).get("token") == owner["token"]:
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+class _LockObject:
+    """The lock as an object beside a remote store; the time of its last refresh is written in it."""
+
+    def __init__(self, store: str, storage_options: Mapping[str, Any] | None) -> None:
+        self.path = store.rstrip("/") + ".lock"
+        self._options = storage_options
+        self._fs, self._key = filesystem(self.path, storage_options, where="output.path", error=OutputError)
+
+    def prepare(self) -> None:
+        """Object stores need no folder; the first write below says whether the bucket takes writes."""
+
+    def create(self, owner: dict[str, Any]) -> bool:
+        data = self._encode(owner)
+        try:
+            self._fs.pipe_file(self._key, data, mode="create")
+        except FileExistsError:
+            return False
+        except (NotImplementedError, TypeError, ValueError):  # no conditional write on this filesystem
+            return self._check_then_write(data)
+        except Exception as exc:
+            raise self._failure(exc) from None
+        return True
+
+    def _check_then_write(self, data: bytes) -> bool:
+        try:
+            self._fs.invalidate_cache(self._key)
+            if self._fs.exists(self._key):
+                return False
+            self._fs.pipe_file(self._key, data)
+        except Exception as exc:
+            raise self._failure(exc) from None
+        return True
+
+    def read_owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._fs.cat_file(self._key))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    def is_stale(self, owner: dict[str, Any]) -> bool:
+        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            return not _alive(owner["pid"])
+        touched = owner.get("touched")
+        return not isinstance(touched, (int, float)) or time.time() - touched > STALE_AFTER
+
+    def take_over(self, owner: dict[str, Any] | None) -> None:
+        # Delete only the stale lock that was judged: a lock rewritten since then is left alone.
+        # Between this read and the delete another run may take over too; the creation that
+        # follows is conditional, so at most one of them then holds the new lock.
+        if self.read_owner() != owner:
+            return
+        try:
+            self._fs.rm(self._key)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    def refresh(self, owner: dict[str, Any]) -> bool:
+        try:
+            self._fs.pipe_file(self._key, self._encode(owner))
+        except Exception:
+            return False
+        return True
+
+    def release(self, owner: dict[str, Any]) -> None:
+        try:
+            if (self.read_owner() or {}).get("token") == owner["token"]:
+                self._fs.rm(self._key)
+        except Exception:
+            pass  # a lock left behind is stale once its heartbeat stops
+
+    @staticmethod
+    def _encode(owner: dict[str, Any]) -> bytes:
+        return json.dumps({**owner, "touched": time.time()}).encode("utf-8")
+
+    def _failure(self, exc: BaseException) -> OutputError:
+        return OutputError(f"cannot create the lock {self.path!r}: {explain(exc, self._options)}")
 
 
 def read_owner(path: Path) -> dict[str, Any] | None:

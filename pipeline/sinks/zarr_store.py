@@ -10,40 +10,36 @@ Layout (OME-NGFF 0.5: the ``ome`` attributes describe levels "0", "1", … as on
         source_shapes/ each image's own shape, when smaller images were padded (input.shapes: pad)
         ledger/        which images are durably written (see ledger.py)
 
-With ``input.shapes: group`` the store is a group of such stores, one per image shape::
-
-    result.zarr/
-        zarr.json      attributes["pipeline"] = provenance, status and "groups": {name: shape}
-        48x64/         a result store as above, for the images of that shape
-        512x512/       …
+With ``input.shapes: group`` the store is a group of such stores, one per image shape (see
+grouped.py).
 
 ``status`` is ``running`` while chunks are written (and stays so if the run is killed),
 ``failed`` (with the error) if the run stops on an error, and ``complete`` only after every image
 is recorded as written.
+
+A store may also live at an fsspec URL (``s3://bucket/x.zarr``): zarr writes it through its
+FsspecStore with ``output.storage_options``, and every function here takes those options.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import dask.array as da
-import numcodecs
-from numcodecs.abc import Codec as V2Codec
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.sinks.codecs import CODECS, V2_CODECS, describe_codec
 from pipeline.sinks.layout import StoreLayout, aligned_chunks, level_shape, level_shards, ome_metadata
 from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledger
+from pipeline.storage import explain, filesystem, is_remote, is_remote_failure, local_or_url
 
 RESULT_ARRAY = "0"
 MAX_LEVELS = 16
@@ -52,20 +48,10 @@ SHAPES_ARRAY = "source_shapes"
 ATTRS_KEY = "pipeline"
 SOURCES_PER_CHUNK = 65536
 
-CODECS = {
-    "blosc-lz4": lambda: [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
-    "blosc-zstd": lambda: [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
-    "zstd": lambda: [ZstdCodec(level=3)],
-    "none": lambda: None,
-}
-# The same compression for Zarr v2 stores (output.format: ome-0.4), from numcodecs.
-V2_CODECS = {
-    "blosc-lz4": lambda: [numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)],
-    "blosc-zstd": lambda: [numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)],
-    "zstd": lambda: [numcodecs.Zstd(level=3)],
-    "none": lambda: None,
-}
-# Where a group keeps its attributes: Zarr v3, then v2.
+Options = Mapping[str, Any] | None
+
+__all__ = ["CODECS", "StoreLayout", "describe_codec", "level_shape"]  # also imported from here
+# Where a group keeps its attributes: Zarr v3, then v2 (output.format: ome-0.4).
 METADATA_FILES = (("zarr.json", lambda meta: meta.get("attributes", {})), (".zattrs", lambda meta: meta))
 
 
@@ -73,8 +59,21 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def check_output_path(path: str) -> bool:
-    """Fail early, before any work, if no store can live at ``path``; say whether one exists."""
+def open_group(path: str, mode: str, storage_options: Options = None, **kwargs: Any) -> zarr.Group:
+    """The zarr group at a local path, or at a URL through zarr's fsspec store."""
+    if is_remote(path):
+        return zarr.open_group(path, mode=mode, storage_options=dict(storage_options or {}), **kwargs)
+    return zarr.open_group(path, mode=mode, **kwargs)
+
+
+def check_output_path(path: str, storage_options: Options = None) -> bool:
+    """Fail early, before any work, if no store can live at ``path``; say whether one exists.
+
+    On a remote store nothing says in advance whether it is writable: the lock object, written
+    before this check, is the first write and fails with the reason.
+    """
+    if is_remote(path):
+        return _check_remote_output(path, storage_options)
     target = Path(path)
     if target.is_file():
         raise OutputError(f"output.path {path!r} is a file; give a directory name for the Zarr store")
@@ -92,34 +91,37 @@ def check_output_path(path: str) -> bool:
     return exists
 
 
-def check_not_inside_inputs(path: str, inputs: str | Sequence[str]) -> None:
-    """A store inside an input folder would be listed as input by the next run of a glob."""
-    store = Path(path).resolve()
-    entries = [inputs] if isinstance(inputs, str) else inputs
-    for entry in entries:
-        if glob.has_magic(entry):  # the folder part before the first wildcard
-            prefix = re.split(r"[*?\[]", entry, maxsplit=1)[0]
-            folder = (Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent).resolve()
-        elif Path(entry).is_dir():
-            folder = Path(entry).resolve()
-        else:
-            continue  # single files: nothing of the store can be listed as input
-        if store == folder or folder in store.parents:
-            raise OutputError(
-                f"output.path {path!r} is inside the input folder {str(folder)!r}; "
-                f"write the store elsewhere so it is never read back as input"
-            )
+def _check_remote_output(path: str, storage_options: Options) -> bool:
+    fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
+    try:
+        fs.invalidate_cache(root)  # zarr writes through another instance, which does not clear this one's
+        if fs.isfile(root):
+            raise OutputError(f"output.path {path!r} is an object (a file); give a prefix for the Zarr store")
+        try:
+            exists = bool(fs.ls(root))
+        except FileNotFoundError:
+            exists = False
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"output.path {path!r}: {explain(exc, storage_options)}") from None
+    if exists and stored_status(path, storage_options) is None:
+        raise OutputError(
+            f"refusing to write into {path!r}: it is not a store written by this pipeline; "
+            f"choose another output.path"
+        )
+    return exists
 
 
 def _written_by_us(target: Path) -> bool:
     return stored_status(str(target)) is not None
 
 
-def stored_status(path: str) -> str | None:
+def stored_status(path: str, storage_options: Options = None) -> str | None:
     """The status a store of ours records ("creating" if a run died while making it), else None."""
     for name, attributes in METADATA_FILES:
         try:
-            meta = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+            meta = json.loads(_read_group_metadata(path, storage_options, name))
         except (OSError, ValueError):
             continue
         ours = attributes(meta).get(ATTRS_KEY) if isinstance(meta, dict) else None
@@ -132,20 +134,48 @@ def level_arrays(group: zarr.Group) -> list[zarr.Array]:
     return [group[str(level)] for level in range(MAX_LEVELS) if str(level) in group]
 
 
+def _read_group_metadata(path: str, storage_options: Options, name: str = "zarr.json") -> str:
+    if not is_remote(path):
+        return (Path(path) / name).read_text(encoding="utf-8")
+    fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
+    try:
+        return fs.cat_file(f"{root.rstrip('/')}/{name}").decode("utf-8")
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:
+        raise OutputError(f"output.path {path!r}: {explain(exc, storage_options)}") from None
+
+
+def _remove(path: str, storage_options: Options) -> None:
+    """Delete a store (check_output_path has established that it is one of ours)."""
+    if not is_remote(path):
+        if Path(path).exists():
+            shutil.rmtree(path)
+        return
+    fs, root = filesystem(path, storage_options, where="output.path", error=OutputError)
+    try:
+        fs.rm(root, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
 def create_store(
-    path: str, layout: StoreLayout, *, sources: tuple[str, ...], provenance: dict[str, Any]
+    path: str,
+    layout: StoreLayout,
+    *,
+    sources: tuple[str, ...],
+    provenance: dict[str, Any],
+    storage_options: Options = None,
 ) -> zarr.Array:
     """Replace whatever is at ``path`` with a fresh store in status ``running``; return the result array."""
-    target = Path(path)
-    if target.exists():
-        shutil.rmtree(target)  # check_output_path has established that it is one of ours
     try:
+        _remove(path, storage_options)
         # The attributes come first: a run killed while creating leaves a store that is ours.
         attributes: dict[str, Any] = {ATTRS_KEY: {**provenance, "status": "creating"}}
         if layout.ome:
             attributes.update(ome_metadata(layout.dimension_names, layout.levels, layout.ome_version))
         v2 = layout.zarr_format == 2
-        group = zarr.open_group(str(target), mode="w", attributes=attributes, zarr_format=layout.zarr_format)
+        group = open_group(path, "w", storage_options, attributes=attributes, zarr_format=layout.zarr_format)
         for level in range(layout.levels):
             names = list(layout.dimension_names)
             group.create_array(
@@ -175,14 +205,17 @@ def create_store(
             "status": "running",
             "sources": {"array": SOURCES_ARRAY, "count": len(sources)},
         }
-    except OSError as exc:
-        raise OutputError(f"cannot create output store {path!r}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_remote_failure(exc)):
+            raise
+        reason = explain(exc, storage_options) if is_remote(path) else exc.strerror or exc
+        raise OutputError(f"cannot create output store {path!r}: {reason}") from None
     return array
 
 
-def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
+def append_sources(path: str, new_sources: Sequence[str], storage_options: Options = None) -> zarr.Array:
     """Grow the store along the image axis for ``new_sources``; return the (resized) result array."""
-    group = zarr.open_group(path, mode="r+")
+    group = open_group(path, "r+", storage_options)
     old = group[SOURCES_ARRAY].shape[0]
     count = old + len(new_sources)
     names = group[SOURCES_ARRAY]
@@ -195,9 +228,11 @@ def append_sources(path: str, new_sources: Sequence[str]) -> zarr.Array:
     return group[RESULT_ARRAY]
 
 
-def record_source_shapes(path: str, start: int, shapes: Sequence[tuple[int, ...]]) -> None:
+def record_source_shapes(
+    path: str, start: int, shapes: Sequence[tuple[int, ...]], storage_options: Options = None
+) -> None:
     """Each image's own shape before padding (input.shapes: pad), from index ``start`` on."""
-    group = zarr.open_group(path, mode="r+")
+    group = open_group(path, "r+", storage_options)
     rows = np.asarray(shapes, dtype=np.int64).reshape(len(shapes), -1)
     if SHAPES_ARRAY not in group:
         group.create_array(SHAPES_ARRAY, shape=(0, rows.shape[1]), chunks=(SOURCES_PER_CHUNK, rows.shape[1]), dtype="int64")
@@ -207,7 +242,13 @@ def record_source_shapes(path: str, start: int, shapes: Sequence[tuple[int, ...]
 
 
 def remove_partial_writes(path: str) -> int:
-    """Delete the temporary files of chunk writes cut short by a killed run; return how many."""
+    """Delete the temporary files of chunk writes cut short by a killed run; return how many.
+
+    A remote store has none: an object store writes each chunk in one request, which lands whole
+    or not at all.
+    """
+    if is_remote(path):
+        return 0
     removed = 0
     for leftover in Path(path).rglob("*.partial"):
         leftover.unlink(missing_ok=True)
@@ -222,7 +263,7 @@ def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> Any
     every dask chunk must cover whole zarr chunks; anything else is refused rather than risk lost
     writes. A sharded array's writes are cut at shard edges, so each shard it touches is written by
     one task; a shard begun by an earlier batch is completed by one task of this one. Writes
-    computed together must not share a shard (see run._write_batch).
+    computed together must not share a shard (see batches._write_batch).
     """
     if target.shards is not None:  # one task per shard it touches: cut the result at shard edges
         result = result.rechunk(
@@ -237,9 +278,9 @@ def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> Any
     return da.store(result, target, regions=region, lock=False, compute=False)
 
 
-def set_status(path: str, status: str, **fields: Any) -> None:
+def set_status(path: str, status: str, *, storage_options: Options = None, **fields: Any) -> None:
     """Update the status (and e.g. the finish time or the error) in the group's attributes."""
-    group = zarr.open_group(path, mode="r+")
+    group = open_group(path, "r+", storage_options)
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], **fields, "status": status}
 
 
@@ -300,73 +341,38 @@ class StoredResult:
         }
 
 
-def create_grouped_root(path: str, provenance: dict[str, Any]) -> None:
-    """Replace whatever is at ``path`` with an empty store of shape groups, in status ``running``."""
-    target = Path(path)
-    if target.exists():
-        shutil.rmtree(target)  # check_output_path has established that it is one of ours
-    try:
-        zarr.open_group(str(target), mode="w", attributes={ATTRS_KEY: {**provenance, "status": "running", "groups": {}}})
-    except OSError as exc:
-        raise OutputError(f"cannot create output store {path!r}: {exc.strerror or exc}") from None
-
-
-def stored_groups(path: str) -> dict[str, list[int]] | None:
-    """A grouped store's groups (name → image shape), or None for a store of one result."""
-    try:
-        attrs = zarr.open_group(path, mode="r").attrs.get(ATTRS_KEY, {})
-    except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError):
-        return None
-    groups = attrs.get("groups")
-    return dict(groups) if isinstance(groups, dict) else None
-
-
-def record_groups(path: str, groups: dict[str, Sequence[int]], unreadable: Sequence[tuple[str, str]]) -> None:
-    """Add groups to a grouped store's list, and note files whose headers could not be read."""
-    group = zarr.open_group(path, mode="r+")
-    attrs = group.attrs[ATTRS_KEY]
-    known = {**attrs.get("groups", {}), **{name: list(shape) for name, shape in groups.items()}}
-    skipped = [{"source": source, "reason": reason} for source, reason in unreadable]
-    group.attrs[ATTRS_KEY] = {**attrs, "groups": known, "unreadable": skipped}
-
-
-def grouped_summary(path: str) -> dict[str, Any]:
-    """What `pipeline inspect` shows for a grouped store: its status and each group's progress."""
-    attrs = dict(zarr.open_group(path, mode="r").attrs.get(ATTRS_KEY, {}))
-    groups = []
-    for name, shape in attrs.get("groups", {}).items():
-        member = os.path.join(path, name)
-        try:
-            stored = open_result(member)
-            images, written, status = stored.array.shape[0], int((stored.flags == 1).sum()), stored.status
-        except InputError:  # a run killed before this group's store was created
-            images, written, status = 0, 0, "not started"
-        groups.append({"group": name, "store": member, "shape": shape, "images": images, "written": written, "status": status})
-    return {
-        "store": path,
-        "status": attrs.get("status", "unknown"),
-        **{key: attrs.get(key) for key in ("version", "started", "finished", "error")},
-        "groups": groups,
-        "unreadable": attrs.get("unreadable", []),
-    }
-
-
-def open_result(path: str, *, mode: Literal["r", "r+"] = "r") -> StoredResult:
+def open_result(path: str, *, mode: Literal["r", "r+"] = "r", storage_options: Options = None) -> StoredResult:
     """Open a store written by this pipeline: for reading (inspect, export) or ``r+`` to resume it."""
-    if not Path(path).is_dir():
+    path = local_or_url(path)
+    if not _store_exists(path, storage_options):
         raise InputError(f"store {path!r} does not exist")
-    groups = stored_groups(path)
+    groups = stored_groups(path, storage_options)
     if groups:
         raise InputError(
             f"store {path!r} holds one result per image shape (input.shapes: group): "
-            f"{', '.join(groups)}; name one, e.g. {os.path.join(path, next(iter(groups)))!r}"
+            f"{', '.join(groups)}; name one, e.g. {path.rstrip('/') + '/' + next(iter(groups))!r}"
         )
     try:
-        group = zarr.open_group(path, mode=mode)
+        group = open_group(path, mode, storage_options)
         array = group[RESULT_ARRAY]
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.BaseZarrError):
         raise InputError(f"{path!r} is not a store written by this pipeline (no group with array '0')") from None
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_remote_failure(exc)):
+            raise
+        raise InputError(f"store {path!r} cannot be read: {explain(exc, storage_options)}") from None
     return StoredResult(path=path, group=group, array=array, provenance=dict(group.attrs.get(ATTRS_KEY, {})))
+
+
+def _store_exists(path: str, storage_options: Options) -> bool:
+    if not is_remote(path):
+        return Path(path).is_dir()
+    fs, root = filesystem(path, storage_options, where="store")
+    try:
+        fs.invalidate_cache(root)  # zarr writes through another instance, which does not clear this one's
+        return bool(fs.exists(root))
+    except Exception as exc:
+        raise InputError(f"store {path!r} cannot be read: {explain(exc, storage_options)}") from None
 
 
 def dimension_names(array: zarr.Array) -> tuple[str, ...]:
@@ -375,17 +381,11 @@ def dimension_names(array: zarr.Array) -> tuple[str, ...]:
     return tuple(names or ())
 
 
-def describe_codec(array: zarr.Array) -> str:
-    codecs = array.compressors
-    if not codecs:
-        return "none"
-    parts = []
-    for codec in codecs:
-        if isinstance(codec, V2Codec):  # Zarr v2
-            config = codec.get_config()
-            name = config.pop("id")
-        else:
-            name, config = codec.to_dict()["name"], codec.to_dict().get("configuration", {})
-        detail = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in config.items() if k not in ("typesize", "blocksize"))
-        parts.append(f"{name}({detail})")
-    return " + ".join(parts)
+def stored_groups(path: str, storage_options: Options = None) -> dict[str, list[int]] | None:
+    """A grouped store's groups (name → image shape), or None for a store of one result."""
+    try:
+        attrs = open_group(path, "r", storage_options).attrs.get(ATTRS_KEY, {})
+    except Exception:  # absent or unreachable: whoever opens it next says why
+        return None
+    groups = attrs.get("groups")
+    return dict(groups) if isinstance(groups, dict) else None

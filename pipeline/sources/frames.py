@@ -10,8 +10,10 @@ store's source list, in the ledger's positions and in messages.
 
 from __future__ import annotations
 
+import io
+import os
 import re
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,6 +21,9 @@ import tifffile
 from PIL import Image
 
 from pipeline.errors import InputError
+from pipeline.storage import is_remote, opened, read_bytes
+
+Options = Mapping[str, Any] | None
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Formats that can hold several frames; others are always one image per file.
@@ -46,23 +51,24 @@ def frame_sources(files: Sequence[str], frames: int) -> list[str]:
     return [f"{path}#{frame}" for path in files for frame in range(frames)]
 
 
-def frame_count(path: str) -> int:
+def frame_count(path: str, storage_options: Options = None) -> int:
     """Pages of a TIFF, frames of a GIF/APNG/WebP, 1 for every other format (header only)."""
     if not path.lower().endswith(MULTI_FRAME_SUFFIXES):
         return 1
     try:
-        if path.lower().endswith(TIFF_SUFFIXES):
-            with tifffile.TiffFile(path) as tiff:
-                return len(tiff.pages)
-        with Image.open(path) as image:
-            return int(getattr(image, "n_frames", 1))
+        with opened(path, storage_options) as source:
+            if path.lower().endswith(TIFF_SUFFIXES):
+                with tifffile.TiffFile(source) as tiff:
+                    return len(tiff.pages)
+            with Image.open(source) as image:
+                return int(getattr(image, "n_frames", 1))
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
 
-def check_frames(path: str, expected: int, reference: str) -> None:
+def check_frames(path: str, expected: int, reference: str, storage_options: Options = None) -> None:
     """Refuse a file whose frame count differs from the collection's (learnt from ``reference``)."""
-    found = frame_count(path)
+    found = frame_count(path, storage_options)
     if found != expected:
         raise InputError(
             f"image {path!r} holds {found} frames (pages) but {reference!r}, the first file, holds {expected}; "
@@ -71,25 +77,30 @@ def check_frames(path: str, expected: int, reference: str) -> None:
         )
 
 
-def read_frame(path: str, frame: int) -> np.ndarray:
-    """One page of a TIFF or one frame of an animation, channels last."""
+def read_frame(path: str, frame: int, storage_options: Options = None) -> np.ndarray:
+    """One page of a TIFF or one frame of an animation, channels last (a remote file in one request)."""
     try:
+        source: Any = io.BytesIO(read_bytes(path, storage_options)) if is_remote(path) else path
         if path.lower().endswith(TIFF_SUFFIXES):
-            return tifffile.imread(path, key=frame)
-        return iio.imread(path, index=frame)
+            return tifffile.imread(source, key=frame)
+        return iio.imread(source, index=frame, extension=os.path.splitext(path)[1].lower())
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
 
-def frame_pixels(path: str, frame: int | None) -> int:
-    """Pixels of one frame (``frame``) or of the whole file, from the header: the bomb check's count."""
+def frame_pixels(path: str, frame: int | None, storage_options: Options = None, *, data: bytes | None = None) -> int:
+    """Pixels of one frame (``frame``) or of the whole file, from the header: the bomb check's count.
+
+    ``data``: the file's bytes, when a remote file has already been fetched whole.
+    """
     try:
-        if path.lower().endswith(TIFF_SUFFIXES):
-            with tifffile.TiffFile(path) as tiff:
-                pages = tiff.pages if frame is None else [tiff.pages[frame]]
-                return sum(int(np.prod(page.shape[:2])) for page in pages)
-        with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1) if frame is None else 1
-            return image.size[0] * image.size[1] * frames
+        with opened(path, storage_options) if data is None else io.BytesIO(data) as source:
+            if path.lower().endswith(TIFF_SUFFIXES):
+                with tifffile.TiffFile(source) as tiff:
+                    pages = tiff.pages if frame is None else [tiff.pages[frame]]
+                    return sum(int(np.prod(page.shape[:2])) for page in pages)
+            with Image.open(source) as image:
+                frames = getattr(image, "n_frames", 1) if frame is None else 1
+                return image.size[0] * image.size[1] * frames
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None

@@ -7,26 +7,26 @@ decoded inside its own task, converted to the compute dtype on the input's own s
 
 from __future__ import annotations
 
-import glob
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 import cv2
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
 import tifffile
-from natsort import natsorted, ns
 from PIL import Image
 
 from pipeline.errors import InputError
-from pipeline.sources.frames import check_frames, frame_count, frame_pixels, read_frame, split_source
-from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
+from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, frame_pixels, read_frame, split_source
+from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
+from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
 from pipeline.sources.volume import SLAB, stack_shape, stack_volumes, volume_shape
+from pipeline.storage import absolute, is_remote, opened, read_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "probe", "read_image", "stack_images"]
+
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
 # Refuse images declaring more pixels than this before decoding them (input.max_pixels).
 DEFAULT_MAX_PIXELS = 1 << 30
@@ -50,47 +50,6 @@ class ImageCollection:
         return sum(axis in ("z", "y", "x") for axis in self.axes)
 
 
-def list_images(paths: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Expand globs and directories into a naturally sorted list of files, without opening any.
-
-    Entries keep the order they are given in; files within an entry are sorted naturally
-    (``img2`` before ``img10``). A file named twice is kept once, at its first place.
-    """
-    entries = [paths] if isinstance(paths, str) else list(paths)
-    found: list[str] = []
-    for entry in entries:
-        found.extend(_expand(entry))
-    return list(dict.fromkeys(found))
-
-
-def _expand(entry: str) -> list[str]:
-    if glob.has_magic(entry):
-        # Listing must not stat a million files: a name with an image suffix is taken as a file.
-        matches = [
-            path
-            for path in glob.glob(entry, recursive=True)
-            if path.lower().endswith(IMAGE_SUFFIXES) or os.path.isfile(path)
-        ]
-        if not matches:
-            raise InputError(f"input.paths: {entry!r} matches no files; check the pattern and the working directory")
-        return natsorted(matches, alg=ns.PATH)
-    if os.path.isdir(entry):
-        with os.scandir(entry) as listing:
-            matches = [
-                item.path
-                for item in listing
-                if item.name.lower().endswith(IMAGE_SUFFIXES) and item.is_file()
-            ]
-        if not matches:
-            raise InputError(
-                f"input.paths: directory {entry!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        return natsorted(matches, alg=ns.PATH)
-    if os.path.isfile(entry):
-        return [entry]
-    raise InputError(f"input.paths: {entry!r} does not exist")
-
-
 @dataclass(frozen=True)
 class ImageSpec:
     """What every image of a collection must look like, learnt from its first file."""
@@ -104,6 +63,8 @@ class ImageSpec:
     volume: bool = False  # each file a (z, y, x) stack, read slice by slice
     pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
     frames: int = 1  # frames (pages) of each file: each frame is one image (see sources/frames.py)
+    # fsspec options for remote files (input.storage_options); handed to every decode task
+    storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -130,25 +91,32 @@ def probe(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tile: str | int = "auto",
     layout: str = "images",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape.
 
     ``path`` is a file or one frame of one (``stack.tif#0``).
     """
+    options = dict(storage_options or {})
     if layout == "volume":
-        check_size(path, max_pixels)
+        check_size(path, max_pixels, options)
         if color != "gray":
             raise InputError("input.layout: volume reads gray stacks; set input.color: gray")
+        if is_remote(path):
+            raise InputError(
+                f"input.layout: volume reads local TIFF stacks slice by slice; {path!r} is remote — "
+                f"copy the stacks to a local disk first", path
+            )
         raw = stack_shape(path)
         return ImageSpec(
             shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
             raw_shape=raw, volume=True,
         )
     file, frame = split_source(path)
-    frames = frame_count(file)
+    frames = frame_count(file, options)
     # Each frame is one image, read on its own: the pixel limit applies to one frame.
-    check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels)
-    raw = _raw_shape(path)
+    check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels, options)
+    raw = _raw_shape(path, options)
     shape = _converted_shape(path, raw, color)
     return ImageSpec(
         shape=shape,
@@ -157,6 +125,7 @@ def probe(
         max_pixels=max_pixels,
         raw_shape=raw,
         tile=choose_tile(path, tile, raw),
+        storage_options=options,
         frames=frames,
     )
 
@@ -164,7 +133,8 @@ def probe(
 def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
 
-    Tasks get absolute paths: a distributed worker may run in another directory. Huge TIFFs
+    Tasks get absolute paths (a distributed worker may run in another directory), or URLs and
+    the storage options: each task opens its own file, whatever process it runs in. Huge TIFFs
     (``spec.tile``) are read by tiles instead, one task per tile.
     """
     if spec.volume:
@@ -175,7 +145,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
             color=spec.color, dtype=dtype, reference=spec.reference, frames=spec.frames,
         )
     names = np.empty(len(sources), dtype=object)
-    names[:] = [os.path.abspath(source) for source in sources]
+    names[:] = [absolute(source) for source in sources]
     return da.from_array(names, chunks=1, name=False).map_blocks(
         _read_block,
         new_axis=list(range(1, 1 + len(spec.shape))),
@@ -188,6 +158,7 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         out_dtype=dtype,
         max_pixels=spec.max_pixels,
         pad_value=spec.pad_value,
+        storage_options=dict(spec.storage_options),
         frames=spec.frames,
     )
 
@@ -206,30 +177,38 @@ def fits_inside(small: tuple[int, ...], large: tuple[int, ...]) -> bool:
     return len(small) == len(large) and small[:-2] == large[:-2] and all(a <= b for a, b in zip(small, large))
 
 
-def declared_shape(path: str, color: Color) -> tuple[int, ...]:
+def declared_shape(path: str, color: Color, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """An image's shape after colour handling, from its header (no decoding)."""
-    return _converted_shape(path, _raw_shape(path), color)
+    return _converted_shape(path, _raw_shape(path, storage_options), color)
 
 
-def declared_dtype(source: str) -> np.dtype:
+def declared_dtype(source: str, storage_options: Mapping[str, Any] | None = None) -> np.dtype:
     """The pixel type a file stores, from its header."""
     path, _ = split_source(source)
     try:
-        if path.lower().endswith(TIFF_SUFFIXES):
-            with tifffile.TiffFile(path) as tiff:
-                return np.dtype(tiff.pages[0].dtype)
-        return np.dtype(iio.improps(path).dtype)
+        with opened(path, storage_options) as source:
+            if path.lower().endswith(TIFF_SUFFIXES):
+                with tifffile.TiffFile(source) as tiff:
+                    return np.dtype(tiff.pages[0].dtype)
+            return np.dtype(iio.improps(source, extension=_suffix(path)).dtype)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
 
-def _raw_shape(source: str) -> tuple[int, ...]:
+def _suffix(path: str) -> str | None:
+    """The extension hint imageio needs for a remote file object (a local path carries its own)."""
+    suffix = os.path.splitext(path)[1].lower()
+    return suffix if suffix in IMAGE_SUFFIXES else None
+
+
+def _raw_shape(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """The stored (y, x[, c]) shape of one image: a file's first page or frame, or the named one."""
     path, frame = split_source(source)
     if path.lower().endswith(TIFF_SUFFIXES):
-        return tiff_layout(source)[0]
+        return tiff_layout(source, storage_options)[0]
     try:
-        return tuple(iio.improps(path, index=frame or 0).shape)  # one frame, of animations too
+        with opened(path, storage_options) as file:  # one frame, of animations too
+            return tuple(iio.improps(file, extension=_suffix(path), index=frame or 0).shape)
     except Exception as exc:  # imageio raises many types for unreadable files
         raise InputError.unreadable(path, exc) from None
 
@@ -245,13 +224,15 @@ def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int
     )
 
 
-def check_size(source: str, max_pixels: int) -> None:
+def check_size(
+    source: str, max_pixels: int, storage_options: Mapping[str, Any] | None = None, *, data: bytes | None = None
+) -> None:
     """Refuse a decompression bomb (a small file declaring a huge image) before decoding it.
 
     A whole file counts (all its pages), or one frame when only that frame is read.
     """
     path, frame = split_source(source)
-    declared = frame_pixels(path, frame)
+    declared = frame_pixels(path, frame, storage_options, data=data)
     if declared > max_pixels:
         raise InputError(
             f"image {path!r} declares {declared:,} pixels, above input.max_pixels = {max_pixels:,}; "
@@ -260,19 +241,26 @@ def check_size(source: str, max_pixels: int) -> None:
         )
 
 
-def decode(source: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
+def decode(
+    source: str, *, max_pixels: int | None = None, storage_options: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, bool]:
     """Pixels of one file, channels last, and whether their colour order is BGR (OpenCV's).
 
     JPEG goes through OpenCV: the same libjpeg-turbo pixels as Pillow's, about 40% faster, and
     CMYK files come out as colour. Everything else, and the message for an unreadable JPEG,
-    comes from imageio. With ``max_pixels`` the header is checked first. ``source`` is a file or
+    comes from imageio. With ``max_pixels`` the header is checked first. A remote file is
+    fetched whole in one request and decoded from its bytes the same way. ``source`` is a file or
     one frame of one (``stack.tif#3``).
     """
-    if max_pixels is not None:
-        check_size(source, max_pixels)
     path, frame = split_source(source)
     if frame is not None:
-        return read_frame(path, frame), False
+        if max_pixels is not None:
+            check_size(source, max_pixels, storage_options)
+        return read_frame(path, frame, storage_options), False
+    if is_remote(path):
+        return _decode_bytes(path, _fetch(path, storage_options), max_pixels)
+    if max_pixels is not None:
+        check_size(path, max_pixels)
     if path.lower().endswith(OPENCV_SUFFIXES) and _ends_like_jpeg(path):
         pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # UNCHANGED: no EXIF rotation, as imageio
         if pixels is not None:
@@ -281,6 +269,31 @@ def decode(source: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, b
         pixels = iio.imread(path)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
+    return _one_frame(path, pixels), False
+
+
+def _fetch(path: str, storage_options: Mapping[str, Any] | None) -> bytes:
+    try:
+        return read_bytes(path, storage_options)
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+
+
+def _decode_bytes(path: str, data: bytes, max_pixels: int | None) -> tuple[np.ndarray, bool]:
+    if max_pixels is not None:
+        check_size(path, max_pixels, data=data)
+    if path.lower().endswith(OPENCV_SUFFIXES) and data[-2:] == b"\xff\xd9":
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if pixels is not None:
+            return pixels, pixels.ndim == 3
+    try:
+        pixels = iio.imread(data, extension=_suffix(path))
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+    return _one_frame(path, pixels), False
+
+
+def _one_frame(path: str, pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 4:  # frames first (GIF): one frame is one image
         if pixels.shape[0] != 1:
             raise InputError(
@@ -289,7 +302,7 @@ def decode(source: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, b
                 path,
             )
         pixels = pixels[0]
-    return pixels, False
+    return pixels
 
 
 def _ends_like_jpeg(path: str) -> bool:
@@ -313,6 +326,7 @@ def read_image(
     color: Color = "gray",
     dtype: str = "float32",
     max_pixels: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     frames: int | None = None,
     reference: str = "",
 ) -> np.ndarray:
@@ -321,8 +335,8 @@ def read_image(
     With ``frames``, the file must hold that many frames, as ``reference`` (the first file) does.
     """
     if frames is not None:
-        check_frames(split_source(source)[0], frames, reference)
-    pixels, bgr = decode(source, max_pixels=max_pixels)
+        check_frames(split_source(source)[0], frames, reference, storage_options)
+    pixels, bgr = decode(source, max_pixels=max_pixels, storage_options=storage_options)
     _converted_shape(source, pixels.shape, color)  # rejects shapes we cannot interpret
     return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr)
 
@@ -354,11 +368,13 @@ def _read_block(
     out_dtype: str,
     max_pixels: int,
     pad_value: float | None,
+    storage_options: dict[str, Any],
     frames: int,
 ) -> np.ndarray:
     path = names.item()
     image = read_image(
-        path, color=color, dtype=out_dtype, max_pixels=max_pixels, frames=frames, reference=reference
+        path, color=color, dtype=out_dtype, max_pixels=max_pixels, storage_options=storage_options,
+        frames=frames, reference=reference,
     )
     if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
         extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]

@@ -8,10 +8,13 @@ in the order their first image appears.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from pipeline.errors import InputError
-from pipeline.sources.images import Color, declared_shape
+from pipeline.sources.images import declared_shape
+
+if TYPE_CHECKING:
+    from pipeline.config import InputConfig
 
 
 @dataclass(frozen=True)
@@ -25,16 +28,16 @@ def group_name(shape: Sequence[int]) -> str:
     return "x".join(str(n) for n in shape)
 
 
-def group_by_shape(sources: Sequence[str], *, color: Color, skip_unreadable: bool) -> ShapeGroups:
+def group_by_shape(sources: Sequence[str], settings: InputConfig) -> ShapeGroups:
     """Split ``sources`` by their declared shape; unreadable headers fail, or are set aside with skip."""
     groups: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     unreadable: list[tuple[str, str]] = []
     for source in sources:
         try:
-            shape = declared_shape(source, color)
+            shape = declared_shape(source, settings.color, settings.storage_options)
         except InputError as exc:
-            if not skip_unreadable:
+            if settings.on_error != "skip":
                 raise
             unreadable.append((source, str(exc)))
             continue

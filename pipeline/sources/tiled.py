@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
@@ -18,20 +18,23 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, split_source
+from pipeline.storage import is_remote, opened
 
 # `tile: auto` reads a TIFF by tiles once it holds more pixels than this (16 MPix: 64 MiB as float32).
 AUTO_TILE_ABOVE = 4096 * 4096
 AUTO_TILE = 2048
 
 
-def tiff_layout(source: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+def tiff_layout(
+    source: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[tuple[int, ...], tuple[int, int] | None]:
     """A page's shape and its tile size (None for strips), from the header only.
 
     The first page of a file, or the named one of a frame (``huge.tif#2``).
     """
     path, frame = split_source(source)
     try:
-        with tifffile.TiffFile(path) as tiff:
+        with opened(path, storage_options) as file, tifffile.TiffFile(file) as tiff:
             page = tiff.pages[frame or 0]
             tile = (page.tilelength, page.tilewidth) if page.is_tiled else None
             return tuple(page.shape), tile
@@ -40,9 +43,19 @@ def tiff_layout(source: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
 
 
 def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """The (y, x) tile to read ``path`` by, or None to read it whole."""
-    if setting == "whole":
+    """The (y, x) tile to read ``path`` by, or None to read it whole.
+
+    Remote files are read whole (one request each): tile reads would need a ranged request per
+    tile from every task, which this reader does not do.
+    """
+    if setting == "whole" or (setting == "auto" and is_remote(path)):
         return None
+    if is_remote(path):
+        raise InputError(
+            f"input.tile: {path!r} is remote; only local TIFF files are read by tiles "
+            f"(set input.tile: whole or auto, or copy the file to a local disk)",
+            path,
+        )
     if not split_source(path)[0].lower().endswith(TIFF_SUFFIXES):
         if setting == "auto":
             return None

@@ -1,0 +1,126 @@
+"""Writing a plan's pending images batch by batch, each recorded in the ledger once it is on disk.
+
+A batch is one dask computation: its chunk writes, then the ledger entry. With ``input.on_error:
+skip`` an unreadable file is recorded and its batch computed again without it. Batches and writes
+never let two tasks write one zarr chunk or shard at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import InputError
+from pipeline.events import Reporter
+from pipeline.execution import Executor
+from pipeline.plan import JobPlan
+from pipeline.sinks.layout import shard_shape
+from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
+from pipeline.sinks.zarr_store import level_arrays, open_result, write_lazily
+from pipeline.sources.frames import source_file
+from pipeline.storage import absolute, file_stats
+
+log = logging.getLogger(__name__)
+
+# Auto batches: enough of them to checkpoint often, few enough images each to bound the graph.
+MAX_AUTO_BATCH = 512
+MIN_BATCHES = 20
+BATCH_MEMORY = 2 * 1024**3  # the results of one batch, were a scheduler to hold them all
+
+
+def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
+    """The configured batch size, or one from the image count, the workers and a memory bound."""
+    chosen = config.execution.batch_size
+    if chosen != "auto":
+        return chosen
+    image_bytes = max(1, int(np.prod(plan.image_shape)) * np.dtype(plan.compute_dtype).itemsize)
+    by_count = math.ceil(len(plan.sources) / MIN_BATCHES)
+    size = max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
+    # Whole shards per batch, so that a batch never leaves a shard for the next one to rewrite.
+    per_shard = (shard_shape(config.output.shards, plan.chunks) or (1,))[0]
+    return math.ceil(size / per_shard) * per_shard
+
+
+def write_batches(
+    config: PipelineConfig, plan: JobPlan, pending: np.ndarray, size: int, executor: Executor, reporter: Reporter
+) -> tuple[int, int]:
+    """Write every pending image, batch by batch; return (written, skipped as unreadable)."""
+    path = config.output.path
+    batches = list(pending_batches(~pending, size))
+    total = int(pending.sum())
+    # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
+    target = open_result(absolute(path), mode="r+", storage_options=config.output.storage_options)
+    written = unreadable = 0
+    for number, (start, stop) in enumerate(batches):
+        began = time.perf_counter()
+        stats = file_stats([source_file(source) for source in plan.sources[start:stop]], config.input.storage_options)
+        skipped = _write_batch(config, plan, target, executor, reporter, start, stop)
+        mark_done(target.group, start, stop, stats)
+        written += stop - start - skipped
+        unreadable += skipped
+        seconds = time.perf_counter() - began
+        reporter.batch(
+            batch=number,
+            start=start,
+            stop=stop,
+            images=stop - start,
+            unreadable=skipped,
+            done=written + unreadable,
+            pending=total - written - unreadable,
+            seconds=round(seconds, 3),
+            images_per_second=round((stop - start) / seconds, 2) if seconds > 0 else None,
+        )
+        log.info("batch %d: images %d-%d written in %.2f s", number, start, stop - 1, seconds)
+    return written, unreadable
+
+
+def _write_batch(
+    config: PipelineConfig, plan: JobPlan, target: Any, executor: Executor, reporter: Reporter, start: int, stop: int
+) -> int:
+    """Write images ``start:stop``; with ``on_error: skip`` leave out unreadable files, return how many.
+
+    A file that fails to decode fails its whole batch; it is recorded as unreadable (every frame of
+    it, for a multi-frame file) and the batch is computed again without it (chunks already written
+    are simply written again, with the same bytes).
+    """
+    # Tasks see absolute paths (workers may run elsewhere), so errors name files absolutely.
+    positions: dict[str, list[int]] = {}
+    for index in range(start, stop):
+        source = plan.sources[index]
+        for name in {source, source_file(source)}:
+            positions.setdefault(absolute(name), []).append(index)
+    excluded: set[int] = set()
+    while True:
+        ranges = _ranges_without(start, stop, excluded)
+        writes = [
+            [write_lazily(level, store, start=a) for level, store in zip(plan.levels(a, b), level_arrays(target.group))]
+            for a, b in ranges
+        ]
+        # Ranges around a skipped image may share a shard: written one after the other, never at once.
+        together = writes if target.array.shards is not None else [[w for levels in writes for w in levels]]
+        sizes = [b - a for a, b in ranges] if target.array.shards is not None else [stop - start - len(excluded)]
+        try:
+            for group, images in zip(together, sizes):
+                executor.compute(*group, on_progress=lambda share, images=images: reporter.advance(share * images))
+            return len(excluded)
+        except InputError as exc:
+            named = absolute(exc.path) if exc.path else ""
+            failed = [index for index in positions.get(named, []) if index not in excluded]
+            if config.input.on_error != "skip" or not failed:
+                raise
+            for index in failed:
+                excluded.add(index)
+                mark_unreadable(target.group, index, plan.sources[index], str(exc))
+                reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
+
+
+def _ranges_without(start: int, stop: int, excluded: set[int]) -> list[tuple[int, int]]:
+    """Contiguous ranges of ``start:stop`` that leave out ``excluded``."""
+    flags = np.ones(stop - start, dtype=bool)
+    flags[[i - start for i in excluded]] = False
+    return [(a + start, b + start) for a, b in pending_batches(~flags, stop - start)]
