@@ -454,3 +454,53 @@ def test_connection_lost_while_writing_leaves_a_resumable_store(
     np.testing.assert_array_equal(
         zarr.open_group(store, mode="r")["0"][:], _local_reference(folder, tmp_path, run_cli, write_config)
     )
+
+
+def test_multi_page_tiffs_on_s3_into_a_sharded_store(
+    bucket: Bucket, tmp_path: Path, run_cli: Callable[..., Any], write_config: Callable[..., Path]
+) -> None:
+    """Each page read from the object in one request; the sharded store written shard by shard."""
+    import tifffile
+
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    photo = iio.imread(REPO / "data" / "samples" / "02-camera.jpg").astype(np.uint16)
+    pages = {name: np.stack([photo[k * 30 : k * 30 + 40, k * 20 : k * 20 + 56] for k in range(offset, offset + 3)])
+             for name, offset in (("a.tif", 0), ("b.tif", 3))}
+    for name, stack in pages.items():
+        tifffile.imwrite(folder / name, stack, photometric="minisblack")
+    inputs = bucket.upload(folder, "stacks")
+    store = bucket.url("out.zarr")
+    job = _job(inputs, store, input_options=bucket.options, output_options=bucket.options)
+    job["output"]["shards"] = 4
+    assert_ok(run_cli("run", write_config(job)))
+    values, provenance, sources = _remote_store(store, bucket)
+    assert [s.rsplit("/", 1)[-1] for s in sources] == [f"{n}#{k}" for n in ("a.tif", "b.tif") for k in range(3)]
+    expected = [ndimage.convolve(page.astype(np.float64), EDGE, mode="reflect") for n in ("a.tif", "b.tif") for page in pages[n]]
+    np.testing.assert_allclose(values, np.stack(expected), rtol=1e-5, atol=1e-2)
+    assert zarr.open_group(store, mode="r", storage_options=bucket.options)["0"].shards == (4, 40, 56)
+    assert provenance["status"] == "complete"
+
+
+def test_a_grouped_store_on_s3(
+    bucket: Bucket, small_images: Callable[..., Path], run_cli: Callable[..., Any], write_config: Callable[..., Path]
+) -> None:
+    folder = small_images(("a1.png", "a2.png"))
+    small_images(("b1.png",), size=(40, 30), folder="images")
+    store = bucket.url("grouped.zarr")
+    job = _job(bucket.upload(folder), store, input_options=bucket.options, output_options=bucket.options)
+    job["input"]["shapes"] = "group"
+    assert_ok(run_cli("run", write_config(job)))
+    root = zarr.open_group(store, mode="r", storage_options=bucket.options)
+    assert root.attrs["pipeline"]["groups"] == {"48x64": [48, 64], "30x40": [30, 40]}
+    assert root.attrs["pipeline"]["status"] == "complete"
+    np.testing.assert_allclose(
+        _remote_store(f"{store}/48x64", bucket)[0], _oracle_of(folder, ["a1.png", "a2.png"]), rtol=1e-5, atol=1e-3
+    )
+    shown = run_cli("inspect", store, "-S", f"endpoint_url={bucket.endpoint}", "--json")
+    assert_ok(shown)
+    assert [group["written"] for group in yaml.safe_load(shown.stdout)["groups"]] == [2, 1]
+
+
+def _oracle_of(folder: Path, names: list[str]) -> np.ndarray:
+    return np.stack([ndimage.convolve(image, EDGE, mode="reflect") for image in _gray(folder, names)])
