@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError, KernelError
+from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
 from pipeline.storage import local_or_url, redact_options, refuse_embedded_password, without_userinfo
 from pipeline.steps.convolve import Boundary, Mode
@@ -37,6 +38,7 @@ OutputDType = Literal["float32", "float64", "uint8", "uint16", "uint32", "int8",
 Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
 SCHEDULER_NAMES = ("sync", "threads", "processes", "local", "slurm", "pbs", "sge")
 PositiveCount = Annotated[int, Field(gt=0, strict=True)]
+SpaceUnit = Literal[SPACE_UNITS]  # type: ignore[valid-type]
 
 
 class _Frozen(BaseModel):
@@ -178,6 +180,10 @@ class OutputConfig(_Frozen):
     )
 
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
+    pixel_size: Optional[list[Annotated[float, Field(gt=0)]]] = Field(
+        None, description="physical size of a pixel per space axis ([y, x] or [z, y, x]), in unit: the OME-NGFF scale"
+    )
+    unit: Optional[SpaceUnit] = Field(None, description="length unit of pixel_size and the space axes (OME-NGFF), e.g. micrometer")
 
     @model_validator(mode="after")
     def _shards_need_zarr_v3(self) -> OutputConfig:

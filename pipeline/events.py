@@ -69,12 +69,14 @@ class Reporter:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("images"),
+            # rich measures the rate over the last 30 s: images/s as the run goes, not only at its end
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=self._err,
         )
-        self._task = self._bar.add_task("images", total=pending)
+        self._task = self._bar.add_task("images", total=pending, rate="")
         self._bar.start()
         if done:
             self._err.print(f"resuming: {done} images already written")
@@ -83,6 +85,8 @@ class Reporter:
         """Progress within a batch, in images (fractions allowed)."""
         if self._bar is not None:
             self._bar.advance(self._task, images)
+            speed = self._bar.tasks[0].speed
+            self._bar.update(self._task, rate=f"{speed:.1f} images/s" if speed else "")
 
     def batch(self, **fields: Any) -> None:
         if self.log_format == "json" and not self.quiet:

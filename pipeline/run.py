@@ -265,6 +265,8 @@ def _open_or_create(
         levels=config.output.levels,
         shards=shard_shape(config.output.shards, plan.chunks),
         ome_version="0.4" if config.output.format == "ome-0.4" else "0.5",
+        pixel_size=tuple(config.output.pixel_size) if config.output.pixel_size else None,
+        unit=config.output.unit,
     )
     provenance = {
         "version": __version__,

@@ -167,3 +167,12 @@ def test_a_terminal_run_ends_with_a_summary_table(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "run summary" in err
     assert "processed" in err and "images/s" in err and "4.0" in err
+
+
+def test_the_bar_shows_images_per_second(capsys: pytest.CaptureFixture[str]) -> None:
+    reporter = Reporter(progress=True, stream=io.StringIO())
+    reporter.start(**START)
+    for _ in range(3):
+        reporter.advance(1)
+    assert reporter._bar.tasks[0].fields["rate"].endswith(" images/s")
+    reporter.end(**END)

@@ -14,7 +14,7 @@ from scipy import ndimage
 from conftest import job_config
 from helpers import assert_error, assert_ok, read_store
 from pipeline.errors import ConfigError
-from pipeline.sinks.layout import aligned_chunks, level_shards, ome_metadata, shard_shape
+from pipeline.sinks.layout import aligned_chunks, level_shards, ome_metadata, physical_scale, shard_shape
 from pipeline.sinks.zarr_store import write_lazily
 
 EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
@@ -119,3 +119,26 @@ def test_ome_0_4_is_a_zarr_v2_store_that_ome_zarr_reads(small_images, tmp_path: 
     assert_ok(shown)
     assert '"zarr_format": 2' in shown.stdout and "blosc(cname=lz4" in shown.stdout
     assert_ok(run_cli("export", out, tmp_path / "png"))
+
+
+def test_pixel_size_and_unit_reach_the_axes_and_every_level(small_images, tmp_path: Path, write_config, run_cli) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = tmp_path / "scaled.zarr"
+    raw = job_config(small_images(), out)
+    raw["output"].update(levels=2, pixel_size=[0.5, 0.25], unit="micrometer")
+    assert_ok(run_cli("run", write_config(raw)))
+    (node,) = list(Reader(parse_url(str(out)))())
+    assert [axis.get("unit") for axis in node.metadata["axes"]] == [None, "micrometer", "micrometer"]
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[1.0, 0.5, 0.25], [1.0, 1.0, 0.5]]
+    raw["output"]["pixel_size"] = [0.5]
+    assert_error(run_cli("run", write_config(raw), "--overwrite"), 2, "output.pixel_size: [0.5]", "2 space axes (y, x)")
+
+
+def test_physical_scale_places_sizes_on_the_space_axes() -> None:
+    assert physical_scale(("image", "z", "y", "x"), (2.0, 0.5, 0.5)) == [1.0, 2.0, 0.5, 0.5]
+    assert physical_scale(("image", "c", "y", "x"), None) == [1.0] * 4
+    with pytest.raises(ConfigError, match="3 space axes"):
+        physical_scale(("image", "z", "y", "x"), (0.5, 0.5))

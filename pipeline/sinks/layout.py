@@ -14,6 +14,13 @@ from typing import Any, Literal, Sequence
 from pipeline.errors import ConfigError
 
 OmeVersion = Literal["0.5", "0.4"]
+# The length units OME-NGFF allows on space axes (UDUNITS-2 names).
+SPACE_UNITS = (
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
+    "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter",
+    "nanometer", "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter",
+    "zeptometer", "zettameter",
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,8 @@ class StoreLayout:
     levels: int = 1  # resolution levels: "0" full, then y and x halved at each level
     shards: tuple[int, ...] | None = None  # a shard of level 0; None: one file per chunk
     ome_version: OmeVersion = "0.5"  # 0.4 is written as a Zarr v2 store, for readers that need it
+    pixel_size: tuple[float, ...] | None = None  # physical size of a pixel along each space axis
+    unit: str | None = None  # of pixel_size, one of SPACE_UNITS
 
     @property
     def zarr_format(self) -> int:
@@ -70,17 +79,40 @@ def aligned_chunks(length: int, start: int, step: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(edges, edges[1:]))
 
 
-def ome_metadata(dimension_names: Sequence[str], levels: int = 1, version: OmeVersion = "0.5") -> dict[str, Any]:
+def physical_scale(dimension_names: Sequence[str], pixel_size: Sequence[float] | None) -> list[float]:
+    """Level 0's scale per axis: ``output.pixel_size`` on the space axes (z, y, x), 1 elsewhere."""
+    space = [name for name in dimension_names if name in ("z", "y", "x")]
+    if pixel_size is None:
+        return [1.0] * len(dimension_names)
+    if len(pixel_size) != len(space):
+        raise ConfigError(
+            f"output.pixel_size: {list(pixel_size)} gives {len(pixel_size)} sizes but the result has "
+            f"{len(space)} space axes ({', '.join(space)}); give one size per axis, in that order"
+        )
+    sizes = dict(zip(space, pixel_size))
+    return [float(sizes.get(name, 1.0)) for name in dimension_names]
+
+
+def ome_metadata(
+    dimension_names: Sequence[str],
+    levels: int = 1,
+    version: OmeVersion = "0.5",
+    *,
+    pixel_size: Sequence[float] | None = None,
+    unit: str | None = None,
+) -> dict[str, Any]:
     """OME-NGFF ``multiscales`` for the result at ``0``, ``1``, …: axes in NGFF's order.
 
     NGFF allows one non-space axis besides time: the image index is that custom axis
     ("index"), or the time axis when channels take the channel slot. 0.5 nests it under
     ``ome`` (Zarr v3); 0.4 puts ``multiscales`` at the top of the attributes (Zarr v2).
+    Space axes carry ``unit`` and their scale is ``pixel_size``, doubled in y and x per level.
     """
+    base = physical_scale(dimension_names, pixel_size)
 
     def axis(name: str) -> dict[str, str]:
         if name in ("z", "y", "x"):
-            return {"name": name, "type": "space"}
+            return {"name": name, "type": "space", **({"unit": unit} if unit else {})}
         if name == "c":
             return {"name": name, "type": "channel"}
         return {"name": name, "type": "time" if "c" in dimension_names else "index"}
@@ -92,7 +124,7 @@ def ome_metadata(dimension_names: Sequence[str], levels: int = 1, version: OmeVe
             {
                 "path": str(level),
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0] * (len(dimension_names) - 2) + [float(2**level)] * 2}
+                    {"type": "scale", "scale": base[:-2] + [size * 2**level for size in base[-2:]]}
                 ],
             }
             for level in range(levels)

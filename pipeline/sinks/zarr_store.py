@@ -173,7 +173,11 @@ def create_store(
         # The attributes come first: a run killed while creating leaves a store that is ours.
         attributes: dict[str, Any] = {ATTRS_KEY: {**provenance, "status": "creating"}}
         if layout.ome:
-            attributes.update(ome_metadata(layout.dimension_names, layout.levels, layout.ome_version))
+            attributes.update(
+                ome_metadata(
+                    layout.dimension_names, layout.levels, layout.ome_version, pixel_size=layout.pixel_size, unit=layout.unit
+                )
+            )
         v2 = layout.zarr_format == 2
         group = open_group(path, "w", storage_options, attributes=attributes, zarr_format=layout.zarr_format)
         for level in range(layout.levels):
