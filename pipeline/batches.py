@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ShapeMismatch
 from pipeline.events import Reporter
 from pipeline.execution import Executor
 from pipeline.plan import JobPlan
@@ -23,6 +23,7 @@ from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
 from pipeline.sinks.zarr_store import level_arrays, open_result, write_lazily
 from pipeline.sources.frames import source_file
+from pipeline.sources.shapes import other_shapes
 from pipeline.storage import absolute, file_stats
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,25 @@ def _write_batch(
         except InputError as exc:
             named = absolute(exc.path) if exc.path else ""
             failed = [index for index in positions.get(named, []) if index not in excluded]
+            if isinstance(exc, ShapeMismatch) and config.input.on_error != "skip" and failed:
+                raise _with_other_shapes(exc, config, plan, failed[0]) from None
             if config.input.on_error != "skip" or not failed:
                 raise
             for index in failed:
                 excluded.add(index)
                 mark_unreadable(target.group, index, plan.sources[index], str(exc))
                 reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
+
+
+def _with_other_shapes(exc: ShapeMismatch, config: PipelineConfig, plan: JobPlan, index: int) -> ShapeMismatch:
+    """The mismatch, and the next few images of other shapes (headers only), so one run shows them all."""
+    if plan.spec.tile is not None or plan.spec.volume:
+        return exc
+    others, more = other_shapes(plan.sources[index + 1 :], plan.spec.shape, config.input)
+    if not others:
+        return exc
+    listed = ", ".join(f"{source!r} {shape}" for source, shape in others)
+    return ShapeMismatch(f"{exc}; also of other shapes: {listed}{', …' if more else ''}", exc.path)
 
 
 def _ranges_without(start: int, stop: int, excluded: set[int]) -> list[tuple[int, int]]:

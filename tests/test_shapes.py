@@ -131,3 +131,12 @@ def test_a_grouped_store_is_not_resumed_by_another_layout(tmp_path: Path, job, r
     raw = make_job(mixed, tmp_path / "out.zarr", "edge")
     raw["input"]["shapes"] = "pad"
     assert_error(run_cli("run", write_config(raw, "pad.yaml")), 4, "input.shapes: group")
+
+
+def test_strict_lists_the_first_images_of_other_shapes(mixed: Path, tmp_path: Path, job, run_cli, make_job, write_config) -> None:
+    raw = make_job(mixed, tmp_path / "strict.zarr", "edge")
+    raw["execution"] = {"scheduler": "sync"}
+    line = assert_error(run_cli("run", write_config(raw, "strict.yaml")), 3, "b2.png", "(30, 40)", "(48, 64)")
+    also = line.split("also of other shapes: ")[1]
+    assert [name for name in ("b2", "c3", "d4", "e5") if f"{name}.png" in also] == ["d4", "e5"]
+    assert "(20, 20)" in also and "group writes one result per shape" in line

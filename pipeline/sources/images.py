@@ -18,7 +18,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ShapeMismatch
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, frame_pixels, read_frame, split_source
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
@@ -380,10 +380,10 @@ def _read_block(
         extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
         image = np.pad(image, extra, constant_values=pad_value)
     if image.shape != shape:
-        raise InputError(
+        raise ShapeMismatch(
             f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
             f"all images of a collection must have the same size and channels "
-            f"(input.shapes: pad pads smaller images to the largest)",
+            f"(input.shapes: pad pads smaller images to the largest, group writes one result per shape)",
             path,
         )
     return image[np.newaxis]

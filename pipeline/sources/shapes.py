@@ -24,6 +24,26 @@ class ShapeGroups:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), with skip
 
 
+def other_shapes(
+    sources: Sequence[str], shape: tuple[int, ...], settings: InputConfig, *, limit: int = 4, look: int = 2000
+) -> tuple[list[tuple[str, tuple[int, ...]]], bool]:
+    """The first images among ``sources`` (up to ``look`` headers) whose shape is not ``shape``.
+
+    Returns up to ``limit`` of them and whether the search stopped before the end of ``sources``.
+    """
+    found: list[tuple[str, tuple[int, ...]]] = []
+    for checked, source in enumerate(sources):
+        if len(found) == limit or checked == look:
+            return found, True
+        try:
+            declared = declared_shape(source, settings.color, settings.storage_options)
+        except InputError:
+            continue  # unreadable files are another error, reported when they are read
+        if declared != shape:
+            found.append((source, declared))
+    return found, False
+
+
 def group_name(shape: Sequence[int]) -> str:
     return "x".join(str(n) for n in shape)
 
