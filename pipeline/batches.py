@@ -113,7 +113,7 @@ def _write_batch(
             named = absolute(exc.path) if exc.path else ""
             failed = [index for index in positions.get(named, []) if index not in excluded]
             if isinstance(exc, ShapeMismatch) and config.input.on_error != "skip" and failed:
-                raise _with_other_shapes(exc, config, plan, failed[0]) from None
+                raise _with_other_shapes(exc, config, plan, start, failed[0]) from None
             if config.input.on_error != "skip" or not failed:
                 raise
             for index in failed:
@@ -122,11 +122,12 @@ def _write_batch(
                 reporter.warning(f"skipped: {exc}", source=plan.sources[index], index=index)
 
 
-def _with_other_shapes(exc: ShapeMismatch, config: PipelineConfig, plan: JobPlan, index: int) -> ShapeMismatch:
-    """The mismatch, and the next few images of other shapes (headers only), so one run shows them all."""
+def _with_other_shapes(exc: ShapeMismatch, config: PipelineConfig, plan: JobPlan, start: int, index: int) -> ShapeMismatch:
+    """The mismatch, and the batch's first other images of other shapes (headers only), in order."""
     if plan.spec.tile is not None or plan.spec.volume:
         return exc
-    others, more = other_shapes(plan.sources[index + 1 :], plan.spec.shape, config.input)
+    rest = [source for position, source in enumerate(plan.sources[start:], start) if position != index]
+    others, more = other_shapes(rest, plan.spec.shape, config.input)
     if not others:
         return exc
     listed = ", ".join(f"{source!r} {shape}" for source, shape in others)
