@@ -3,10 +3,12 @@
     python benchmarks/large.py VARIANT WORKLOAD INPUT OUT [--tile T]   # one measured script run
 
 - ``huge``: one 12000x12000 uint16 TIFF in 512x512 file tiles, a 15x15 gaussian (sigma 2.5,
-  truncate 2.8). The pipeline reads it by tiles (``input.tile: auto``: above 16 MPix, 2048-pixel
-  tiles rounded to whole file tiles), so every case here writes 2048x2048 chunks.
+  truncate 2.8). The pipeline reads it by tiles (``input.tile: auto``: the largest whole file tiles
+  whose task fits a worker's share of ``execution.memory_budget``, 2560x2560 by default on two
+  workers), and every case here writes chunks of that tile.
 - ``volume``: one 128x1024x1024 uint16 multi-page TIFF (a z-stack, ``photometric='minisblack'``),
-  a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: slabs of 16 slices per chunk.
+  a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: slabs as deep as the budget
+  allows (7 slices by default on two workers), stored one slice per chunk.
 
 Each is compared in four variants, every run a fresh process (see measure.py):
 
@@ -110,17 +112,31 @@ def kernel_weights(workload: str) -> np.ndarray:
 
 
 def store_tile(workload: Workload) -> int | None:
-    """The pipeline's tile for the huge image (``input.tile: auto``); None for the volume."""
+    """The pipeline's tile for the huge image, as its run will choose it (``input.tile: auto`` under
+    the default memory budget, on this machine's workers); None for the volume."""
     if workload.name != "huge":
         return None
-    from pipeline.sources.tiled import choose_tile
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
 
-    tile = choose_tile(str(workload.path), "auto", workload.shape)
-    if tile is None:
+    plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
+    if plan.spec.tile is None:
         raise RuntimeError(f"{workload.path}: input.tile auto would read it whole; use a larger --large-scale")
+    tile = plan.chunks[-2:]
     if tile[0] != tile[1]:
         raise RuntimeError(f"unexpected non-square tile {tile}")
     return tile[0]
+
+
+def slab_depth(workload: Workload) -> int | None:
+    """Slices per task of the pipeline's volume run (the memory budget's choice); None for the image."""
+    if workload.name != "volume":
+        return None
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
+    plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
+    return plan.spec.chunks[0]
 
 
 # --- the inputs, built once -------------------------------------------------------------------
@@ -284,7 +300,7 @@ def run_volume_dask_image(path: str, out: str, tile: int | None) -> None:
     target = create_store(out, (1, *volume.shape), chunks)
     with dask.config.set(scheduler="threads"):
         # dask-image's map_overlap merges slices into 2-slice chunks (depth 2 > 1 slice); the store
-        # takes one slice per chunk (the pipeline stores slabs of 16 slices; chunking does not change values).
+        # takes one slice per chunk, as the pipeline's.
         da.to_zarr(result[None].rechunk(chunks), target)
 
 

@@ -21,9 +21,10 @@ import tifffile
 from natsort import natsorted, ns
 from PIL import Image
 
+from pipeline.budget import BlockBudget, slab_depth
 from pipeline.errors import InputError
 from pipeline.sources.tiled import TIFF_SUFFIXES, choose_tile, tiff_layout, tiled_stack
-from pipeline.sources.volume import SLAB, stack_shape, stack_volumes, volume_shape
+from pipeline.sources.volume import stack_shape, stack_volumes, volume_shape
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
@@ -100,14 +101,15 @@ class ImageSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS
     raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c]), or (z, y, x[, c]) for volumes
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
-    volume: bool = False  # each file a (z, y, x) stack, read slice by slice
+    volume: bool = False  # each file a (z, y, x) stack, read by slabs of ``slab`` slices
+    slab: int = 1
     pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        """One image's chunk: the whole image, one tile of it, or one slice of a volume."""
+        """One image's chunk: the whole image, one tile of it, or one slab of a volume."""
         if self.volume:
-            return (min(SLAB, self.shape[0]), *self.shape[1:])
+            return (min(self.slab, self.shape[0]), *self.shape[1:])
         return self.shape if self.tile is None else (*self.shape[:-2], *self.tile)
 
     @property
@@ -128,42 +130,64 @@ def probe(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tile: str | int = "auto",
     layout: str = "images",
+    budget: BlockBudget = BlockBudget(),
+    stored_chunks: tuple[int, ...] | None = None,
 ) -> ImageSpec:
-    """Open one file (header only where the format allows) for the collection's image shape."""
+    """Open one file (header only where the format allows) for the collection's image shape.
+
+    Tiles and slabs are sized from one worker's ``budget``, unless ``stored_chunks`` (the chunks of
+    the store a run resumes) fix them: every task must write whole chunks of that store.
+    """
     check_size(path, max_pixels)
     if layout == "volume":
         if color != "gray":
             raise InputError("input.layout: volume reads gray stacks; set input.color: gray")
         raw = stack_shape(path)
+        shape = volume_shape(path, raw)
+        slab = slab_depth(
+            budget.bytes,
+            plane_bytes=budget.itemsize * shape[1] * shape[2],
+            halo=budget.reach(3)[0],
+            multiple=stored_chunks[1] if stored_chunks else 1,
+        )
         return ImageSpec(
-            shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
-            raw_shape=raw, volume=True,
+            shape=shape, color=color, reference=path, max_pixels=max_pixels, raw_shape=raw, volume=True, slab=slab,
         )
     raw = _raw_shape(path)
     shape = _converted_shape(path, raw, color)
-    return ImageSpec(
-        shape=shape,
-        color=color,
-        reference=path,
-        max_pixels=max_pixels,
-        raw_shape=raw,
-        tile=choose_tile(path, tile, raw),
-    )
+    if stored_chunks is not None:
+        chosen = None if tuple(stored_chunks[-2:]) == shape[-2:] else tuple(stored_chunks[-2:])
+    else:
+        chosen = choose_tile(path, tile, shape, budget=budget)
+    return ImageSpec(shape=shape, color=color, reference=path, max_pixels=max_pixels, raw_shape=raw, tile=chosen)
 
 
-def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
+def stack_images(
+    sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None
+) -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
 
     Tasks get absolute paths: a distributed worker may run in another directory. Huge TIFFs
-    (``spec.tile``) are read by tiles instead, one task per tile.
+    (``spec.tile``) are read by tiles instead, one task per tile, and volumes by slabs. Those can
+    also be read with a ``halo`` ({axis: samples}, as dask's ``overlap`` takes it): each chunk then
+    holds that much of its neighbours too, read from the file.
     """
+    halo = {axis: reach for axis, reach in (halo or {}).items() if reach}
+    ndim = 1 + len(spec.shape)
     if spec.volume:
-        return stack_volumes(sources, shape=spec.shape, raw_shape=spec.raw_shape, dtype=dtype, reference=spec.reference)
+        _only_along(halo, (1,), "volumes are read with halos along z only")
+        return stack_volumes(
+            sources, shape=spec.shape, raw_shape=spec.raw_shape, slab=spec.chunks[0], dtype=dtype,
+            reference=spec.reference, halo=halo.get(1, 0),
+        )
     if spec.tile is not None:
+        _only_along(halo, (ndim - 2, ndim - 1), "tiles are read with halos along y and x only")
         return tiled_stack(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, tile=spec.tile,
             color=spec.color, dtype=dtype, reference=spec.reference,
+            halo=(halo.get(ndim - 2, 0), halo.get(ndim - 1, 0)),
         )
+    _only_along(halo, (), "whole images are read without halos")
     names = np.empty(len(sources), dtype=object)
     names[:] = [os.path.abspath(source) for source in sources]
     return da.from_array(names, chunks=1, name=False).map_blocks(
@@ -179,6 +203,11 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         max_pixels=spec.max_pixels,
         pad_value=spec.pad_value,
     )
+
+
+def _only_along(halo: dict[int, int], axes: tuple[int, ...], message: str) -> None:
+    if set(halo) - set(axes):
+        raise ValueError(f"{message}; asked for {halo}")
 
 
 def open_collection(

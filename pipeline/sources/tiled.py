@@ -1,8 +1,9 @@
 """Huge TIFF images read by tiles: each task decodes one region, never the whole image.
 
 tifffile exposes a TIFF's tiles (or strips) as a Zarr store; a task opens it, reads its region and
-converts it like any image (gray or channels). The convolution then exchanges halos between tiles
-and the store is written tile by tile, so memory stays at a few tiles per worker.
+converts it like any image (gray or channels). A convolution's halo is read with the region, from
+the file, rather than taken from the neighbouring tasks: tasks then depend on nothing but the file,
+each tile is read, convolved and written by one task, and memory stays at one tile per worker.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import numpy as np
 import tifffile
 import zarr
 
+from pipeline.budget import BlockBudget, tile_shape, working_set
 from pipeline.errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-# `tile: auto` reads a TIFF by tiles once it holds more pixels than this (16 MPix: 64 MiB as float32).
-AUTO_TILE_ABOVE = 4096 * 4096
-AUTO_TILE = 2048
+# A stripped TIFF has no file tiles to align to: tiles are whole multiples of this instead.
+STRIP_TILE_STEP = (256, 256)
 
 
 def tiff_layout(path: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
@@ -35,8 +36,13 @@ def tiff_layout(path: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
         raise InputError.unreadable(path, exc) from None
 
 
-def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """The (y, x) tile to read ``path`` by, or None to read it whole."""
+def choose_tile(path: str, setting: str | int, shape: tuple[int, ...], *, budget: BlockBudget) -> tuple[int, int] | None:
+    """The (y, x) tile to read ``path`` (of converted ``shape``, [c,] y, x) by, or None to read it whole.
+
+    ``auto`` reads a TIFF whole when its working set fits one worker's budget, else by the largest
+    tiles that fit; a number is a tile size. Either way tiles are whole file tiles, so that no file
+    tile is decoded by two tasks except for the halo.
+    """
     if setting == "whole":
         return None
     if not path.lower().endswith(TIFF_SUFFIXES):
@@ -46,21 +52,29 @@ def choose_tile(path: str, setting: str | int, raw_shape: tuple[int, ...]) -> tu
             f"input.tile: {path!r} is not a TIFF; only TIFF files can be read by tiles (set input.tile: whole)",
             path,
         )
-    if setting == "auto" and math.prod(raw_shape[:2]) <= AUTO_TILE_ABOVE:
+    pixel_bytes = budget.itemsize * math.prod(shape[:-2])
+    pixels = math.prod(shape[-2:])
+    if setting == "auto" and working_set(pixels, pixels, pixel_bytes) <= budget.bytes:  # whole: no halo
         return None
-    size = AUTO_TILE if setting == "auto" else int(setting)
     _, file_tile = tiff_layout(path)
-    if file_tile is None:
-        return size, size
-    # Whole file tiles per task, so that no tile is decoded twice.
-    return tuple(max(step, size // step * step) for step in file_tile)
+    if setting == "auto":
+        step = file_tile or STRIP_TILE_STEP
+        return tile_shape(budget.bytes, pixel_bytes=pixel_bytes, halo=budget.reach(2), step=step)
+    return tuple(max(unit, int(setting) // unit * unit) for unit in file_tile or (1, 1))
 
 
 def tiled_stack(
     sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], tile: tuple[int, int],
-    color: str, dtype: str, reference: str,
+    color: str, dtype: str, reference: str, halo: tuple[int, int] = (0, 0),
 ) -> da.Array:
-    """(image, [c], y, x) with chunks of one tile; ``shape`` is the converted shape of each image."""
+    """(image, [c], y, x) with chunks of one tile; ``shape`` is the converted shape of each image.
+
+    With a ``halo``, each chunk also holds that many pixels of its neighbours on each side where the
+    image has them (the layout of dask's ``overlap`` with ``boundary="none"``), read from the file.
+    """
+    regions = [block_regions(size, step, reach) for size, step, reach in zip(shape[-2:], tile, halo)]
+    lead = shape[:-2]
+    chunks = ((1,), *((n,) for n in lead), *(tuple(stop - start for start, stop in axis) for axis in regions))
     images = []
     for source in sources:
         found, _ = tiff_layout(source)
@@ -70,30 +84,32 @@ def tiled_stack(
                 f"all images of a collection must have the same size and channels",
                 source,
             )
-        lead = shape[:-2]
-        chunks = (*((n,) for n in lead), _split(shape[-2], tile[0]), _split(shape[-1], tile[1]))
         images.append(
             da.map_blocks(
                 _read_tile,
-                chunks=((1,), *chunks),
+                chunks=chunks,
                 dtype=dtype,
                 meta=np.empty((0,) * (1 + len(shape)), dtype=dtype),
                 path=os.path.abspath(source),
                 color=color,
                 out_dtype=dtype,
+                regions=regions,
             )
         )
     return da.concatenate(images, axis=0)
 
 
-def _split(size: int, step: int) -> tuple[int, ...]:
-    return tuple(min(step, size - start) for start in range(0, size, step))
+def block_regions(size: int, step: int, halo: int = 0) -> list[tuple[int, int]]:
+    """(start, stop) of each block of ``step`` along an axis of ``size``, widened by ``halo`` inside it."""
+    return [(max(0, start - halo), min(size, start + step + halo)) for start in range(0, size, step)]
 
 
-def _read_tile(*, path: str, color: str, out_dtype: str, block_info: dict | None = None) -> np.ndarray:
+def _read_tile(
+    *, path: str, color: str, out_dtype: str, regions: list[list[tuple[int, int]]], block_id: tuple[int, ...]
+) -> np.ndarray:
     from pipeline.sources.images import convert_pixels
 
-    (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
+    (y0, y1), (x0, x1) = (axis[index] for axis, index in zip(regions, block_id[-2:]))
     try:
         with tifffile.imread(path, aszarr=True) as store:
             pixels = zarr.open_array(store, mode="r")[y0:y1, x0:x1]
