@@ -117,3 +117,16 @@ def test_bad_volumes_are_named(stacks: Path, make, message: str) -> None:
 def test_volumes_are_gray(stacks: Path) -> None:
     with pytest.raises(InputError, match="gray"):
         _plan(stacks, [], color="keep")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["mapped from the file", "decoded page by page"])
+def test_stored_and_compressed_stacks_read_the_same(tmp_path: Path, compression) -> None:
+    from pipeline.sources.volume import read_slices
+
+    pixels = RNG.integers(0, 4096, (6, 10, 12), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", pixels, photometric="minisblack", compression=compression)
+    np.testing.assert_array_equal(np.stack(list(read_slices(str(tmp_path / "s.tif"), 2, 5))), pixels[2:5])
+    result = _plan(tmp_path, [{"convolve": {"kernel": "box", "params": {"size": 3, "ndim": 3}}}], budget=str(480 * 8 * 6))
+    assert result.spec.chunks[0] < 6  # several slabs
+    expected = ndimage.convolve(pixels.astype(np.float64), np.full((3, 3, 3), 1 / 27))
+    np.testing.assert_allclose(result.result().compute()[0], expected, rtol=1e-10)

@@ -87,7 +87,20 @@ def _read_slab(
 
 
 def read_slices(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
-    """The stored pixels of slices ``start:stop`` of the stack, one at a time, from one open file."""
+    """The stored pixels of slices ``start:stop`` of the stack, one at a time.
+
+    Slices stored plainly (uncompressed, in native byte order, one after the other) are mapped from
+    the file, so they are converted straight from the page cache; others are decoded page by page.
+    """
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+    except ValueError:  # compressed, tiled or scattered pages: tifffile decodes them
+        mapped = None
+    if mapped is not None:
+        stack = mapped if mapped.ndim >= 3 else mapped[np.newaxis]
+        for z in range(start, stop):
+            yield stack[z]
+        return
     with tifffile.TiffFile(path) as tiff:
         pages = tiff.series[0].pages
         for z in range(start, stop):
