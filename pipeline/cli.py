@@ -241,7 +241,8 @@ def plan(
     out.print(
         f"{estimates['images']} images, {estimates['tasks']} tasks, compute dtype {job.compute_dtype}; "
         f"peak memory ≈ {estimates['peak_memory_per_task'] / mib:.1f} MiB per task, "
-        f"≈ {estimates['peak_memory_all_workers'] / mib:.1f} MiB for {estimates['workers']} workers; "
+        f"≈ {estimates['peak_memory_all_workers'] / mib:.1f} MiB for {estimates['workers']} workers "
+        f"(tiles and slabs sized for {estimates['memory_budget_per_worker'] / mib:.0f} MiB per worker); "
         f"read ≈ {estimates['bytes_read_estimate'] / mib:.1f} MiB, "
         f"write {estimates['bytes_written_uncompressed'] / mib:.1f} MiB before compression",
         highlight=False,

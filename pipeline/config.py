@@ -61,7 +61,8 @@ class InputConfig(_Frozen):
     )
     tile: Union[Literal["auto", "whole"], PositiveCount] = Field(
         "auto",
-        description="read huge TIFFs by tiles: auto (TIFFs above 16 MPix, by ~2048 px tiles), whole, or a tile size",
+        description="read huge TIFFs by tiles: auto (TIFFs beyond a worker's share of execution.memory_budget, "
+        "by the largest tiles that fit), whole, or a tile size",
     )
     max_pixels: PositiveCount = Field(
         DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"

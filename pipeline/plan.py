@@ -110,12 +110,13 @@ class JobPlan:
 
     def estimates(self) -> dict[str, Any]:
         """Task count, peak memory per worker and bytes moved, for `pipeline plan`."""
-        workers = 1 if self.config.execution.scheduler == "sync" else resolve_workers(self.config.execution.workers)
+        workers = planned_workers(self.config)
         item = np.dtype(self.compute_dtype).itemsize
         block = int(np.prod(self.spec.chunks)) * item
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
-        # A task holds the decoded image, its float copy, an input and output per kernel, the cast.
-        per_task = block + 2 * largest + int(np.prod(self.image_shape)) * np.dtype(self.dtype).itemsize
+        # A task holds the decoded block, its float copy, an input and output per kernel, the cast.
+        written = int(np.prod(task_chunks(self.spec, self.shape)[1:])) * np.dtype(self.dtype).itemsize
+        per_task = block + 2 * largest + written
         first_file = os.path.getsize(self.sources[0]) if os.path.exists(self.sources[0]) else 0
         (one_image,) = dask.optimize(self.result(0, 1))
         return {
@@ -124,6 +125,7 @@ class JobPlan:
             "workers": workers,
             "peak_memory_per_task": per_task,
             "peak_memory_all_workers": per_task * workers,
+            "memory_budget_per_worker": worker_budget(self.config.execution.memory_budget, workers),
             "bytes_read_estimate": first_file * len(self.sources),
             "bytes_written_uncompressed": int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize,
         }

@@ -50,8 +50,9 @@ FFT_COST_IN_TAPS: dict[str, float] = {"opencv": 180.0, "scipy": 100.0}
 BOX_COST_IN_TAPS = 30.0
 SEPARABLE_PASS_OVERHEAD: dict[str, float] = {"opencv": 0.0, "scipy": 8.0}
 MAX_SEPARABLE_RANK = 4
-# Columns per OpenCV call for passes along a leading axis: 16 slices of this many float32 fit in L2.
-OPENCV_COLUMNS = 1 << 14
+# Columns per OpenCV call for passes along a leading axis: a band of a slab and its halo stays in L2
+# (8192 measured fastest on 1024² slices, 10% ahead of 16384 and 30% of 2048).
+OPENCV_COLUMNS = 1 << 13
 
 
 @dataclass(frozen=True)
