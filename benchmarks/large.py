@@ -15,7 +15,7 @@ Each is compared in four variants, every run a fresh process (see measure.py):
 - ``pipeline``: the pipeline CLI on a generated YAML job, defaults (threads, one worker per core);
 - ``floor-cli``: the same CLI with ``steps: []`` (read + gray/float32 + write, no convolution);
 - ``floor``: a plain script doing the same read + float32 + write (tifffile, a thread pool of 2);
-- ``dask-image``: ``da.from_zarr(tifffile.imread(path, aszarr=True))`` (rechunked to 2048x2048
+- ``dask-image``: ``da.from_zarr(tifffile.imread(path, aszarr=True))`` (rechunked to the pipeline's
   tiles for ``huge``; one page per chunk for ``volume``) -> float32 -> ``dask_image.ndfilters
   .convolve(mode="reflect")`` -> ``da.to_zarr``, dask's threads scheduler.
 
@@ -49,7 +49,6 @@ WORKERS = 2  # the floor script's thread pool, as cases.py's loops: one thread p
 HUGE_SIDE = 12000
 HUGE_FILE_TILE = (512, 512)
 VOLUME_SHAPE = (128, 1024, 1024)
-DASK_TILE = 2048  # dask-image's chunks for the huge image (the pipeline's auto tile is the same)
 WORKLOADS = ("huge", "volume")
 VARIANTS = ("floor", "floor-cli", "pipeline", "dask-image")  # the order they are run and shown in
 CLI_VARIANTS = ("pipeline", "floor-cli")
