@@ -4,11 +4,11 @@
 
 - ``huge``: one 12000x12000 uint16 TIFF in 512x512 file tiles, a 15x15 gaussian (sigma 2.5,
   truncate 2.8). The pipeline reads it by tiles (``input.tile: auto``: the largest whole file tiles
-  whose task fits a worker's share of ``execution.memory_budget``, 2560x2560 by default on two
+  whose task fits a worker's share of ``execution.memory_budget``, 2048x2048 by default on two
   workers), and every case here writes chunks of that tile.
 - ``volume``: one 128x1024x1024 uint16 multi-page TIFF (a z-stack, ``photometric='minisblack'``),
   a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: slabs as deep as the budget
-  allows (7 slices by default on two workers), stored one slice per chunk.
+  allows (5 slices by default on two workers), stored one slice per chunk.
 
 Each is compared in four variants, every run a fresh process (see measure.py):
 

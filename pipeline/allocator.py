@@ -3,7 +3,7 @@
 Every task allocates arrays of the same few sizes (a tile with its halo, the filter's output, the
 write's copy). glibc serves allocations above its mmap threshold with fresh pages from the kernel
 and unmaps them when freed, so each new block pays again for page faults and zeroed pages; on a
-12000² image read by 2560² tiles that system time was about a third of the run. Raising the
+12000² image read by 2048² tiles that system time was about a third of the run. Raising the
 threshold to glibc's ceiling and trimming only large free tops keeps those pages for reuse. The
 peak is still what the blocks in flight need; only memory already touched is kept.
 """

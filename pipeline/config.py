@@ -165,7 +165,7 @@ class ExecutionConfig(_Frozen):
         "auto",
         description="memory the workers' tiles and slabs may hold together, e.g. 1GiB; each worker gets an equal "
         "share and huge images are read by the largest tiles (volumes by the deepest slabs) that fit it; "
-        "auto = 128MiB per worker",
+        "auto = 96MiB per worker",
     )
     batch_size: Union[Literal["auto"], PositiveCount] = Field(
         "auto", description="images per batch: the unit of graph size, progress and resume"

@@ -44,7 +44,8 @@ def test_each_worker_gets_an_equal_share(setting, workers, share) -> None:
 @pytest.mark.parametrize(
     "budget, halo, step, tile",
     [
-        (128 * MIB, (7, 7), (512, 512), (2560, 2560)),  # the default on a 12000² uint16 TIFF, 15x15 kernel
+        (96 * MIB, (7, 7), (512, 512), (2048, 2048)),  # the default on a 12000² uint16 TIFF, 15x15 kernel
+        (128 * MIB, (7, 7), (512, 512), (2560, 2560)),
         (64 * MIB, (7, 7), (512, 512), (1536, 1536)),
         (128 * MIB, (0, 0), (1, 1), (2896, 2896)),  # 4 float32 copies of 2896² are just under 128 MiB
         (128 * MIB, (100, 100), (1, 1), (2845, 2845)),  # a halo costs room
@@ -67,7 +68,8 @@ def test_a_chosen_square_fits_and_one_pixel_more_would_not(budget, halo) -> None
 @pytest.mark.parametrize(
     "budget, halo, multiple, depth",
     [
-        (128 * MIB, 2, 1, 7),  # 1024² float32 slices: 7 + 2·2 read, 3·7 more held = 32 slices of 4 MiB
+        (96 * MIB, 2, 1, 5),  # the default, 1024² float32 slices: 5 + 2·2 read, 3·5 more held = 24 of 4 MiB
+        (128 * MIB, 2, 1, 7),
         (128 * MIB, 0, 1, 8),
         (128 * MIB, 2, 16, 16),  # a store of 16-slice chunks: whole chunks, even beyond the budget
         (1 * MIB, 2, 1, 1),  # never less than one slice
