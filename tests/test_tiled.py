@@ -71,22 +71,42 @@ def test_rgb_tiles_are_converted_to_gray(tmp_path: Path) -> None:
 
 
 def test_a_tile_reads_only_its_region(tiffs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zarr
-
     regions: list[tuple[int, int]] = []
-    real_open = zarr.open_array
+    real = tiled.read_region
 
-    class Recording:
-        def __init__(self, array):
-            self.array = array
+    def recording(path, rows, columns, **options):
+        regions.append((rows[1] - rows[0], columns[1] - columns[0]))
+        return real(path, rows, columns, **options)
 
-        def __getitem__(self, key):
-            regions.append((key[0].stop - key[0].start, key[1].stop - key[1].start))
-            return self.array[key]
-
-    monkeypatch.setattr(tiled.zarr, "open_array", lambda *a, **k: Recording(real_open(*a, **k)))
+    monkeypatch.setattr(tiled, "read_region", recording)
     _result(tiffs, 64, steps=())
     assert regions and max(h * w for h, w in regions) <= 64 * 64
+    regions.clear()
+    _result(tiffs, 64)  # the gaussian reaches 8 pixels: each tile is read with that halo, clipped at the edges
+    assert max(regions) == (64 + 16, 64 + 16) and min(regions) == (44 + 8, 4 + 8)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda px: {"tile": (64, 64)},
+        lambda px: {"rowsperstrip": 16},
+        lambda px: {"tile": (64, 64), "compression": "zlib", "predictor": True},
+        lambda px: {"tile": (32, 32), "byteorder": ">"},
+    ],
+    ids=["tiles", "strips", "compressed tiles", "big-endian"],
+)
+def test_regions_equal_tifffiles_own_reading(tmp_path: Path, make) -> None:
+    pixels = RNG.integers(0, 65536, (300, 260), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "r.tif", pixels, **make(pixels))
+    path = str(tmp_path / "r.tif")
+    for rows, columns in [((0, 300), (0, 260)), ((50, 77), (30, 200)), ((63, 65), (0, 1)), ((290, 300), (250, 260))]:
+        region = tiled.read_region(path, rows, columns)
+        assert region.dtype == np.uint16
+        np.testing.assert_array_equal(region, pixels[slice(*rows), slice(*columns)])
+        converted = tiled.read_region(path, rows, columns, dtype="float32")
+        assert converted.dtype == np.float32
+        np.testing.assert_array_equal(converted, pixels[slice(*rows), slice(*columns)])
 
 
 def test_auto_tiles_only_images_beyond_the_budget(tiffs: Path) -> None:

@@ -23,6 +23,8 @@ from pipeline.errors import InputError
 TIFF_SUFFIXES = (".tif", ".tiff")
 # A stripped TIFF has no file tiles to align to: tiles are whole multiples of this instead.
 STRIP_TILE_STEP = (256, 256)
+# Bytes of file tiles read in one pass (tifffile's default, 256 MiB, would hold a tile's all at once).
+READ_AT_ONCE = 4 * 1024 * 1024
 
 
 def tiff_layout(path: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
@@ -109,10 +111,41 @@ def _read_tile(
 ) -> np.ndarray:
     from pipeline.sources.images import convert_pixels
 
-    (y0, y1), (x0, x1) = (axis[index] for axis, index in zip(regions, block_id[-2:]))
+    rows, columns = (axis[index] for axis, index in zip(regions, block_id[-2:]))
     try:
-        with tifffile.imread(path, aszarr=True) as store:
-            pixels = zarr.open_array(store, mode="r")[y0:y1, x0:x1]
+        pixels = read_region(path, rows, columns, dtype=out_dtype)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
     return convert_pixels(pixels, color=color, dtype=out_dtype)[np.newaxis]
+
+
+def read_region(path: str, rows: tuple[int, int], columns: tuple[int, int], *, dtype: str | None = None) -> np.ndarray:
+    """The first page's pixels in ``rows`` x ``columns``, (y, x[, samples]), decoded in this thread.
+
+    Only the file's tiles (or strips) that overlap the region are read and decoded, by tifffile's
+    own decoder; a single-sample page is converted to ``dtype`` as it is copied out. (tifffile's
+    Zarr view decodes on zarr's one event-loop thread, which serialised every worker's reads.)
+    """
+    (y0, y1), (x0, x1) = rows, columns
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        separate, depth, length, width, samples = page.shaped
+        if separate != 1 or depth != 1:  # planar or 3-D tiles: rare enough for the Zarr view
+            with tifffile.imread(path, aszarr=True) as store:
+                return zarr.open_array(store, mode="r")[y0:y1, x0:x1]
+        step_y, step_x = page.chunks[:2]
+        across = -(-width // step_x)
+        wanted = [ty * across + tx for ty in range(y0 // step_y, -(-y1 // step_y)) for tx in range(x0 // step_x, -(-x1 // step_x))]
+        out = np.empty((y1 - y0, x1 - x0, samples), dtype=dtype if dtype and samples == 1 else page.dtype)
+        options = {key: value for key, value in (("jpegtables", page.jpegtables), ("jpegheader", page.jpegheader)) if value is not None}
+        segments = tiff.filehandle.read_segments(
+            [page.dataoffsets[i] for i in wanted], [page.databytecounts[i] for i in wanted], indices=wanted, sort=True,
+            buffersize=READ_AT_ONCE,
+        )
+        for data, index in segments:
+            segment, (_, _, top, left, _), _ = page.decode(data, index, _fullsize=True, **options)
+            a, b = max(y0, top), min(y1, top + step_y)
+            c, d = max(x0, left), min(x1, left + step_x)
+            # a tile the file leaves empty reads as zeros, as with tifffile's own reading
+            out[a - y0 : b - y0, c - x0 : d - x0] = 0 if segment is None else segment[0, a - top : b - top, c - left : d - left]
+    return out[..., 0] if len(page.shape) == 2 else out
