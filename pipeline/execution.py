@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 # The local schedulers' get functions. Handing dask the function rather than its name spares the
 # import of ``distributed`` (0.1 s of every run) that dask makes to look for a client by that name.
 LOCAL_SCHEDULERS = {"sync": "dask.local:get_sync", "threads": "dask.threaded:get", "processes": "dask.multiprocessing:get"}
-
-
+JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
 # Chunks one task encodes and writes at a time. Dask's workers already keep every core busy; zarr's
 # own concurrency (10 chunks) on top held ten encoded slices per task of a volume's slab, about
 # 100 MiB more at the peak, and was no faster.
@@ -40,7 +39,6 @@ ZARR_CHUNKS_AT_ONCE = 1
 def _local_get(scheduler: str) -> Callable[..., Any]:
     module, name = LOCAL_SCHEDULERS[scheduler].split(":")
     return getattr(importlib.import_module(module), name)
-JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
 
 
 def resolve_workers(workers: int | str) -> int:

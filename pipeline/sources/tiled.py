@@ -1,9 +1,10 @@
 """Huge TIFF images read by tiles: each task decodes one region, never the whole image.
 
-tifffile exposes a TIFF's tiles (or strips) as a Zarr store; a task opens it, reads its region and
-converts it like any image (gray or channels). A convolution's halo is read with the region, from
-the file, rather than taken from the neighbouring tasks: tasks then depend on nothing but the file,
-each tile is read, convolved and written by one task, and memory stays at one tile per worker.
+A task opens the file, decodes the file tiles (or strips) its region overlaps with tifffile's own
+decoder, and converts the region like any image (gray or channels). A convolution's halo is read
+with the region, from the file, rather than taken from the neighbouring tasks: tasks then depend on
+nothing but the file, each tile is read, convolved and written by one task, and memory stays at
+one tile per worker.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ edge lies inside the summed halo, which is trimmed. Dask pads nothing at the out
 (``boundary="none"``): the block function's own mode handles it there, except ``wrap``, which needs
 real neighbours from the far side (dask's ``periodic``). When an image is one chunk (the default),
 ``valid`` and ``full`` need no halo at all and run as plain ``map_blocks``.
+
+A source that can read its chunks again with a halo (tiles of a huge TIFF, slabs of a volume)
+replaces the exchange for the first run of steps: each block is read with its halo, filtered, and
+only its own samples are returned, so a task depends on no neighbour's.
 """
 
 from __future__ import annotations
