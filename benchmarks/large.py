@@ -3,17 +3,19 @@
     python benchmarks/large.py VARIANT WORKLOAD INPUT OUT [--tile T]   # one measured script run
 
 - ``huge``: one 12000x12000 uint16 TIFF in 512x512 file tiles, a 15x15 gaussian (sigma 2.5,
-  truncate 2.8). The pipeline reads it by tiles (``input.tile: auto``: above 16 MPix, 2048-pixel
-  tiles rounded to whole file tiles), so every case here writes 2048x2048 chunks.
+  truncate 2.8). The pipeline reads it by tiles (``input.tile: auto``: the largest whole file tiles
+  whose task fits a worker's share of ``execution.memory_budget``, 2048x2048 by default on two
+  workers), and every case here writes chunks of that tile.
 - ``volume``: one 128x1024x1024 uint16 multi-page TIFF (a z-stack, ``photometric='minisblack'``),
-  a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: slabs of 16 slices per chunk.
+  a 5x5x5 box (``box``, size 5, ndim 3), ``input.layout: volume``: slabs as deep as the budget
+  allows (5 slices by default on two workers), stored one slice per chunk.
 
 Each is compared in four variants, every run a fresh process (see measure.py):
 
 - ``pipeline``: the pipeline CLI on a generated YAML job, defaults (threads, one worker per core);
 - ``floor-cli``: the same CLI with ``steps: []`` (read + gray/float32 + write, no convolution);
 - ``floor``: a plain script doing the same read + float32 + write (tifffile, a thread pool of 2);
-- ``dask-image``: ``da.from_zarr(tifffile.imread(path, aszarr=True))`` (rechunked to 2048x2048
+- ``dask-image``: ``da.from_zarr(tifffile.imread(path, aszarr=True))`` (rechunked to the pipeline's
   tiles for ``huge``; one page per chunk for ``volume``) -> float32 -> ``dask_image.ndfilters
   .convolve(mode="reflect")`` -> ``da.to_zarr``, dask's threads scheduler.
 
@@ -47,7 +49,6 @@ WORKERS = 2  # the floor script's thread pool, as cases.py's loops: one thread p
 HUGE_SIDE = 12000
 HUGE_FILE_TILE = (512, 512)
 VOLUME_SHAPE = (128, 1024, 1024)
-DASK_TILE = 2048  # dask-image's chunks for the huge image (the pipeline's auto tile is the same)
 WORKLOADS = ("huge", "volume")
 VARIANTS = ("floor", "floor-cli", "pipeline", "dask-image")  # the order they are run and shown in
 CLI_VARIANTS = ("pipeline", "floor-cli")
@@ -110,17 +111,31 @@ def kernel_weights(workload: str) -> np.ndarray:
 
 
 def store_tile(workload: Workload) -> int | None:
-    """The pipeline's tile for the huge image (``input.tile: auto``); None for the volume."""
+    """The pipeline's tile for the huge image, as its run will choose it (``input.tile: auto`` under
+    the default memory budget, on this machine's workers); None for the volume."""
     if workload.name != "huge":
         return None
-    from pipeline.sources.tiled import choose_tile
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
 
-    tile = choose_tile(str(workload.path), "auto", workload.shape)
-    if tile is None:
+    plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
+    if plan.spec.tile is None:
         raise RuntimeError(f"{workload.path}: input.tile auto would read it whole; use a larger --large-scale")
+    tile = plan.chunks[-2:]
     if tile[0] != tile[1]:
         raise RuntimeError(f"unexpected non-square tile {tile}")
     return tile[0]
+
+
+def slab_depth(workload: Workload) -> int | None:
+    """Slices per task of the pipeline's volume run (the memory budget's choice); None for the image."""
+    if workload.name != "volume":
+        return None
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
+    plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
+    return plan.spec.chunks[0]
 
 
 # --- the inputs, built once -------------------------------------------------------------------
@@ -284,7 +299,7 @@ def run_volume_dask_image(path: str, out: str, tile: int | None) -> None:
     target = create_store(out, (1, *volume.shape), chunks)
     with dask.config.set(scheduler="threads"):
         # dask-image's map_overlap merges slices into 2-slice chunks (depth 2 > 1 slice); the store
-        # takes one slice per chunk (the pipeline stores slabs of 16 slices; chunking does not change values).
+        # takes one slice per chunk, as the pipeline's.
         da.to_zarr(result[None].rechunk(chunks), target)
 
 

@@ -27,7 +27,6 @@ from collection import WORK, collection_files, ensure_collection
 import large
 from measure import RunFailed, measure
 import report
-from pipeline.sources.tiled import AUTO_TILE_ABOVE
 from verify import check_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,10 +66,6 @@ def parse_args() -> argparse.Namespace:
         parser.error("--images and --repeats must be at least 1")
     if not args.large_scale > 0:
         parser.error("--large-scale must be positive")
-    side = large.workloads(args.large_scale)["huge"].shape[0]
-    if "huge" in args.only and side * side <= AUTO_TILE_ABOVE:
-        parser.error(f"--large-scale {args.large_scale:g} makes the huge image {side}x{side}, not above the "
-                     f"{AUTO_TILE_ABOVE / 2**20:g} MPix where input.tile auto reads by tiles; use at least 0.12")
     return args
 
 
@@ -169,7 +164,8 @@ def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]
     tile = large.store_tile(workload)
     console.print(f"[bold]{workload.describe()}[/bold], {path.stat().st_size / 2**20:.0f} MiB "
                   f"({'built now' if built else 'cached'}), {workload.float32_mib:.0f} MiB as float32"
-                  + (f", store chunks {tile}x{tile}" if tile else ", slabs of 16 slices per chunk"), highlight=False)
+                  + (f", tiles and store chunks {tile}x{tile}" if tile else
+                     f", slabs of {large.slab_depth(workload)} slices, one slice per chunk"), highlight=False)
     return [bench_large(workload, variant, tile, args, checks) for variant in large.VARIANTS]
 
 

@@ -240,7 +240,8 @@ def plan(
         out.print(
             f"{info['images']} images, {info['tasks']} tasks, compute dtype {info['compute_dtype']}; "
             f"peak memory ≈ {info['peak_memory_per_task'] / mib:.1f} MiB per task, "
-            f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {info['workers']} workers; "
+            f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {info['workers']} workers "
+            f"(tiles and slabs sized for {info['memory_budget_per_worker'] / mib:.0f} MiB per worker); "
             f"read ≈ {info['bytes_read_estimate'] / mib:.1f} MiB, "
             f"write {info['bytes_written_uncompressed'] / mib:.1f} MiB before compression",
             highlight=False,

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.budget import parse_size
 from pipeline.errors import ConfigError, KernelError
 from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
@@ -78,7 +79,8 @@ class InputConfig(_Frozen):
     )
     tile: Union[Literal["auto", "whole"], PositiveCount] = Field(
         "auto",
-        description="read huge TIFFs by tiles: auto (TIFFs above 16 MPix, by ~2048 px tiles), whole, or a tile size",
+        description="read huge TIFFs by tiles: auto (TIFFs beyond a worker's share of execution.memory_budget, "
+        "by the largest tiles that fit), whole, or a tile size",
     )
     max_pixels: PositiveCount = Field(
         DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"
@@ -211,6 +213,12 @@ class ExecutionConfig(_Frozen):
     )
     threads_per_worker: PositiveCount = Field(1, description="threads of each LocalCluster worker")
     memory_limit: str = Field("auto", description="memory limit of each LocalCluster worker, e.g. 4GiB")
+    memory_budget: str = Field(
+        "auto",
+        description="memory the workers' tiles and slabs may hold together, e.g. 1GiB; each worker gets an equal "
+        "share and huge images are read by the largest tiles (volumes by the deepest slabs) that fit it; "
+        "auto = 96MiB per worker",
+    )
     batch_size: Union[Literal["auto"], PositiveCount] = Field(
         "auto", description="images per batch: the unit of graph size, progress and resume"
     )
@@ -222,6 +230,13 @@ class ExecutionConfig(_Frozen):
     compute_dtype: Literal["auto", "float32", "float64"] = Field(
         "auto", description="float type of the computation; auto = float64 for 32/64-bit outputs, else float32"
     )
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _a_size(cls, value: Any) -> str:
+        if value != "auto":
+            parse_size(value)  # raises ValueError with the accepted units
+        return str(value)
 
     @field_validator("scheduler")
     @classmethod

@@ -16,6 +16,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from pipeline.budget import BlockBudget, worker_budget
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
@@ -23,7 +24,7 @@ from pipeline.sources.frames import frame_sources
 from pipeline.sources.shapes import group_by_shape
 from pipeline.sources.images import ImageSpec, declared_dtype, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
-from pipeline.steps.chain import Stage, Step, build_steps, chain
+from pipeline.steps.chain import Stage, Step, build_steps, chain, leading_reach
 from pipeline.steps.normalize import unit_range_to
 from pipeline.steps.pyramid import pyramid
 from pipeline.storage import file_size
@@ -43,7 +44,7 @@ class JobPlan:
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        """The store's chunk: one image, or one tile of one."""
+        """The store's chunk: one image, one tile of one, or one slice of a volume."""
         return store_chunks(self.spec, self.shape)
 
     @property
@@ -126,12 +127,13 @@ class JobPlan:
 
     def estimates(self) -> dict[str, Any]:
         """Task count, peak memory per worker and bytes moved, for `pipeline plan`."""
-        workers = 1 if self.config.execution.scheduler == "sync" else resolve_workers(self.config.execution.workers)
+        workers = planned_workers(self.config)
         item = np.dtype(self.compute_dtype).itemsize
         block = int(np.prod(self.spec.chunks)) * item
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
-        # A task holds the decoded image, its float copy, an input and output per kernel, the cast.
-        per_task = block + 2 * largest + int(np.prod(self.image_shape)) * np.dtype(self.dtype).itemsize
+        # A task holds the decoded block, its float copy, an input and output per kernel, the cast.
+        written = int(np.prod(task_chunks(self.spec, self.shape)[1:])) * np.dtype(self.dtype).itemsize
+        per_task = block + 2 * largest + written
         first_file = file_size(self.sources[0], self.spec.storage_options)
         (one_image,) = dask.optimize(self.result(0, 1))
         return {
@@ -140,6 +142,7 @@ class JobPlan:
             "workers": workers,
             "peak_memory_per_task": per_task,
             "peak_memory_all_workers": per_task * workers,
+            "memory_budget_per_worker": worker_budget(self.config.execution.memory_budget, workers),
             "bytes_read_estimate": first_file * len(self.sources),
             "bytes_written_uncompressed": int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize,
         }
@@ -169,16 +172,26 @@ def build_plans(config: PipelineConfig) -> dict[str, JobPlan]:
     return {name: build_plan(config, sources) for name, sources in split.groups.items()}
 
 
-def build_plan(config: PipelineConfig, sources: Sequence[str] | None = None) -> JobPlan:
-    """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early."""
+def build_plan(
+    config: PipelineConfig, sources: Sequence[str] | None = None, *, stored_chunks: tuple[int, ...] | None = None
+) -> JobPlan:
+    """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early.
+
+    ``stored_chunks``, the chunks of a store being resumed or extended, fix the tiles and slabs.
+    """
     sources = tuple(list_sources(config) if sources is None else sources)
-    spec = _probe_first_readable(config, sources)
-    source_shapes: tuple[tuple[int, ...], ...] = ()
-    if config.input.shapes == "pad":
-        spec, source_shapes = _padded_spec(config, spec, sources)
     dtype = compute_dtype(config)
     # normalize rescales each image as a whole (all channels together, keeping colour balance)
     steps = tuple(build_steps(config.steps, image_axes=1))
+    budget = BlockBudget(
+        bytes=worker_budget(config.execution.memory_budget, planned_workers(config)),
+        itemsize=np.dtype(dtype).itemsize,
+        halo=leading_reach(steps),
+    )
+    spec = _probe_first_readable(config, sources, budget, stored_chunks)
+    source_shapes: tuple[tuple[int, ...], ...] = ()
+    if config.input.shapes == "pad":
+        spec, source_shapes = _padded_spec(config, spec, sources)
     one_image, stages = _lazy_result(config, sources[:1], spec, steps, dtype)
     stages = tuple(replace(stage, shape=(len(sources), *stage.shape[1:])) for stage in stages)
     return JobPlan(
@@ -205,7 +218,17 @@ def _padded_spec(
     return replace(spec, shape=largest, pad_value=config.input.pad_value), tuple(shapes)
 
 
-def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> ImageSpec:
+def planned_workers(config: PipelineConfig) -> int:
+    """The workers a run will have, as far as the config says (a remote cluster may differ)."""
+    return 1 if config.execution.scheduler == "sync" else resolve_workers(config.execution.workers)
+
+
+def _probe_first_readable(
+    config: PipelineConfig,
+    sources: Sequence[str],
+    budget: BlockBudget = BlockBudget(),
+    stored_chunks: tuple[int, ...] | None = None,
+) -> ImageSpec:
     """The spec from the first file; with ``on_error: skip``, from the first that can be read."""
     candidates = sources if config.input.on_error == "skip" else sources[:1]
     for source in candidates:
@@ -217,6 +240,8 @@ def _probe_first_readable(config: PipelineConfig, sources: Sequence[str]) -> Ima
                 tile=config.input.tile,
                 layout=config.input.layout,
                 storage_options=config.input.storage_options,
+                budget=budget,
+                stored_chunks=stored_chunks,
             )
         except InputError:
             if source is candidates[-1]:
@@ -228,15 +253,32 @@ def _lazy_result(
     config: PipelineConfig, sources: Sequence[str], spec: ImageSpec, steps: Sequence[Step], dtype: str
 ) -> tuple[da.Array, tuple[Stage, ...]]:
     images = stack_images(sources, spec, dtype=dtype)
-    chained = chain(images, steps, spatial_ndim=spec.spatial_ndim)
+
+    def with_halo(depth: dict[int, int]) -> da.Array:
+        return stack_images(sources, spec, dtype=dtype, halo=depth)
+
+    # Tiles and slabs can be read again with their halo; whole images have no neighbours to read.
+    haloed = with_halo if spec.tile is not None or spec.volume else None
+    chained = chain(images, steps, spatial_ndim=spec.spatial_ndim, haloed=haloed)
     scale = unit_range_to(np.dtype(config.output.dtype)) if chained.unit_range else 1.0
     result = cast_to(chained.array, config.output.dtype, scale=scale)
-    # One chunk per image (or per tile) in the store; valid/full on tiles may leave ragged chunks.
-    return result.rechunk(store_chunks(spec, result.shape)), chained.stages
+    # Whole store chunks per task; valid/full on tiles or slabs may leave ragged chunks to realign.
+    return result.rechunk(task_chunks(spec, result.shape)), chained.stages
 
 
 def store_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The store's chunk for a result of ``shape``: one image, or one tile of one image."""
+    """The chunk of a new store for a result of ``shape``: one image, one tile of one, one slice of a volume.
+
+    A volume's slabs are sized by the memory budget, which may differ on the next run: one slice
+    per chunk lets any slab write whole chunks.
+    """
+    if spec.volume:
+        return (1, 1, *shape[2:])
+    return task_chunks(spec, shape)
+
+
+def task_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The chunk one task computes and writes: one image, one tile of one, one slab of a volume."""
     if spec.volume:
         return (1, min(spec.chunks[0], shape[1]), *shape[2:])
     if spec.tile is None:

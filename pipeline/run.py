@@ -237,8 +237,9 @@ def _open_or_create(
         known = stored.sources
         seen = set(known)
         new = [source for source in listed if source not in seen]
-        # One plan over the store's images and the new ones; it must be the stored job's.
-        plan = build_plan(config, known + new)
+        # One plan over the store's images and the new ones; it must be the stored job's, and its
+        # tiles or slabs must write whole chunks of the store, whatever budget this run has.
+        plan = build_plan(config, known + new, stored_chunks=tuple(stored.array.chunks))
         _check_same_job(stored.provenance, plan, path)
         if new and not append:
             raise OutputError(

@@ -290,6 +290,19 @@ def test_bad_workers_named(raw, workers):
     assert any(repr(workers) in p for p in problems)
 
 
+@pytest.mark.parametrize("budget", ["auto", "512MiB", "2GB", 1000000])
+def test_memory_budget_takes_sizes(raw, budget):
+    raw["execution"] = {"memory_budget": budget}
+    assert validate_config(raw).execution.memory_budget == str(budget)
+
+
+@pytest.mark.parametrize("budget", ["lots", "0MiB", -5, "12 parsecs"])
+def test_bad_memory_budget_is_one_problem_naming_the_units(raw, budget):
+    raw["execution"] = {"memory_budget": budget}
+    problem = only_problem(raw)
+    assert problem.startswith("execution.memory_budget: ") and "MiB" in problem and repr(budget) in problem
+
+
 def test_bad_workers_is_one_problem_with_a_clean_key(raw):
     raw["execution"] = {"workers": 0}
     assert only_problem(raw).startswith("execution.workers: ")

@@ -141,3 +141,40 @@ def test_plain_zarr_format_has_no_ome_metadata(folder: Path, tmp_path: Path) -> 
     out = tmp_path / "plain.zarr"
     run(_config(folder, out, [], format="zarr"))
     assert "ome" not in zarr.open_group(str(out), mode="r").attrs
+
+
+@pytest.mark.parametrize("first, then", [("auto", "200kB"), ("200kB", "auto")], ids=["whole, then tiles", "tiles, then whole"])
+def test_a_resumed_store_keeps_its_chunks_whatever_the_budget(tmp_path: Path, first: str, then: str) -> None:
+    import tifffile
+
+    from pipeline.steps.kernels import build_kernel
+
+    images = tmp_path / "tiffs"
+    images.mkdir()
+    pixels = [RNG.integers(0, 65536, (300, 260), dtype=np.uint16) for _ in range(2)]
+    tifffile.imwrite(images / "a.tif", pixels[0], tile=(64, 64))
+    (images / "b.tif").write_bytes(b"II*\0 not a tiff")  # fails the first run after image a
+    out = tmp_path / "out.zarr"
+
+    def config(budget: str) -> Any:
+        return validate_config(
+            {
+                "input": {"paths": str(images)},
+                "steps": [{"convolve": {"kernel": "gaussian", "params": {"sigma": 2.0}}}],
+                "output": {"path": str(out)},
+                "execution": {"batch_size": 1, "workers": 1, "memory_budget": budget},
+            }
+        )
+
+    with pytest.raises(InputError, match="b.tif"):
+        run(config(first))
+    chunks = zarr.open_group(str(out), mode="r")["0"].chunks
+    assert chunks == ((1, 300, 260) if first == "auto" else (1, 64, 64))
+    tifffile.imwrite(images / "b.tif", pixels[1], tile=(64, 64))
+    summary = run(config(then))  # another budget would choose other tiles: the store's are kept
+    stored, _ = _stored(out)
+    assert summary.processed == 1 and zarr.open_group(str(out), mode="r")["0"].chunks == chunks
+    weights = build_kernel("gaussian", {"sigma": 2.0}).weights
+    for image, source in zip(stored, pixels):
+        expected = ndimage.convolve(source.astype(np.float64), weights, mode="reflect")
+        np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-3)

@@ -139,3 +139,17 @@ def test_writes_that_would_share_a_zarr_chunk_are_refused(tmp_path: Path) -> Non
         write_lazily(da.ones((4, 4), chunks=(1, 4)), target)
     write_lazily(da.ones((4, 4), chunks=(2, 4)), target).compute()  # whole zarr chunks: fine
     assert target[:].sum() == 16
+
+
+def test_blocks_of_many_chunks_are_written_chunk_by_chunk(tmp_path: Path) -> None:
+    import dask.array as da
+
+    from pipeline.sinks.zarr_store import write_lazily
+
+    values = np.arange(3 * 5 * 7, dtype="float32").reshape(3, 5, 7)
+    # a strided view, as a tile cut from its halo: each zarr chunk must still get its own samples
+    strided = da.from_array(np.pad(values, 1)[1:-1, 1:-1, 1:-1], chunks=(1, 4, 7))
+    target = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(5, 5, 7), chunks=(1, 2, 3), dtype="float32")
+    write_lazily(strided, target, start=2).compute()
+    np.testing.assert_array_equal(target[2:], values)
+    assert target.nchunks_initialized == 3 * 3 * 3

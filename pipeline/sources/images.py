@@ -18,11 +18,12 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from pipeline.budget import BlockBudget, slab_depth
 from pipeline.errors import InputError, ShapeMismatch
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, frame_pixels, read_frame, split_source
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
-from pipeline.sources.volume import SLAB, stack_shape, stack_volumes, volume_shape
+from pipeline.sources.volume import stack_shape, stack_volumes, volume_shape
 from pipeline.storage import absolute, is_remote, opened, read_bytes
 
 __all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "probe", "read_image", "stack_images"]
@@ -60,7 +61,8 @@ class ImageSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS
     raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c]), or (z, y, x[, c]) for volumes
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
-    volume: bool = False  # each file a (z, y, x) stack, read slice by slice
+    volume: bool = False  # each file a (z, y, x) stack, read by slabs of ``slab`` slices
+    slab: int = 1
     pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
     frames: int = 1  # frames (pages) of each file: each frame is one image (see sources/frames.py)
     # fsspec options for remote files (input.storage_options); handed to every decode task
@@ -68,9 +70,9 @@ class ImageSpec:
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        """One image's chunk: the whole image, one tile of it, or one slice of a volume."""
+        """One image's chunk: the whole image, one tile of it, or one slab of a volume."""
         if self.volume:
-            return (min(SLAB, self.shape[0]), *self.shape[1:])
+            return (min(self.slab, self.shape[0]), *self.shape[1:])
         return self.shape if self.tile is None else (*self.shape[:-2], *self.tile)
 
     @property
@@ -92,10 +94,14 @@ def probe(
     tile: str | int = "auto",
     layout: str = "images",
     storage_options: Mapping[str, Any] | None = None,
+    budget: BlockBudget = BlockBudget(),
+    stored_chunks: tuple[int, ...] | None = None,
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape.
 
-    ``path`` is a file or one frame of one (``stack.tif#0``).
+    ``path`` is a file or one frame of one (``stack.tif#0``). Tiles and slabs are sized from one
+    worker's ``budget``, unless ``stored_chunks`` (the chunks of the store a run resumes) fix them:
+    every task must write whole chunks of that store.
     """
     options = dict(storage_options or {})
     if layout == "volume":
@@ -108,9 +114,15 @@ def probe(
                 f"copy the stacks to a local disk first", path
             )
         raw = stack_shape(path)
+        shape = volume_shape(path, raw)
+        slab = slab_depth(
+            budget.bytes,
+            plane_bytes=budget.itemsize * shape[1] * shape[2],
+            halo=budget.reach(3)[0],
+            multiple=stored_chunks[1] if stored_chunks else 1,
+        )
         return ImageSpec(
-            shape=volume_shape(path, raw), color=color, reference=path, max_pixels=max_pixels,
-            raw_shape=raw, volume=True,
+            shape=shape, color=color, reference=path, max_pixels=max_pixels, raw_shape=raw, volume=True, slab=slab,
         )
     file, frame = split_source(path)
     frames = frame_count(file, options)
@@ -118,32 +130,49 @@ def probe(
     check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels, options)
     raw = _raw_shape(path, options)
     shape = _converted_shape(path, raw, color)
+    if stored_chunks is not None:
+        chosen = None if tuple(stored_chunks[-2:]) == shape[-2:] else tuple(stored_chunks[-2:])
+    else:
+        chosen = choose_tile(path, tile, shape, budget=budget)
     return ImageSpec(
         shape=shape,
         color=color,
         reference=file,
         max_pixels=max_pixels,
         raw_shape=raw,
-        tile=choose_tile(path, tile, raw),
+        tile=chosen,
         storage_options=options,
         frames=frames,
     )
 
 
-def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32") -> da.Array:
+def stack_images(
+    sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None
+) -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
 
     Tasks get absolute paths (a distributed worker may run in another directory), or URLs and
     the storage options: each task opens its own file, whatever process it runs in. Huge TIFFs
-    (``spec.tile``) are read by tiles instead, one task per tile.
+    (``spec.tile``) are read by tiles instead, one task per tile, and volumes by slabs. Those can
+    also be read with a ``halo`` ({axis: samples}, as dask's ``overlap`` takes it): each chunk then
+    holds that much of its neighbours too, read from the file.
     """
+    halo = {axis: reach for axis, reach in (halo or {}).items() if reach}
+    ndim = 1 + len(spec.shape)
     if spec.volume:
-        return stack_volumes(sources, shape=spec.shape, raw_shape=spec.raw_shape, dtype=dtype, reference=spec.reference)
+        _only_along(halo, (1,), "volumes are read with halos along z only")
+        return stack_volumes(
+            sources, shape=spec.shape, raw_shape=spec.raw_shape, slab=spec.chunks[0], dtype=dtype,
+            reference=spec.reference, halo=halo.get(1, 0),
+        )
     if spec.tile is not None:
+        _only_along(halo, (ndim - 2, ndim - 1), "tiles are read with halos along y and x only")
         return tiled_stack(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, tile=spec.tile,
             color=spec.color, dtype=dtype, reference=spec.reference, frames=spec.frames,
+            halo=(halo.get(ndim - 2, 0), halo.get(ndim - 1, 0)),
         )
+    _only_along(halo, (), "whole images are read without halos")
     names = np.empty(len(sources), dtype=object)
     names[:] = [absolute(source) for source in sources]
     return da.from_array(names, chunks=1, name=False).map_blocks(
@@ -161,6 +190,11 @@ def stack_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float
         storage_options=dict(spec.storage_options),
         frames=spec.frames,
     )
+
+
+def _only_along(halo: dict[int, int], axes: tuple[int, ...], message: str) -> None:
+    if set(halo) - set(axes):
+        raise ValueError(f"{message}; asked for {halo}")
 
 
 def open_collection(

@@ -1,14 +1,15 @@
 """Volumes: each multi-page TIFF (a z-stack) is one image of shape (z, y, x), read slab by slab.
 
-A slab of ``SLAB`` slices is one chunk: a 3-D kernel's halo along z is exchanged between slabs by
-map_overlap (a halo of h slices costs 2h/SLAB extra work, not 2h per slice), and memory stays at a
-few slabs per worker, whatever the depth of the stack.
+A slab of slices is one chunk, as deep as one worker's memory budget allows (``budget.slab_depth``).
+A 3-D kernel's halo along z is read from the file with the slab (a halo of h slices costs 2h
+slices of reading per slab, not a copy of the neighbouring slabs), so each slab is read, convolved
+and written by one task that depends on nothing but the file.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import dask.array as da
 import numpy as np
@@ -16,7 +17,7 @@ import tifffile
 
 from pipeline.errors import InputError
 from pipeline.sources.frames import TIFF_SUFFIXES
-SLAB = 16
+from pipeline.sources.tiled import block_regions
 
 
 def stack_shape(path: str) -> tuple[int, ...]:
@@ -38,8 +39,12 @@ def volume_shape(path: str, raw: tuple[int, ...]) -> tuple[int, ...]:
     raise InputError(f"image {path!r} has shape {raw}, which is not a (z, y, x) stack of gray or RGB pages", path)
 
 
-def stack_volumes(sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], dtype: str, reference: str) -> da.Array:
-    """(volume, z, y, x), one chunk per slab of slices."""
+def stack_volumes(
+    sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], slab: int, dtype: str,
+    reference: str, halo: int = 0,
+) -> da.Array:
+    """(volume, z, y, x), one chunk per slab of slices, each with ``halo`` slices more on each side."""
+    regions = block_regions(shape[0], slab, halo)
     volumes = []
     for source in sources:
         found = stack_shape(source)
@@ -52,26 +57,50 @@ def stack_volumes(sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: 
         volumes.append(
             da.map_blocks(
                 _read_slab,
-                chunks=((1,), slabs(shape[0]), (shape[1],), (shape[2],)),
+                chunks=((1,), tuple(stop - start for start, stop in regions), (shape[1],), (shape[2],)),
                 dtype=dtype,
                 meta=np.empty((0, 0, 0, 0), dtype=dtype),
                 path=os.path.abspath(source),
                 out_dtype=dtype,
+                plane=tuple(shape[1:]),
+                regions=regions,
             )
         )
     return da.concatenate(volumes, axis=0)
 
 
-def slabs(depth: int) -> tuple[int, ...]:
-    return tuple(min(SLAB, depth - start) for start in range(0, depth, SLAB))
-
-
-def _read_slab(*, path: str, out_dtype: str, block_info: dict | None = None) -> np.ndarray:
+def _read_slab(
+    *, path: str, out_dtype: str, plane: tuple[int, int], regions: list[tuple[int, int]], block_id: tuple[int, ...]
+) -> np.ndarray:
     from pipeline.sources.images import convert_pixels
 
-    z0, z1 = block_info[None]["array-location"][1]
+    z0, z1 = regions[block_id[1]]
+    slab = np.empty((1, z1 - z0, *plane), dtype=out_dtype)
     try:
-        pages = [tifffile.imread(path, key=z) for z in range(z0, z1)]
+        # Converted slice by slice into the slab: the file's raw pixels are held one slice at a time.
+        for index, pixels in enumerate(read_slices(path, z0, z1)):
+            slab[0, index] = pixels if pixels.ndim == 2 else convert_pixels(pixels, color="gray", dtype=out_dtype)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
-    return np.stack([convert_pixels(page, color="gray", dtype=out_dtype) for page in pages])[np.newaxis]
+    return slab
+
+
+def read_slices(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
+    """The stored pixels of slices ``start:stop`` of the stack, one at a time.
+
+    Slices stored plainly (uncompressed, in native byte order, one after the other) are mapped from
+    the file, so they are converted straight from the page cache; others are decoded page by page.
+    """
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+    except ValueError:  # compressed, tiled or scattered pages: tifffile decodes them
+        mapped = None
+    if mapped is not None:
+        stack = mapped if mapped.ndim >= 3 else mapped[np.newaxis]
+        for z in range(start, stop):
+            yield stack[z]
+        return
+    with tifffile.TiffFile(path) as tiff:
+        pages = tiff.series[0].pages
+        for z in range(start, stop):
+            yield pages[z].asarray()

@@ -12,9 +12,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import dask.array as da
+import numpy as np
 
 from pipeline.errors import KernelError
-from pipeline.steps.convolve import Convolution, apply_group, group_planned, halo, plan_convolution
+from pipeline.steps.convolve import Convolution, HaloedSource, apply_group, group_planned, halo, plan_convolution
 from pipeline.steps.kernels import build_kernel
 from pipeline.steps.normalize import normalize
 
@@ -78,8 +79,14 @@ def _normalize_step(cfg: NormalizeStep, image_axes: int) -> Step:
     )
 
 
-def chain(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int) -> ChainResult:
-    """Compose the steps lazily and describe each stage of the resulting graph."""
+def chain(
+    array: da.Array, steps: Sequence[Step], *, spatial_ndim: int, haloed: HaloedSource | None = None
+) -> ChainResult:
+    """Compose the steps lazily and describe each stage of the resulting graph.
+
+    ``haloed`` reads the source ``array`` again with a halo; the first stage uses it, if it is a
+    run of ``same`` convolutions, instead of exchanging halos between chunks.
+    """
     stages: list[Stage] = []
     index = 0
     while index < len(steps):
@@ -92,13 +99,14 @@ def chain(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int) -> Chain
         run = [index]
         while run[-1] + 1 < len(steps) and steps[run[-1] + 1].convolution is not None:
             run.append(run[-1] + 1)
-        array = _convolve_run(array, steps, run, spatial_ndim, stages)
+        array = _convolve_run(array, steps, run, spatial_ndim, stages, haloed if index == 0 else None)
         index = run[-1] + 1
     return ChainResult(array, bool(steps) and steps[-1].unit_range, tuple(stages))
 
 
 def _convolve_run(
-    array: da.Array, steps: Sequence[Step], run: list[int], spatial_ndim: int, stages: list[Stage]
+    array: da.Array, steps: Sequence[Step], run: list[int], spatial_ndim: int, stages: list[Stage],
+    haloed: HaloedSource | None,
 ) -> da.Array:
     planned = []
     for index in run:  # planned one by one, so that an error names its step
@@ -108,12 +116,12 @@ def _convolve_run(
             )
     groups = group_planned(planned)
     position = 0
-    for group in groups:
+    for number, group in enumerate(groups):
         members = tuple(run[position : position + len(group)])
         position += len(group)
         depth = halo(array, group)[0] if group[0].convolution.mode == "same" else {}
         with _named(steps, members[0]):
-            array = apply_group(array, group, spatial_ndim=spatial_ndim)
+            array = apply_group(array, group, spatial_ndim=spatial_ndim, haloed=haloed if number == 0 else None)
         exchanged = tuple(depth.get(axis, 0) for axis in range(array.ndim))
         strategies = tuple(planned.plan.describe() for planned in group)
         stages.append(_stage(array, members, " + ".join(steps[i].name for i in members), exchanged, strategies))
@@ -130,6 +138,23 @@ def _named(steps: Sequence[Step], index: int) -> Iterator[None]:
 
 def _stage(array: da.Array, members: tuple[int, ...], name: str, halo: tuple[int, ...], strategies: tuple[str, ...]) -> Stage:
     return Stage(members, name, halo, strategies, tuple(array.shape), tuple(array.chunksize))
+
+
+def leading_reach(steps: Sequence[Step]) -> tuple[int, ...]:
+    """How far the run of ``same`` convolutions the steps start with reaches, per spatial axis (x last).
+
+    It is the halo a tile or slab must be read with (``wrap`` takes its halo from the far side
+    instead, and other steps start no run).
+    """
+    reach: tuple[int, ...] = ()
+    for step in steps:
+        convolution = step.convolution
+        if convolution is None or convolution.mode != "same" or convolution.boundary == "wrap":
+            break
+        own = tuple(m // 2 for m in np.shape(convolution.weights))
+        width = max(len(reach), len(own))
+        reach = tuple(a + b for a, b in zip((0,) * (width - len(reach)) + reach, (0,) * (width - len(own)) + own))
+    return reach
 
 
 def apply_steps(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int = 2) -> tuple[da.Array, bool]:

@@ -19,12 +19,16 @@ edge lies inside the summed halo, which is trimmed. Dask pads nothing at the out
 (``boundary="none"``): the block function's own mode handles it there, except ``wrap``, which needs
 real neighbours from the far side (dask's ``periodic``). When an image is one chunk (the default),
 ``valid`` and ``full`` need no halo at all and run as plain ``map_blocks``.
+
+A source that can read its chunks again with a halo (tiles of a huge TIFF, slabs of a volume)
+replaces the exchange for the first run of steps: each block is read with its halo, filtered, and
+only its own samples are returned, so a task depends on no neighbour's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import dask.array as da
 import numpy as np
@@ -160,10 +164,20 @@ def convolve_steps(array: da.Array, steps: Sequence[Convolution], *, spatial_ndi
     return array
 
 
-def apply_group(array: da.Array, group: Sequence[PlannedConvolution], *, spatial_ndim: int) -> da.Array:
-    """One stage of the graph: a fused run of ``same`` steps, or one ``valid``/``full`` step."""
+# Reads ``array`` again with each chunk widened by a halo ({axis: samples}, dask's overlap layout).
+HaloedSource = Callable[[dict[int, int]], da.Array]
+
+
+def apply_group(
+    array: da.Array, group: Sequence[PlannedConvolution], *, spatial_ndim: int, haloed: HaloedSource | None = None
+) -> da.Array:
+    """One stage of the graph: a fused run of ``same`` steps, or one ``valid``/``full`` step.
+
+    ``haloed``, when ``array`` is a source that can read its chunks with their halo (tiles, slabs),
+    replaces the halo exchange between neighbouring chunks for a ``same`` run.
+    """
     if group[0].convolution.mode == "same":
-        return _overlap_chain(array, list(group))
+        return _overlap_chain(array, list(group), haloed=haloed)
     return _resize(array, group[0], spatial_ndim)
 
 
@@ -193,11 +207,32 @@ def group_planned(planned: Sequence[PlannedConvolution]) -> list[list[PlannedCon
 
 
 def _correlate_chain(
-    block: np.ndarray, *, plans: tuple[KernelPlan, ...], edge_modes: tuple[str, ...], cvals: tuple[float, ...]
+    block: np.ndarray,
+    *,
+    plans: tuple[KernelPlan, ...],
+    edge_modes: tuple[str, ...],
+    cvals: tuple[float, ...],
+    keep: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
-    for plan, edge_mode, cval in zip(plans, edge_modes, cvals):
-        block = correlate_block(block, plan, edge_mode=edge_mode, cval=cval)
+    """The kernels in turn; only the ``keep`` region of the last one is computed, where it can be."""
+    for index, (plan, edge_mode, cval) in enumerate(zip(plans, edge_modes, cvals)):
+        last = index == len(plans) - 1
+        block = correlate_block(block, plan, edge_mode=edge_mode, cval=cval, keep=keep if last else None)
     return block
+
+
+def _correlate_haloed(block: np.ndarray, *, halo: dict[int, int], block_info: dict, **options) -> np.ndarray:
+    """A block read with its ``halo``: filtered whole, returned without the halo."""
+    return _correlate_chain(block, keep=_own_samples(halo, block_info[None]["array-location"]), **options)
+
+
+def _own_samples(halo: dict[int, int], location: Sequence[tuple[int, int]]) -> tuple[slice, ...]:
+    """Where a block's own samples lie in it once widened by ``halo`` (none before the array's start)."""
+    keep = []
+    for axis, (start, stop) in enumerate(location):
+        before = min(start, halo.get(axis, 0))
+        keep.append(slice(before, before + stop - start))
+    return tuple(keep)
 
 
 def halo(array: da.Array, group: Sequence[PlannedConvolution]) -> tuple[dict[int, int], dict[int, int]]:
@@ -220,7 +255,7 @@ def halo(array: da.Array, group: Sequence[PlannedConvolution]) -> tuple[dict[int
     return depth, whole
 
 
-def _overlap_chain(array: da.Array, group: list[PlannedConvolution]) -> da.Array:
+def _overlap_chain(array: da.Array, group: list[PlannedConvolution], *, haloed: HaloedSource | None = None) -> da.Array:
     wrap = group[0].convolution.boundary == "wrap"
     depth, whole = halo(array, group)
     if whole:
@@ -236,6 +271,10 @@ def _overlap_chain(array: da.Array, group: list[PlannedConvolution]) -> da.Array
     )
     if not depth:  # every block holds its neighbours (whole images): a plain blockwise task fuses
         return array.map_blocks(_correlate_chain, **options)
+    if haloed is not None and not wrap and not whole:
+        # Read again with the halo: each task reads, filters and trims its own block, and depends on
+        # no neighbour (no halo copies, nothing held for a neighbour, no concatenation).
+        return haloed(depth).map_blocks(_correlate_haloed, chunks=array.chunks, halo=depth, **options)
     return array.map_overlap(_correlate_chain, depth=depth, boundary="periodic" if wrap else "none", **options)
 
 

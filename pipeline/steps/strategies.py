@@ -18,6 +18,7 @@ would otherwise treat the cval as a sample of the previous pass) and crops the r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +50,9 @@ FFT_COST_IN_TAPS: dict[str, float] = {"opencv": 180.0, "scipy": 100.0}
 BOX_COST_IN_TAPS = 30.0
 SEPARABLE_PASS_OVERHEAD: dict[str, float] = {"opencv": 0.0, "scipy": 8.0}
 MAX_SEPARABLE_RANK = 4
+# Columns per OpenCV call for passes along a leading axis: a band of a slab and its halo stays in L2
+# (8192 measured fastest on 1024² slices, 10% ahead of 16384 and 30% of 2048).
+OPENCV_COLUMNS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -165,18 +169,28 @@ def plan_kernel(
     )
 
 
-def correlate_block(block: np.ndarray, plan: KernelPlan, *, edge_mode: str, cval: float) -> np.ndarray:
-    """``scipy.ndimage.correlate(block, plan.weights, mode=edge_mode, cval=cval, origin=plan.origin)``."""
+def correlate_block(
+    block: np.ndarray, plan: KernelPlan, *, edge_mode: str, cval: float, keep: tuple[slice, ...] | None = None
+) -> np.ndarray:
+    """``scipy.ndimage.correlate(block, plan.weights, mode=edge_mode, cval=cval, origin=plan.origin)[keep]``.
+
+    ``keep`` (default: everything) is the region wanted; separable passes along the leading axes
+    (z in a volume) compute only the samples it needs, the other strategies crop their result.
+    """
     if plan.weights.size == 1:
-        return block * block.dtype.type(plan.weights.flat[0])
+        return _kept(block, keep) * block.dtype.type(plan.weights.flat[0])
     if edge_mode == "constant" and cval != 0:
         pads = _reach(plan)
         padded = np.pad(block, pads, mode="constant", constant_values=cval)
         result = correlate_block(padded, plan, edge_mode="constant", cval=0.0)
-        return result[tuple(slice(before, before + n) for (before, _), n in zip(pads, block.shape))]
+        return _kept(result[tuple(slice(before, before + n) for (before, _), n in zip(pads, block.shape))], keep)
     if _opencv_can(block, plan, edge_mode):
-        return _opencv(block, plan, edge_mode)
-    return _scipy(block, plan, edge_mode)
+        return _kept(_opencv(block, plan, edge_mode), keep)
+    return _scipy(block, plan, edge_mode, keep)
+
+
+def _kept(array: np.ndarray, keep: tuple[slice, ...] | None) -> np.ndarray:
+    return array if keep is None else array[keep]
 
 
 def _filtered_axes(weights: np.ndarray) -> list[int]:
@@ -223,34 +237,39 @@ def _opencv(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
     return out.reshape(block.shape)
 
 
-def _scipy(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+def _scipy(block: np.ndarray, plan: KernelPlan, edge_mode: str, keep: tuple[slice, ...] | None) -> np.ndarray:
     if plan.strategy == "separable":
         total = None
         for term in plan.factors:
-            part = _separable_term(block, term, plan.origin, edge_mode)
+            part = _separable_term(block, term, plan.origin, edge_mode, keep)
             total = part if total is None else total + part
         return total
     if plan.strategy == "fft":
         from scipy import signal  # 0.4 s to import: only when a job uses it
 
         flipped = plan.weights[(slice(None, None, -1),) * plan.weights.ndim].astype(block.dtype)
-        return signal.oaconvolve(_pad(block, plan, edge_mode), flipped, mode="valid").astype(block.dtype, copy=False)
+        same = signal.oaconvolve(_pad(block, plan, edge_mode), flipped, mode="valid").astype(block.dtype, copy=False)
+        return _kept(same, keep)
     if any(m // 2 >= n for m, n in zip(plan.weights.shape, block.shape)):
         # scipy.ndimage.correlate misreads `reflect` for kernels far longer than the axis
         # (scipy 1.17): extend the block ourselves, then keep the samples that need no border.
         same = ndimage.correlate(_pad(block, plan, edge_mode), plan.weights, mode="constant", origin=list(plan.origin))
-        return same[tuple(slice(before, before + n) for (before, _), n in zip(_reach(plan), block.shape))]
-    return ndimage.correlate(block, plan.weights, mode=edge_mode, origin=list(plan.origin))
+        return _kept(same[tuple(slice(before, before + n) for (before, _), n in zip(_reach(plan), block.shape))], keep)
+    return _kept(ndimage.correlate(block, plan.weights, mode=edge_mode, origin=list(plan.origin)), keep)
 
 
 def _separable_term(
-    block: np.ndarray, term: tuple[np.ndarray, ...], origin: tuple[int, ...], edge_mode: str
+    block: np.ndarray, term: tuple[np.ndarray, ...], origin: tuple[int, ...], edge_mode: str,
+    keep: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
-    """One outer-product term as 1-D passes: leading axes (z) with scipy, then (y, x) with OpenCV.
+    """One outer-product term as 1-D passes: leading axes (z) first, then (y, x) with OpenCV.
 
-    In a volume this filters each plane once with OpenCV's SIMD sepFilter2D instead of three
-    scipy passes over the whole block.
+    In a volume this filters each plane once with OpenCV's SIMD sepFilter2D instead of two
+    scipy passes over the whole block. A pass along one axis mixes nothing across the others, so
+    each axis is cropped to ``keep`` as soon as its pass is done (or at once, if none filters it):
+    a slab read with a halo of slices is filtered in y and x only on the slices it keeps.
     """
+    keep = keep or (slice(None),) * block.ndim
     plane_axes = (block.ndim - 2, block.ndim - 1)
     use_opencv = (
         block.ndim >= 3
@@ -258,10 +277,11 @@ def _separable_term(
         and edge_mode in CV_BORDERS
         and all(term[a].size // 2 + abs(origin[a]) < block.shape[a] for a in plane_axes)
     )
-    part = block
+    later = [use_opencv and axis in plane_axes for axis in range(block.ndim)]
+    part = block[tuple(wanted if term[axis].size == 1 else slice(None) for axis, wanted in enumerate(keep))]
     for axis, vector in enumerate(term):
-        if vector.size > 1 and not (use_opencv and axis in plane_axes):
-            part = ndimage.correlate1d(part, vector, axis=axis, mode=edge_mode, origin=origin[axis])
+        if vector.size > 1 and not later[axis]:
+            part = _pass_along(part, vector, axis, origin[axis], edge_mode, keep[axis])
     if not use_opencv or (term[-1].size == 1 and term[-2].size == 1):
         return part
     planar = KernelPlan(
@@ -271,7 +291,55 @@ def _separable_term(
         engine="opencv",
         factors=(tuple(np.ones(1) for _ in range(block.ndim - 2)) + (term[-2], term[-1]),),
     )
-    return _opencv(np.ascontiguousarray(part), planar, edge_mode)
+    filtered = _opencv(np.ascontiguousarray(part), planar, edge_mode)
+    return filtered[(Ellipsis, *(keep[axis] if later[axis] else slice(None) for axis in plane_axes))]
+
+
+def _pass_along(
+    block: np.ndarray, vector: np.ndarray, axis: int, origin: int, edge_mode: str, wanted: slice
+) -> np.ndarray:
+    """``correlate1d(block, vector, axis)[wanted along axis]``, computed on the samples it reads only."""
+    size = block.shape[axis]
+    start, stop, _ = wanted.indices(size)
+    before = vector.size // 2 + origin
+    low, high = max(0, start - before), min(size, stop + vector.size - 1 - before)
+    # A border rule at a real edge must see what it would see on the whole axis: wrap reads the far
+    # edge, and the reflecting rules read up to a kernel's length in from the edge.
+    if (edge_mode == "wrap" and (low == 0 or high == size)) or high - low < vector.size:
+        low, high = 0, size
+    sub = block[(slice(None),) * axis + (slice(low, high),)]
+    wanted_rows = slice(start - low, stop - low)
+    leading = axis < block.ndim - 2  # rows of whole planes: long enough to pay for OpenCV's calls
+    if leading and sub.dtype.type in CV_DTYPES and edge_mode in CV_BORDERS and vector.size // 2 + abs(origin) < high - low:
+        return _opencv_along(sub, vector, axis, before, edge_mode, wanted_rows)
+    filtered = ndimage.correlate1d(sub, vector, axis=axis, mode=edge_mode, origin=origin)
+    return filtered[(slice(None),) * axis + (wanted_rows,)]
+
+
+def _opencv_along(
+    block: np.ndarray, vector: np.ndarray, axis: int, anchor: int, edge_mode: str, rows: slice
+) -> np.ndarray:
+    """A 1-D correlation along ``axis``, its ``rows`` only, as OpenCV column filters.
+
+    The block is seen as matrices (``axis``, everything after it): along z of a C-ordered volume
+    each matrix row is a whole slice, and OpenCV's SIMD column filter runs about three times faster
+    than ``ndimage.correlate1d``. It goes through bands of columns small enough to stay in cache,
+    and only the wanted rows of each band are copied out.
+    """
+    block = np.ascontiguousarray(block)
+    matrices = block.reshape(math.prod(block.shape[:axis]), block.shape[axis], -1)
+    kept = range(block.shape[axis])[rows]
+    out = np.empty((matrices.shape[0], len(kept), matrices.shape[2]), dtype=block.dtype)
+    band = np.empty((matrices.shape[1], min(OPENCV_COLUMNS, matrices.shape[2])), dtype=block.dtype)
+    column, row = vector.astype(block.dtype).reshape(-1, 1), np.ones((1, 1), dtype=block.dtype)
+    for matrix, target in zip(matrices, out):
+        for first in range(0, matrix.shape[1], OPENCV_COLUMNS):
+            columns = slice(first, first + OPENCV_COLUMNS)
+            width = len(range(matrix.shape[1])[columns])
+            cv2.sepFilter2D(matrix[:, columns], -1, row, column, dst=band[:, :width], anchor=(0, anchor),
+                            borderType=CV_BORDERS[edge_mode])
+            target[:, columns] = band[rows, :width]
+    return out.reshape(*block.shape[:axis], len(kept), *block.shape[axis + 1 :])
 
 
 # numpy.pad's names for scipy.ndimage's boundary modes
