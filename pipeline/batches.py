@@ -21,7 +21,8 @@ from pipeline.execution import Executor
 from pipeline.plan import JobPlan
 from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
-from pipeline.sinks.zarr_store import level_arrays, open_result, write_lazily
+from pipeline.sinks.writes import write_lazily
+from pipeline.sinks.zarr_store import level_arrays, open_result
 from pipeline.sources.frames import source_file
 from pipeline.sources.shapes import other_shapes
 from pipeline.storage import absolute, file_stats

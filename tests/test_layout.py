@@ -15,7 +15,7 @@ from conftest import job_config
 from helpers import assert_error, assert_ok, read_store
 from pipeline.errors import ConfigError
 from pipeline.sinks.layout import aligned_chunks, level_shards, ome_metadata, physical_scale, shard_shape
-from pipeline.sinks.zarr_store import write_lazily
+from pipeline.sinks.writes import write_lazily
 
 EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
 

@@ -132,7 +132,7 @@ def test_open_result_rejects_non_stores(tmp_path: Path, make: str) -> None:
 def test_writes_that_would_share_a_zarr_chunk_are_refused(tmp_path: Path) -> None:
     import dask.array as da
 
-    from pipeline.sinks.zarr_store import write_lazily
+    from pipeline.sinks.writes import write_lazily
 
     target = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(4, 4), chunks=(2, 4), dtype="float32")
     with pytest.raises(ValueError, match="split zarr chunks"):
@@ -144,7 +144,7 @@ def test_writes_that_would_share_a_zarr_chunk_are_refused(tmp_path: Path) -> Non
 def test_blocks_of_many_chunks_are_written_chunk_by_chunk(tmp_path: Path) -> None:
     import dask.array as da
 
-    from pipeline.sinks.zarr_store import write_lazily
+    from pipeline.sinks.writes import write_lazily
 
     values = np.arange(3 * 5 * 7, dtype="float32").reshape(3, 5, 7)
     # a strided view, as a tile cut from its halo: each zarr chunk must still get its own samples

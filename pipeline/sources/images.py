@@ -7,7 +7,6 @@ decoded inside its own task, converted to the compute dtype on the input's own s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -20,15 +19,15 @@ from PIL import Image
 
 from pipeline.budget import BlockBudget, slab_depth
 from pipeline.errors import InputError, ShapeMismatch
-from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, frame_pixels, read_frame, split_source
+from pipeline.sources.decode import check_size, decode, image_suffix
+from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, split_source
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
 from pipeline.sources.volume import stack_shape, stack_volumes, volume_shape
-from pipeline.storage import absolute, is_remote, opened, read_bytes
+from pipeline.storage import absolute, is_remote, opened
 
 __all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "probe", "read_image", "stack_images"]
 
-OPENCV_SUFFIXES = (".jpg", ".jpeg")
 # Refuse images declaring more pixels than this before decoding them (input.max_pixels).
 DEFAULT_MAX_PIXELS = 1 << 30
 # Our own limit replaces Pillow's, which would refuse large trusted images with its own error.
@@ -224,15 +223,9 @@ def declared_dtype(source: str, storage_options: Mapping[str, Any] | None = None
             if path.lower().endswith(TIFF_SUFFIXES):
                 with tifffile.TiffFile(source) as tiff:
                     return np.dtype(tiff.pages[0].dtype)
-            return np.dtype(iio.improps(source, extension=_suffix(path)).dtype)
+            return np.dtype(iio.improps(source, extension=image_suffix(path)).dtype)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
-
-
-def _suffix(path: str) -> str | None:
-    """The extension hint imageio needs for a remote file object (a local path carries its own)."""
-    suffix = os.path.splitext(path)[1].lower()
-    return suffix if suffix in IMAGE_SUFFIXES else None
 
 
 def _raw_shape(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
@@ -242,7 +235,7 @@ def _raw_shape(source: str, storage_options: Mapping[str, Any] | None = None) ->
         return tiff_layout(source, storage_options)[0]
     try:
         with opened(path, storage_options) as file:  # one frame, of animations too
-            return tuple(iio.improps(file, extension=_suffix(path), index=frame or 0).shape)
+            return tuple(iio.improps(file, extension=image_suffix(path), index=frame or 0).shape)
     except Exception as exc:  # imageio raises many types for unreadable files
         raise InputError.unreadable(path, exc) from None
 
@@ -256,102 +249,6 @@ def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int
     raise InputError(
         f"image {path!r} has shape {raw}, which is not a 2-D gray, gray+alpha, RGB or RGBA image", path
     )
-
-
-def check_size(
-    source: str, max_pixels: int, storage_options: Mapping[str, Any] | None = None, *, data: bytes | None = None
-) -> None:
-    """Refuse a decompression bomb (a small file declaring a huge image) before decoding it.
-
-    A whole file counts (all its pages), or one frame when only that frame is read.
-    """
-    path, frame = split_source(source)
-    declared = frame_pixels(path, frame, storage_options, data=data)
-    if declared > max_pixels:
-        raise InputError(
-            f"image {path!r} declares {declared:,} pixels, above input.max_pixels = {max_pixels:,}; "
-            f"raise the limit if the file is trusted",
-            path,
-        )
-
-
-def decode(
-    source: str, *, max_pixels: int | None = None, storage_options: Mapping[str, Any] | None = None
-) -> tuple[np.ndarray, bool]:
-    """Pixels of one file, channels last, and whether their colour order is BGR (OpenCV's).
-
-    JPEG goes through OpenCV: the same libjpeg-turbo pixels as Pillow's, about 40% faster, and
-    CMYK files come out as colour. Everything else, and the message for an unreadable JPEG,
-    comes from imageio. With ``max_pixels`` the header is checked first. A remote file is
-    fetched whole in one request and decoded from its bytes the same way. ``source`` is a file or
-    one frame of one (``stack.tif#3``).
-    """
-    path, frame = split_source(source)
-    if frame is not None:
-        if max_pixels is not None:
-            check_size(source, max_pixels, storage_options)
-        return read_frame(path, frame, storage_options), False
-    if is_remote(path):
-        return _decode_bytes(path, _fetch(path, storage_options), max_pixels)
-    if max_pixels is not None:
-        check_size(path, max_pixels)
-    if path.lower().endswith(OPENCV_SUFFIXES) and _ends_like_jpeg(path):
-        pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # UNCHANGED: no EXIF rotation, as imageio
-        if pixels is not None:
-            return pixels, pixels.ndim == 3
-    try:
-        pixels = iio.imread(path)
-    except Exception as exc:
-        raise InputError.unreadable(path, exc) from None
-    return _one_frame(path, pixels), False
-
-
-def _fetch(path: str, storage_options: Mapping[str, Any] | None) -> bytes:
-    try:
-        return read_bytes(path, storage_options)
-    except Exception as exc:
-        raise InputError.unreadable(path, exc) from None
-
-
-def _decode_bytes(path: str, data: bytes, max_pixels: int | None) -> tuple[np.ndarray, bool]:
-    if max_pixels is not None:
-        check_size(path, max_pixels, data=data)
-    if path.lower().endswith(OPENCV_SUFFIXES) and data[-2:] == b"\xff\xd9":
-        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if pixels is not None:
-            return pixels, pixels.ndim == 3
-    try:
-        pixels = iio.imread(data, extension=_suffix(path))
-    except Exception as exc:
-        raise InputError.unreadable(path, exc) from None
-    return _one_frame(path, pixels), False
-
-
-def _one_frame(path: str, pixels: np.ndarray) -> np.ndarray:
-    if pixels.ndim == 4:  # frames first (GIF): one frame is one image
-        if pixels.shape[0] != 1:
-            raise InputError(
-                f"image {path!r} has {pixels.shape[0]} frames; read it as part of a collection "
-                f"(each frame is one image) or name one frame as {path + '#0'!r}",
-                path,
-            )
-        pixels = pixels[0]
-    return pixels
-
-
-def _ends_like_jpeg(path: str) -> bool:
-    """True if the file ends with JPEG's end-of-image marker.
-
-    libjpeg, under OpenCV, decodes a truncated file with only a warning and grey where data is
-    missing; Pillow refuses it. So a file without the marker (truncated, or with trailing bytes)
-    goes to Pillow, which either reads it or says what is wrong.
-    """
-    try:
-        with open(path, "rb") as file:
-            file.seek(-2, os.SEEK_END)
-            return file.read(2) == b"\xff\xd9"
-    except OSError:
-        return False
 
 
 def read_image(

@@ -1,0 +1,57 @@
+"""Chunk writes as dask tasks: each writes whole zarr chunks (or one shard), so no lock is needed."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from pipeline.sinks.layout import aligned_chunks
+
+
+def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> da.Array:
+    """The delayed write of ``result`` into ``target[start:]``, one task per dask chunk, without locks.
+
+    Writing without a lock is safe only when no two tasks touch one zarr chunk (or shard), so
+    every dask chunk must cover whole zarr chunks; anything else is refused rather than risk lost
+    writes. A sharded array's writes are cut at shard edges, so each shard it touches is written by
+    one task; a shard begun by an earlier batch is completed by one task of this one. Writes
+    computed together must not share a shard (see batches._write_batch).
+    Computing the returned (tiny) array writes the chunks.
+    """
+    if target.shards is not None:  # one task per shard it touches: cut the result at shard edges
+        result = result.rechunk(
+            tuple(aligned_chunks(n, start if axis == 0 else 0, step) for axis, (n, step) in enumerate(zip(result.shape, target.shards)))
+        )
+    grid = target.shards or target.chunks
+    for axis, (sizes, step) in enumerate(zip(result.chunks, grid)):
+        edges = np.cumsum(sizes)[:-1] + (start if axis == 0 else 0)
+        if np.any(edges % step) or (axis == 0 and start % step and target.shards is None):
+            raise ValueError(f"dask chunks {sizes} along axis {axis} split zarr chunks of {step}")
+    return result.map_blocks(
+        _write_chunks,
+        chunks=tuple((1,) * len(sizes) for sizes in result.chunks),
+        dtype=bool,
+        meta=np.empty((0,) * result.ndim, dtype=bool),
+        target=target,
+        start=start,
+    )
+
+
+def _write_chunks(block: np.ndarray, *, target: zarr.Array, start: int, block_info: dict) -> np.ndarray:
+    """Write a block zarr chunk by zarr chunk (or shard), each from a contiguous array of exactly its shape.
+
+    zarr hands a value of another shape (a slab of several chunks) or a strided one (a tile cut
+    from its halo) to its codecs through extra copies made on its single event-loop thread, which
+    then serialises every worker's writes; this makes them here, in the worker, once.
+    """
+    origin = [begin for begin, _ in block_info[0]["array-location"]]
+    origin[0] += start
+    # A sharded array's block lies in one shard (write_lazily cut it so): written in one piece,
+    # since each piece written into a shard rewrites the whole shard.
+    steps = block.shape if target.shards is not None else target.chunks
+    for corner in np.ndindex(*(-(-n // step) for n, step in zip(block.shape, steps))):
+        local = tuple(slice(i * step, min(n, (i + 1) * step)) for i, step, n in zip(corner, steps, block.shape))
+        region = tuple(slice(o + part.start, o + part.stop) for o, part in zip(origin, local))
+        target[region] = np.ascontiguousarray(block[local])
+    return np.ones((1,) * block.ndim, dtype=bool)
