@@ -40,9 +40,11 @@ def contact_sheet(
             original = read_image(source, color=color, dtype="float32", storage_options=source_options)
         except InputError:
             original = None  # moved or deleted since the run: its cell stays empty
-        for row, image in enumerate((original, result.array[column])):
+        # Sources as they are (min to max); results between their 1st and 99th percentiles, so that
+        # a few strong responses do not leave the rest of an edge or difference image flat grey.
+        for row, (image, stretch) in enumerate(((original, "minmax"), (result.array[column], "percentile"))):
             if image is not None:
-                _place(sheet, _displayable(image, volume), row, column, cell)
+                _place(sheet, _displayable(image, volume, stretch), row, column, cell)
     target = Path(output)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,10 +54,10 @@ def contact_sheet(
     return target
 
 
-def _displayable(image: np.ndarray, volume: bool) -> np.ndarray:
+def _displayable(image: np.ndarray, volume: bool, stretch: str) -> np.ndarray:
     if volume:  # the middle slice of a stack
         image = image[image.shape[0] // 2]
-    pixels = to_displayable(np.nan_to_num(np.asarray(image, dtype=np.float64)), fmt="png", normalize="minmax")
+    pixels = to_displayable(np.nan_to_num(np.asarray(image, dtype=np.float64)), fmt="png", normalize=stretch)
     return pixels if pixels.ndim == 3 else np.repeat(pixels[..., np.newaxis], 3, axis=-1)
 
 

@@ -1,4 +1,4 @@
-"""The contact sheet: sources above results, each cell the min-max stretch of its image."""
+"""The contact sheet: sources (min-max stretched) above results (stretched between percentiles 1 and 99)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,13 @@ def test_sources_above_results(store: Path, tmp_path: Path) -> None:
     sheet = iio.imread(contact_sheet(str(store), str(tmp_path / "sheet.png"), count=3, cell=64))
     assert sheet.shape == (128, 192, 3)
     result = zarr.open_group(str(store), mode="r")["0"][0]
-    # A 48x64 image fills a 64-pixel cell at scale 1: the result cell is its min-max stretch.
-    stretched = np.rint((result - result.min()) / (result.max() - result.min()) * 255)
+    # A 48x64 image fills a 64-pixel cell at scale 1: the result cell is its 1-99 percentile stretch.
+    low, high = np.percentile(result.astype(np.float64), (1, 99))
+    stretched = np.rint((np.clip(result, low, high) - low) / (high - low) * 255)
     cell = sheet[64 + 8 : 64 + 56, 0:64, 0].astype(float)
     assert np.abs(cell - stretched).max() <= 1
+    source = sheet[8:56, 0:64, 0]
+    assert source.min() == 0 and source.max() == 255  # the source row: its own min to max
     assert sheet[:64, :64].std() > 10 and sheet[64:, :64].std() > 10  # both rows hold pictures
 
 
