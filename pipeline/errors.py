@@ -110,9 +110,9 @@ class InputError(PipelineError, FileNotFoundError):
         return (type(self), (str(self), self.path))
 
 
-
 class ShapeMismatch(InputError):
     """An image whose size or channels differ from the first image's (``input.shapes: strict``)."""
+
 
 class OutputError(PipelineError, FileExistsError):
     """The output store cannot be written (exists, not a store, not writable)."""
