@@ -63,6 +63,9 @@ class InputConfig(_Frozen):
     color: Literal["gray", "keep"] = Field(
         "gray", description="gray: ITU-R BT.601 luma, alpha dropped; keep: channels convolved separately"
     )
+    alpha: Literal["keep", "drop"] = Field(
+        "keep", description="with color: keep, an alpha channel is kept as a channel, or dropped (RGBA → RGB)"
+    )
 
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="an unreadable image: fail the run, or skip it (listed in the store with its reason)"
@@ -86,6 +89,11 @@ class InputConfig(_Frozen):
     )
 
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
+
+    @property
+    def color_mode(self) -> str:
+        """How the sources treat channels: gray, keep, or opaque (colour kept, alpha dropped)."""
+        return "opaque" if self.color == "keep" and self.alpha == "drop" else self.color
 
     @field_validator("paths")
     @classmethod

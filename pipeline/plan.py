@@ -77,7 +77,7 @@ class JobPlan:
                 {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo")}
                 for step in self.step_provenance
             ],
-            "color": config["input"]["color"],
+            "color": self.config.input.color_mode,
             "dtype": self.dtype,
             "codec": config["output"]["codec"],
             "compute_dtype": self.compute_dtype,
@@ -205,7 +205,7 @@ def _padded_spec(
     """Every image padded to the largest: this reads every file's header (not its pixels)."""
     if spec.volume or spec.tile is not None:
         raise InputError("input.shapes: pad works on whole 2-D images (not volumes or tiled TIFFs)")
-    shapes = [declared_shape(source, config.input.color, config.input.storage_options) for source in sources]
+    shapes = [declared_shape(source, config.input.color_mode, config.input.storage_options) for source in sources]
     # Channels come from the first image; y and x from the largest of all.
     largest = (*spec.shape[:-2], *(max(shape[axis] for shape in shapes) for axis in (-2, -1)))
     for source, shape in zip(sources, shapes):
@@ -235,7 +235,7 @@ def _probe_first_readable(
         try:
             return probe(
                 source,
-                color=config.input.color,
+                color=config.input.color_mode,
                 max_pixels=config.input.max_pixels,
                 tile=config.input.tile,
                 layout=config.input.layout,

@@ -28,7 +28,8 @@ def contact_sheet(
     """
     result = open_result(store, storage_options=storage_options)
     config = result.provenance.get("config", {})
-    color = config.get("input", {}).get("color", "gray")
+    settings = config.get("input", {})
+    color = "opaque" if settings.get("color") == "keep" and settings.get("alpha") == "drop" else settings.get("color", "gray")
     source_options = recorded_options(config.get("input", {}).get("storage_options", {}))
     volume = "z" in dimension_names(result.array)
     sources = result.sources[:count]

@@ -80,3 +80,32 @@ def test_cmyk_jpeg_comes_out_as_colour(tmp_path: Path) -> None:
     path = tmp_path / "cmyk.jpg"
     Image.fromarray(RGB8).convert("CMYK").save(path, quality=95)
     assert read_image(str(path), color="keep").shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "pixels, kept_channels",
+    [(RGBA8, RGBA8[..., :3]), (np.dstack([GRAY8, GRAY8 // 2]), GRAY8[..., np.newaxis]), (RGB8, RGB8), (GRAY8, GRAY8[..., np.newaxis])],
+    ids=["RGBA", "gray+alpha", "RGB", "gray"],
+)
+def test_opaque_keeps_colour_and_drops_alpha(tmp_path: Path, pixels, kept_channels) -> None:
+    path = tmp_path / "image.png"
+    iio.imwrite(path, pixels)
+    opaque = read_image(str(path), color="opaque", dtype="float64")
+    np.testing.assert_array_equal(opaque, np.moveaxis(kept_channels, -1, 0).astype(np.float64))
+
+
+def test_alpha_drop_lets_rgba_and_rgb_share_a_collection(tmp_path: Path, run_cli, write_config) -> None:
+    """keep + alpha: drop → (image, 3, y, x) for RGB and RGBA files alike; keep alone refuses the mix."""
+    from helpers import assert_error, assert_ok, read_store
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", RGBA8)
+    iio.imwrite(folder / "b.png", RGB8)
+    job = {"input": {"paths": str(folder), "color": "keep", "alpha": "drop"}, "steps": [], "output": {"path": str(tmp_path / "o.zarr")}}
+    assert_ok(run_cli("run", write_config(job)))
+    values, _, _ = read_store(tmp_path / "o.zarr")
+    np.testing.assert_array_equal(values, np.stack([np.moveaxis(RGB8, -1, 0)] * 2).astype(np.float32))
+    del job["input"]["alpha"]
+    job["output"]["path"] = str(tmp_path / "k.zarr")
+    assert_error(run_cli("run", write_config(job)), 3, "b.png", "(3, 6, 7)", "(4, 6, 7)")

@@ -34,7 +34,10 @@ DEFAULT_MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = None
 # ITU-R BT.601 luma weights, applied to the values on their own scale.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-Color = Literal["gray", "keep"]
+# How channels are handled: gray (BT.601 luma, alpha dropped), keep (every channel, alpha too), or
+# opaque (every colour channel, alpha dropped: input.color keep with input.alpha drop).
+Color = Literal["gray", "keep", "opaque"]
+ALPHA_CHANNELS = (2, 4)  # gray + alpha, RGBA
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class ImageSpec:
 
     @property
     def spatial_ndim(self) -> int:
-        return len(self.shape) - (self.color == "keep")
+        return len(self.shape) - (self.color != "gray")
 
 
 def probe(
@@ -241,11 +244,14 @@ def _raw_shape(source: str, storage_options: Mapping[str, Any] | None = None) ->
 
 
 def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int, ...]:
-    """Shape of the image after colour handling: (y, x) for gray, (c, y, x) for keep."""
+    """Shape of the image after colour handling: (y, x) for gray, (c, y, x) for keep and opaque."""
     if len(raw) == 2:
         return raw if color == "gray" else (1, *raw)
     if len(raw) == 3 and raw[-1] in (1, 2, 3, 4):
-        return raw[:2] if color == "gray" else (raw[2], *raw[:2])
+        if color == "gray":
+            return raw[:2]
+        channels = raw[2] - (color == "opaque" and raw[2] in ALPHA_CHANNELS)
+        return (channels, *raw[:2])
     raise InputError(
         f"image {path!r} has shape {raw}, which is not a 2-D gray, gray+alpha, RGB or RGBA image", path
     )
@@ -277,7 +283,11 @@ def convert_pixels(pixels: np.ndarray, *, color: Color, dtype: str, bgr: bool = 
     if pixels.ndim == 2:
         image = pixels.astype(dtype, copy=False)
         return image if color == "gray" else image[np.newaxis]
-    if color == "keep":
+    if color == "opaque" and pixels.shape[-1] in ALPHA_CHANNELS:
+        pixels = pixels[..., :-1]
+    if color != "gray":
+        if pixels.shape[-1] == 1:
+            return np.moveaxis(pixels, -1, 0).astype(dtype)
         if bgr:
             pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA if pixels.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
         return np.moveaxis(pixels, -1, 0).astype(dtype)

@@ -36,7 +36,7 @@ def other_shapes(
         if len(found) == limit or checked == look:
             return found, True
         try:
-            declared = declared_shape(source, settings.color, settings.storage_options)
+            declared = declared_shape(source, settings.color_mode, settings.storage_options)
         except InputError:
             continue  # unreadable files are another error, reported when they are read
         if declared != shape:
@@ -55,7 +55,7 @@ def group_by_shape(sources: Sequence[str], settings: InputConfig) -> ShapeGroups
     unreadable: list[tuple[str, str]] = []
     for source in sources:
         try:
-            shape = declared_shape(source, settings.color, settings.storage_options)
+            shape = declared_shape(source, settings.color_mode, settings.storage_options)
         except InputError as exc:
             if settings.on_error != "skip":
                 raise
