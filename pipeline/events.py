@@ -39,6 +39,8 @@ class Reporter:
         self._want_bar = progress and log_format == "plain" and not quiet
         self._want_lines = lines and not progress and log_format == "plain" and not quiet
         self._batches = 0
+        self._batches_seen = 0  # numbered across the run: shape groups each count their own from 0
+        self._left = 0
         self._table = False
 
     @classmethod
@@ -52,6 +54,7 @@ class Reporter:
 
     def start(self, **fields: Any) -> None:
         self._batches = fields.get("batches", 0)
+        self._left = fields.get("pending", 0)  # across the run, whatever store each batch goes to
         if self._want_lines and fields.get("done"):
             self._err.print(f"resuming: {fields['done']} images already written, {fields.get('pending', 0)} to do")
         if self.log_format == "json" and not self.quiet:
@@ -92,14 +95,15 @@ class Reporter:
         if self.log_format == "json" and not self.quiet:
             self._json("batch", **fields)
         elif self._want_lines:
+            self._batches_seen += 1
+            self._left = max(0, self._left - fields["images"])
             rate = fields.get("images_per_second")
             seconds = fields.get("seconds") or 0.0
-            eta = f", ETA {fields['pending'] / rate:.0f} s" if rate and fields.get("pending") else ""
+            eta = f", ETA {self._left / rate:.0f} s" if rate and self._left else ""
             skipped = f" ({fields['unreadable']} unreadable)" if fields.get("unreadable") else ""
             self._err.print(
-                f"batch {fields['batch'] + 1}/{self._batches}: images {fields['start']}-{fields['stop'] - 1} "
-                f"written{skipped} in {seconds:.1f} s ({rate or 0:.1f} images/s); "
-                f"{fields['done']} done, {fields['pending']} to do{eta}"
+                f"batch {self._batches_seen}/{self._batches}: images {fields['start']}-{fields['stop'] - 1} "
+                f"written{skipped} in {seconds:.1f} s ({rate or 0:.1f} images/s); {self._left} to do{eta}"
             )
 
     def warning(self, message: str, **fields: Any) -> None:

@@ -144,7 +144,7 @@ def test_not_a_terminal_gets_a_plain_line_per_batch(capsys: pytest.CaptureFixtur
     _all_events(Reporter(lines=True, stream=stream))
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "resuming: 2 images already written, 5 to do"
-    assert err[1] == "batch 1/2: images 2-4 written in 0.5 s (6.0 images/s); 3 done, 2 to do, ETA 0 s"
+    assert err[1] == "batch 1/2: images 2-4 written in 0.5 s (6.0 images/s); 2 to do, ETA 0 s"
     assert err[3].startswith("batch 2/2: images 5-6 written in 0.5 s") and "ETA" not in err[3]
     assert "2 source files changed" in err[2]
     assert stream.getvalue().startswith("complete: ")  # the summary line stays on stdout
@@ -176,3 +176,15 @@ def test_the_bar_shows_images_per_second(capsys: pytest.CaptureFixture[str]) -> 
         reporter.advance(1)
     assert reporter._bar.tasks[0].fields["rate"].endswith(" images/s")
     reporter.end(**END)
+
+
+def test_batch_lines_count_across_the_stores_of_a_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """Shape groups number their batches from 0 each; the lines count the run's batches and images."""
+    reporter = Reporter(lines=True, stream=io.StringIO())
+    reporter.start(**{**START, "batches": 3, "pending": 6, "done": 0})
+    reporter.batch(**{**BATCH, "batch": 0, "start": 0, "stop": 3, "images": 3})
+    reporter.batch(**{**BATCH, "batch": 0, "start": 0, "stop": 2, "images": 2})
+    reporter.batch(**{**BATCH, "batch": 1, "start": 2, "stop": 3, "images": 1})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["batch 1/3", "batch 2/3", "batch 3/3"]
+    assert [line.split("; ")[1].split(" to do")[0] for line in lines] == ["3", "1", "0"]
