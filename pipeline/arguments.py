@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from pipeline.errors import ConfigError
+from pipeline.job_file import yaml_assignment
 
 
 def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
     """``--storage-option`` values: ``key=value`` (YAML values; dotted keys nest) → fsspec options."""
     options: dict[str, Any] = {}
     for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--storage-option {key!r}: expected key=value, e.g. endpoint_url=http://localhost:9000")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        *parents, last = key.strip().split(".")
+        key, value = yaml_assignment(
+            item, f"--storage-option {item.partition('=')[0]!r}: expected key=value, e.g. endpoint_url=http://localhost:9000"
+        )
+        *parents, last = key.split(".")
         node = options
         for part in parents:
             node = node.setdefault(part, {})

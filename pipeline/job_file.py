@@ -52,16 +52,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set ``a.b.0.c=value`` in the raw mapping; the value is read as YAML (``3``, ``true``, ``[1, 2]``)."""
-    key, sep, text = override.partition("=")
+def yaml_assignment(item: str, problem: str) -> tuple[str, Any]:
+    """``key=value`` → (key, value read as YAML: ``3``, ``true``, ``[1, 2]``; as text if it is not YAML).
+
+    ``problem`` is the message when ``item`` has no key or no ``=``.
+    """
+    key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected dotted.key=value, e.g. output.path=out/x.zarr")
+        raise ConfigError(problem)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    return key.strip(), value
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.0.c=value`` in the raw mapping; the value is read as YAML (``3``, ``true``, ``[1, 2]``)."""
+    key, value = yaml_assignment(override, f"--set {override!r}: expected dotted.key=value, e.g. output.path=out/x.zarr")
+    parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
