@@ -7,6 +7,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import tifffile
 import zarr
 from PIL import Image
@@ -163,3 +164,14 @@ def test_append_adds_every_frame_of_a_new_stack(tmp_path: Path, run_cli, make_jo
     values, _, sources = read_store(store)
     assert [Path(s).name for s in sources] == ["a.tif#0", "a.tif#1", "a.tif#2", "b.tif#0", "b.tif#1", "b.tif#2"]
     np.testing.assert_allclose(values, edges(np.concatenate([first, second])), rtol=1e-5, atol=1e-2)
+
+
+def test_a_file_with_too_few_frames_says_so_whichever_frame_fails(tmp_path: Path) -> None:
+    """Frame 4 of a 3-page file fails with the frame-count message, not a bare read error."""
+    from pipeline.errors import InputError
+    from pipeline.sources.images import read_image
+
+    write_stack(tmp_path / "short.tif", photo_pages(3))
+    with pytest.raises(InputError, match=r"holds 3 frames \(pages\) but 'a.tif', the first file, holds 5"):
+        read_image(f"{tmp_path / 'short.tif'}#4", frames=5, reference="a.tif")
+    read_image(f"{tmp_path / 'short.tif'}#2", frames=5, reference="a.tif")  # frames that exist still read

@@ -269,11 +269,19 @@ def read_image(
 ) -> np.ndarray:
     """Decode one file (or frame) into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped.
 
-    With ``frames``, the file must hold that many frames, as ``reference`` (the first file) does.
+    With ``frames``, the file must hold that many frames, as ``reference`` (the first file) does:
+    its first image checks the count (counting a GIF's frames reads them all, so not every frame
+    does), and a later frame that cannot be read says whether the file holds too few.
     """
-    if frames is not None:
-        check_frames(split_source(source)[0], frames, reference, storage_options)
-    pixels, bgr = decode(source, max_pixels=max_pixels, storage_options=storage_options)
+    file, frame = split_source(source)
+    if frames is not None and not frame:
+        check_frames(file, frames, reference, storage_options)
+    try:
+        pixels, bgr = decode(source, max_pixels=max_pixels, storage_options=storage_options)
+    except InputError:
+        if frames is not None and frame:
+            check_frames(file, frames, reference, storage_options)
+        raise
     _converted_shape(source, pixels.shape, color)  # rejects shapes we cannot interpret
     return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr)
 

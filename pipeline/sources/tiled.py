@@ -96,9 +96,12 @@ def tiled_stack(
     lead = shape[:-2]
     chunks = ((1,), *((n,) for n in lead), *(tuple(stop - start for start, stop in axis) for axis in regions))
     images = []
+    checked: set[str] = set()
     for source in sources:
         path, frame = split_source(source)
-        check_frames(path, frames, reference)
+        if path not in checked:  # once per file, not once per page
+            check_frames(path, frames, reference)
+            checked.add(path)
         found, _ = tiff_layout(source)
         if found != raw_shape:
             raise InputError(
