@@ -56,6 +56,11 @@ class JobPlan:
         return self.spec.axes
 
     @property
+    def read_record(self) -> dict[str, Any]:
+        """How the inputs are read, for the store's provenance: a rerun reads them the same way."""
+        return {"tile": list(self.spec.tile) if self.spec.tile else None, "slab": self.spec.slab if self.spec.volume else None}
+
+    @property
     def step_provenance(self) -> list[dict[str, Any]]:
         """Each step's provenance, with the strategy, fusion and halo chosen for it."""
         records = [dict(step.provenance) for step in self.steps]
@@ -173,11 +178,12 @@ def build_plans(config: PipelineConfig) -> dict[str, JobPlan]:
 
 
 def build_plan(
-    config: PipelineConfig, sources: Sequence[str] | None = None, *, stored_chunks: tuple[int, ...] | None = None
+    config: PipelineConfig, sources: Sequence[str] | None = None, *, recorded_read: dict[str, Any] | None = None
 ) -> JobPlan:
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early.
 
-    ``stored_chunks``, the chunks of a store being resumed or extended, fix the tiles and slabs.
+    ``recorded_read``, what a store being resumed or extended recorded of how its inputs were read
+    (``JobPlan.read_record``), fixes the tiles: the store's own shape never decides how to read.
     """
     sources = tuple(list_sources(config) if sources is None else sources)
     dtype = compute_dtype(config)
@@ -188,7 +194,7 @@ def build_plan(
         itemsize=np.dtype(dtype).itemsize,
         halo=leading_reach(steps),
     )
-    spec = _probe_first_readable(config, sources, budget, stored_chunks)
+    spec = _probe_first_readable(config, sources, budget, recorded_read)
     source_shapes: tuple[tuple[int, ...], ...] = ()
     if config.input.shapes == "pad":
         spec, source_shapes = _padded_spec(config, spec, sources)
@@ -227,7 +233,7 @@ def _probe_first_readable(
     config: PipelineConfig,
     sources: Sequence[str],
     budget: BlockBudget = BlockBudget(),
-    stored_chunks: tuple[int, ...] | None = None,
+    recorded_read: dict[str, Any] | None = None,
 ) -> ImageSpec:
     """The spec from the first file; with ``on_error: skip``, from the first that can be read."""
     candidates = sources if config.input.on_error == "skip" else sources[:1]
@@ -241,7 +247,7 @@ def _probe_first_readable(
                 layout=config.input.layout,
                 storage_options=config.input.storage_options,
                 budget=budget,
-                stored_chunks=stored_chunks,
+                recorded_tile=recorded_read["tile"] if recorded_read is not None else "unset",
             )
         except InputError:
             if source is candidates[-1]:

@@ -33,6 +33,8 @@ from pipeline.sinks.zarr_store import (
     append_sources,
     check_output_path,
     create_store,
+    dimension_names,
+    mark_resumed,
     open_result,
     record_source_shapes,
     remove_partial_writes,
@@ -111,7 +113,7 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
                     counts = write_batches(part.config, part.plan, part.pending, size, executor, reporter)
                     written, unreadable = written + counts[0], unreadable + counts[1]
                     if current != path:
-                        set_status(current, "complete", storage_options=options, finished=utc_now())
+                        _complete(current, options)
         except BaseException as exc:
             for store in dict.fromkeys((current, path)):
                 _record_failure(store, options, exc)
@@ -126,7 +128,7 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
                     f"written — rerun to resume"
                 ) from None
             raise
-        set_status(path, "complete", storage_options=options, finished=utc_now())
+        _complete(path, options)
     images = sum(len(part.plan.sources) for part in parts)
     grouped = config.input.shapes == "group"
     summary = RunSummary(
@@ -142,6 +144,17 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
     )
     reporter.end(**summary.as_event())
     return summary
+
+
+def _finished(part: Part) -> bool:
+    """A part whose store is complete and has nothing to write: a rerun leaves it untouched."""
+    return not part.pending.any() and stored_status(part.config.output.path, part.config.output.storage_options) == "complete"
+
+
+def _complete(path: str, options: dict[str, Any]) -> None:
+    """Mark a store complete, unless it already is (a rerun with nothing to do changes no byte)."""
+    if stored_status(path, options) != "complete":
+        set_status(path, "complete", storage_options=options, finished=utc_now())
 
 
 def _record_failure(path: str, options: dict[str, Any], exc: BaseException) -> None:
@@ -196,10 +209,17 @@ def _prepare_groups(config: PipelineConfig, *, exists: bool, append: bool, repor
                 f"{len(sources)} input files of a new shape are not in store {path!r} (first: {sources[0]!r}); "
                 f"pass --append to add them, or --overwrite to recompute everything"
             )
-    if not fresh:
-        set_status(path, "running", storage_options=options, resumed=utc_now())
     for source, reason in split.unreadable:
         reporter.warning(f"skipped: {reason}", source=source)
+    # The root is running again before any group changes (a rerun with nothing to do leaves it as
+    # it is, like every group), so it is never complete while one of its groups is not.
+    resumed = not fresh and (
+        stored_status(path, options) != "complete"
+        or any(stored_status(member, options) is None for member in members.values())
+        or record_groups(path, split.shapes, split.unreadable, options, dry_run=True)
+    )
+    if resumed:
+        mark_resumed(path, storage_options=options)
     record_groups(path, split.shapes, split.unreadable, options)
     parts = []
     for name, sources in split.groups.items():
@@ -207,6 +227,8 @@ def _prepare_groups(config: PipelineConfig, *, exists: bool, append: bool, repor
         exists = stored_status(members[name], options) is not None
         plan, pending = _open_or_create(member, exists=exists, append=append, reporter=reporter, listed=sources)
         parts.append(Part(member, plan, pending))
+    if not fresh and not resumed and not all(_finished(part) for part in parts):
+        mark_resumed(path, storage_options=options)  # a group's ledger had images left to write
     narrowing = parts[0].plan.narrowing()
     if narrowing:
         reporter.warning(narrowing)
@@ -225,6 +247,7 @@ def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Re
 def _open_or_create(
     config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter, listed: list[str] | None = None
 ) -> tuple[JobPlan, np.ndarray]:
+    """The plan and the images still to write; a complete store with nothing new is left untouched."""
     path, options = config.output.path, config.output.storage_options
     listed = list_sources(config) if listed is None else listed
     if exists and not config.output.overwrite and stored_status(path, options) != "creating":
@@ -237,9 +260,9 @@ def _open_or_create(
         known = stored.sources
         seen = set(known)
         new = [source for source in listed if source not in seen]
-        # One plan over the store's images and the new ones; it must be the stored job's, and its
-        # tiles or slabs must write whole chunks of the store, whatever budget this run has.
-        plan = build_plan(config, known + new, stored_chunks=tuple(stored.array.chunks))
+        # One plan over the store's images and the new ones; it must be the stored job's, and it
+        # reads the inputs as the store recorded (its tiles write whole chunks of the store).
+        plan = build_plan(config, known + new, recorded_read=recorded_read(stored))
         _check_same_job(stored.provenance, plan, path)
         if new and not append:
             raise OutputError(
@@ -247,14 +270,21 @@ def _open_or_create(
                 f"pass --append to add them, or --overwrite to recompute everything"
             )
         _report_changed(stored, config, reporter)
+        done = stored.done
+        if not new and done.all() and stored.status == "complete":
+            return plan, ~done  # nothing to do: not one byte of the store changes
+        if stored.status == "complete":
+            reporter.warning(
+                f"store {path!r} says complete but its ledger records {int(done.sum())}/{done.size} images "
+                f"written; the ledger is trusted and the other {int((~done).sum())} are written now"
+            )
         if new:
             append_sources(path, new, options)
             if plan.source_shapes:
                 record_source_shapes(path, len(known), plan.source_shapes[len(known) :], options)
         remove_partial_writes(path)
-        set_status(path, "running", storage_options=options, resumed=utc_now())
-        done = open_result(path, storage_options=options).done
-        return plan, ~done
+        mark_resumed(path, storage_options=options)
+        return plan, ~open_result(path, storage_options=options).done
     plan = build_plan(config, listed)
     layout = StoreLayout(
         shape=plan.shape,
@@ -276,12 +306,23 @@ def _open_or_create(
         "steps": plan.step_provenance,
         "axes": list(plan.axes),
         "compute_dtype": plan.compute_dtype,
+        "read": plan.read_record,
         "started": utc_now(),
     }
     create_store(path, layout, sources=plan.sources, provenance=provenance, storage_options=options)
     if plan.source_shapes:
         record_source_shapes(path, 0, plan.source_shapes, options)
     return plan, np.ones(len(plan.sources), dtype=bool)
+
+
+def recorded_read(stored: StoredResult) -> dict[str, Any]:
+    """How the store's inputs were read; for stores written before that was recorded, from their chunks."""
+    record = stored.provenance.get("read")
+    if isinstance(record, dict) and "tile" in record:
+        return record
+    chunks, shape = tuple(stored.array.chunks), tuple(stored.array.shape)
+    tiled = "z" not in dimension_names(stored.array) and chunks[-2:] != shape[-2:]
+    return {"tile": list(chunks[-2:]) if tiled else None}
 
 
 def _check_same_job(provenance: dict[str, Any], plan: JobPlan, path: str) -> None:

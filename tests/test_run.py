@@ -178,3 +178,80 @@ def test_a_resumed_store_keeps_its_chunks_whatever_the_budget(tmp_path: Path, fi
     for image, source in zip(stored, pixels):
         expected = ndimage.convolve(source.astype(np.float64), weights, mode="reflect")
         np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-3)
+
+
+def _store_bytes(store: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(store)): path.read_bytes() for path in sorted(store.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("shapes", ["strict", "group"])
+def test_a_rerun_of_a_complete_store_changes_no_byte(folder: Path, tmp_path: Path, shapes: str) -> None:
+    out = tmp_path / "done.zarr"
+    config = _config(folder, out, [{"convolve": {"kernel": "edge"}}])
+    config = config.model_copy(update={"input": config.input.model_copy(update={"shapes": shapes})})
+    run(config)
+    before = _store_bytes(out)
+    summary = run(config)
+    assert summary.processed == 0 and summary.skipped == 4
+    assert _store_bytes(out) == before  # zarr.json too: no "resumed" time, no status rewrite
+
+
+def test_a_completed_resume_carries_no_stale_error(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed.zarr"
+    broken = folder / "img2.png"
+    good = broken.read_bytes()
+    broken.write_bytes(b"\x89PNG not really")
+    config = _config(folder, out, [{"convolve": {"kernel": "edge"}}])
+    config = config.model_copy(update={"execution": config.execution.model_copy(update={"batch_size": 1})})
+    with pytest.raises(InputError, match="img2.png"):
+        run(config)
+    assert _stored(out)[1]["error"].startswith("cannot read image")
+    broken.write_bytes(good)
+    run(config)
+    _, prov = _stored(out)
+    assert prov["status"] == "complete" and "error" not in prov
+    (attempt,) = prov["history"]  # the failure is kept, as history
+    assert attempt["status"] == "failed" and "img2.png" in attempt["error"]
+
+
+def test_a_store_claiming_complete_is_finished_by_its_ledger(folder: Path, tmp_path: Path) -> None:
+    from pipeline.events import Reporter
+
+    out = tmp_path / "forged.zarr"
+    config = _config(folder, out, [{"convolve": {"kernel": "edge"}}])
+    run(config)
+    expected, _ = _stored(out)
+    group = zarr.open_group(str(out), mode="r+")
+    group["ledger/done"][2:] = 0  # the ledger says 2/4, the status still says complete
+    group["0"][2:] = np.nan
+
+    class Warnings(Reporter):
+        said: list[str] = []
+
+        def warning(self, message: str, **fields: Any) -> None:
+            self.said.append(message)
+
+    reporter = Warnings(quiet=True)
+    summary = run(config, reporter=reporter)
+    assert summary.processed == 2
+    assert any("says complete but its ledger records 2/4 images" in said for said in reporter.said)
+    np.testing.assert_array_equal(_stored(out)[0], expected)
+
+
+def test_a_store_half_created_by_a_killed_run_is_created_afresh(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "half.zarr"
+    out.mkdir()
+    (out / "zarr.0123456789abcdef0123456789abcdef.partial").write_text('{"zarr_format": 3, "node_ty')
+    summary = run(_config(folder, out, [{"convolve": {"kernel": "edge"}}]))
+    assert summary.processed == 4 and _stored(out)[1]["status"] == "complete"
+    assert not list(out.glob("*.partial"))
+
+
+def test_a_folder_with_other_partial_files_is_still_refused(folder: Path, tmp_path: Path) -> None:
+    from pipeline.errors import OutputError
+
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "download.partial").write_text("someone else's")
+    with pytest.raises(OutputError, match="not a store written by this pipeline"):
+        run(_config(folder, out, [{"convolve": {"kernel": "edge"}}]))

@@ -153,3 +153,15 @@ def test_blocks_of_many_chunks_are_written_chunk_by_chunk(tmp_path: Path) -> Non
     write_lazily(strided, target, start=2).compute()
     np.testing.assert_array_equal(target[2:], values)
     assert target.nchunks_initialized == 3 * 3 * 3
+
+
+def test_inspect_trusts_the_ledger_over_a_forged_status(tmp_path: Path) -> None:
+    from pipeline.sinks.zarr_store import StoreLayout, create_store, open_result
+
+    store = str(tmp_path / "forged.zarr")
+    layout = StoreLayout(shape=(3, 4, 5), chunks=(1, 4, 5), dtype="float32", dimension_names=("image", "y", "x"), codec="none")
+    create_store(store, layout, sources=("a", "b", "c"), provenance={})
+    set_status(store, "complete")
+    summary = open_result(store).summary()
+    assert summary["status"].startswith("incomplete (marked complete, but the ledger records 0/3 images done")
+    assert summary["progress"] == "0/3 images written"

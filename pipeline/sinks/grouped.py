@@ -39,13 +39,23 @@ def record_groups(
     groups: dict[str, Sequence[int]],
     unreadable: Sequence[tuple[str, str]],
     storage_options: Options = None,
-) -> None:
-    """Add groups to a grouped store's list, and note files whose headers could not be read."""
-    group = open_group(path, "r+", storage_options)
+    *,
+    dry_run: bool = False,
+) -> bool:
+    """Add groups to a grouped store's list, and note files whose headers could not be read.
+
+    Returns whether that changes the root; nothing is written when it does not (or with ``dry_run``).
+    """
+    group = open_group(path, "r" if dry_run else "r+", storage_options)
     attrs = group.attrs[ATTRS_KEY]
     known = {**attrs.get("groups", {}), **{name: list(shape) for name, shape in groups.items()}}
     skipped = [{"source": source, "reason": reason} for source, reason in unreadable]
-    group.attrs[ATTRS_KEY] = {**attrs, "groups": known, "unreadable": skipped}
+    updated = {**attrs, "groups": known, "unreadable": skipped}
+    if updated == attrs:
+        return False
+    if not dry_run:
+        group.attrs[ATTRS_KEY] = updated
+    return True
 
 
 def grouped_summary(path: str, storage_options: Options = None) -> dict[str, Any]:

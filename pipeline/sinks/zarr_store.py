@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledg
 from pipeline.storage import explain, filesystem, is_remote, is_remote_failure, local_or_url
 
 RESULT_ARRAY = "0"
+_FIRST_FILE_LEFTOVER = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
 MAX_LEVELS = 16
 SOURCES_ARRAY = "sources"
 SHAPES_ARRAY = "source_shapes"
@@ -76,6 +78,8 @@ def check_output_path(path: str, storage_options: Options = None) -> bool:
     target = Path(path)
     if target.is_file():
         raise OutputError(f"output.path {path!r} is a file; give a directory name for the Zarr store")
+    if half_created(target):
+        return False  # created afresh (create_store replaces the leftover)
     exists = target.is_dir() and any(target.iterdir())
     if exists and not _written_by_us(target):
         raise OutputError(
@@ -114,6 +118,19 @@ def _check_remote_output(path: str, storage_options: Options) -> bool:
 
 def _written_by_us(target: Path) -> bool:
     return stored_status(str(target)) is not None
+
+
+def half_created(target: Path) -> bool:
+    """A folder holding only the temporary file of our first ``zarr.json``: a run killed while creating it.
+
+    Zarr writes each file to ``<name>.<hex>.partial`` and renames it into place, and a new store's
+    first file is its group's ``zarr.json`` (carrying our attributes), so a folder with nothing but
+    such a leftover was being created by this pipeline; a rerun creates it afresh.
+    """
+    entries = list(target.iterdir()) if target.is_dir() else []
+    return bool(entries) and all(
+        entry.is_file() and _FIRST_FILE_LEFTOVER.fullmatch(entry.name) for entry in entries
+    )
 
 
 def stored_status(path: str, storage_options: Options = None) -> str | None:
@@ -265,6 +282,24 @@ def set_status(path: str, status: str, *, storage_options: Options = None, **fie
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], **fields, "status": status}
 
 
+# Earlier attempts a store remembers (the newest ones), under "history".
+MAX_HISTORY = 20
+_ATTEMPT_KEYS = ("status", "started", "resumed", "finished", "error")
+
+
+def mark_resumed(path: str, *, storage_options: Options = None) -> None:
+    """Status ``running`` again for a rerun; the last attempt's outcome moves into ``history``.
+
+    So a store that a rerun completes carries no stale error: what went wrong before is kept,
+    clearly as history (``[{"status": "interrupted", "error": ..., "finished": ...}, ...]``).
+    """
+    group = open_group(path, "r+", storage_options)
+    attrs = dict(group.attrs[ATTRS_KEY])
+    attempt = {key: attrs.pop(key) for key in _ATTEMPT_KEYS if key in attrs}
+    history = [*attrs.pop("history", []), attempt][-MAX_HISTORY:]
+    group.attrs[ATTRS_KEY] = {**attrs, "history": history, "status": "running", "resumed": utc_now()}
+
+
 @dataclass(frozen=True)
 class StoredResult:
     path: str
@@ -279,6 +314,17 @@ class StoredResult:
     @property
     def status(self) -> str:
         return self.provenance.get("status", "unknown")
+
+    @property
+    def trusted_status(self) -> str:
+        """The status as the ledger bears it out: "complete" only when every image is done."""
+        done = self.done
+        if self.status != "complete" or done.all():
+            return self.status
+        return (
+            f"incomplete (marked complete, but the ledger records {int(done.sum())}/{done.size} images "
+            f"done; a rerun writes the rest)"
+        )
 
     @property
     def flags(self) -> np.ndarray:
@@ -305,7 +351,7 @@ class StoredResult:
         skipped = f", {len(unreadable)} unreadable (skipped)" if unreadable else ""
         return {
             "store": self.path,
-            "status": self.status,
+            "status": self.trusted_status,
             "progress": f"{written}/{len(names)} images written{skipped}",
             "unreadable": unreadable,
             "shape": list(self.array.shape),

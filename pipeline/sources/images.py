@@ -97,13 +97,14 @@ def probe(
     layout: str = "images",
     storage_options: Mapping[str, Any] | None = None,
     budget: BlockBudget = BlockBudget(),
-    stored_chunks: tuple[int, ...] | None = None,
+    recorded_tile: tuple[int, int] | None | Literal["unset"] = "unset",
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape.
 
     ``path`` is a file or one frame of one (``stack.tif#0``). Tiles and slabs are sized from one
-    worker's ``budget``, unless ``stored_chunks`` (the chunks of the store a run resumes) fix them:
-    every task must write whole chunks of that store.
+    worker's ``budget``, unless ``recorded_tile`` (what the store a run resumes recorded it read:
+    a tile, or None for whole images) fixes the tiles: every task must write whole chunks of that
+    store. Slabs need no such record: a volume's store holds one slice per chunk.
     """
     options = dict(storage_options or {})
     if layout == "volume":
@@ -121,7 +122,6 @@ def probe(
             budget.bytes,
             plane_bytes=budget.itemsize * shape[1] * shape[2],
             halo=budget.reach(3)[0],
-            multiple=stored_chunks[1] if stored_chunks else 1,
         )
         return ImageSpec(
             shape=shape, color=color, reference=path, max_pixels=max_pixels, raw_shape=raw, volume=True, slab=slab,
@@ -132,8 +132,8 @@ def probe(
     check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels, options)
     raw = _raw_shape(path, options)
     shape = _converted_shape(path, raw, color)
-    if stored_chunks is not None:
-        chosen = None if tuple(stored_chunks[-2:]) == shape[-2:] else tuple(stored_chunks[-2:])
+    if recorded_tile != "unset":
+        chosen = None if recorded_tile is None else (int(recorded_tile[0]), int(recorded_tile[1]))
     else:
         chosen = choose_tile(path, tile, shape, budget=budget)
     return ImageSpec(
