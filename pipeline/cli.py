@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from contextlib import contextmanager
 from enum import StrEnum
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from pipeline import __version__
 from pipeline.arguments import parse_index, parse_params, parse_storage_options
-from pipeline.errors import ConfigError, PipelineError, scrub_secrets
+from pipeline.errors import ConfigError, Interrupted, PipelineError, Terminated, scrub_secrets
 
 if TYPE_CHECKING:
     from pipeline.events import Reporter
@@ -38,6 +39,7 @@ err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class LogFormat(StrEnum):
@@ -63,6 +65,11 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
     """Turn errors into one line and an exit code; ``--debug`` shows the traceback instead."""
     try:
         yield
+    except Interrupted as exc:  # what was written is safe: no "error:", the message says how to go on
+        if reporter is not None and reporter.log_format == "json":
+            reporter.error(str(exc), exc.exit_code)
+        err.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     except PipelineError as exc:
         if _state["debug"]:
             raise
@@ -70,9 +77,9 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
             reporter.error(_first_line(exc), exc.exit_code)
         err.print(f"[red]error:[/red] {_first_line(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # before a run started writing: nothing to resume
         err.print("interrupted", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
     except Exception as exc:
         if _state["debug"]:
             raise
@@ -182,9 +189,23 @@ def run(
         log_format=log_format.value, quiet=quiet, progress=terminal if progress is None else progress,
         lines=progress is None and not terminal,
     )
-    with reported_errors(reporter):
+    with reported_errors(reporter), _terminated_like_interrupted():
         overrides = _overrides(set_, overwrite=overwrite, scheduler=scheduler, workers=workers, batch_size=batch_size)
         run_job(load_config(config, overrides), append=append, reporter=reporter)
+
+
+@contextmanager
+def _terminated_like_interrupted() -> Iterator[None]:
+    """SIGTERM (schedulers, ``kill``) stops a run as Ctrl-C does: status interrupted, a rerun resumes."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

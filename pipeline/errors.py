@@ -9,7 +9,8 @@ Exit codes (documented in the README):
 3    input error (missing files, empty glob, unreadable or mismatched image)
 4    output error (store exists with other settings, not writable, not a pipeline store)
 5    store busy: another run holds its lock
-130  interrupted (Ctrl-C)
+130  interrupted (Ctrl-C, SIGINT)
+143  terminated (SIGTERM, what batch schedulers and ``kill`` send)
 ==== =========================================================
 """
 
@@ -127,3 +128,18 @@ class StoreLockedError(OutputError):
     """Another live run holds the store's lock."""
 
     exit_code = 5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so a run stops the same way."""
+
+
+class Interrupted(PipelineError):
+    """A run stopped by Ctrl-C (exit 130) or SIGTERM (143); what it wrote is safe and a rerun resumes."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.exit_code))

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.config import PipelineConfig
-from pipeline.errors import OutputError, PipelineError, scrub_secrets
+from pipeline.errors import Interrupted, OutputError, PipelineError, Terminated, scrub_secrets
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.batches import batch_size, write_batches
@@ -117,6 +117,12 @@ def run(config: PipelineConfig, *, append: bool = False, reporter: Reporter | No
         except BaseException as exc:
             for store in dict.fromkeys((current, path)):
                 _record_failure(store, options, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(
+                    f"interrupted: {_images_done(parts)}/{sum(len(part.plan.sources) for part in parts)} images "
+                    f"written; rerun the same command to resume",
+                    exit_code=143 if isinstance(exc, Terminated) else 130,
+                ) from None
             if isinstance(exc, OSError) and not isinstance(exc, PipelineError):  # disk full, permissions
                 raise OutputError(
                     f"cannot write store {path!r}: {exc.strerror or exc}; nothing unwritten is marked "
@@ -157,10 +163,21 @@ def _complete(path: str, options: dict[str, Any]) -> None:
         set_status(path, "complete", storage_options=options, finished=utc_now())
 
 
+def _images_done(parts: list[Part]) -> int:
+    """Images the ledgers of the parts record as done (written, or left out as unreadable)."""
+    try:
+        return sum(int(open_result(part.config.output.path, storage_options=part.config.output.storage_options).done.sum()) for part in parts)
+    except Exception:  # a store that cannot be reached now: say what this run knew at its start
+        return sum(int((~part.pending).sum()) for part in parts)
+
+
 def _record_failure(path: str, options: dict[str, Any], exc: BaseException) -> None:
     """Mark a store failed (or interrupted) with the reason; a store that cannot be reached stays as it was."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    reason = scrub_secrets(str(exc).strip().split("\n")[0] or type(exc).__name__, options)
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+    else:
+        reason = scrub_secrets(str(exc).strip().split("\n")[0] or type(exc).__name__, options)
     try:
         set_status(path, status, storage_options=options, finished=utc_now(), error=reason)
     except Exception:

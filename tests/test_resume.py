@@ -441,3 +441,25 @@ def test_a_log_file_gets_a_line_per_batch(fast_job: Path, tmp_path: Path) -> Non
     assert "images/s" in lines[0] and "to do" in lines[0]
     quiet = cli("run", fast_job, "--overwrite", "--no-progress", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_run_says_what_is_safe_and_a_rerun_resumes(
+    slow_job: SlowJob, tmp_path: Path, start: Callable[..., subprocess.Popen[str]], signum: int, exit_code: int
+) -> None:
+    store = tmp_path / "signalled.zarr"
+    victim = start(*slow_job.run_args(store))
+    wait_until(victim, lambda: done_count(store) >= BATCH, f"{BATCH} images in the ledger")
+    victim.send_signal(signum)
+    out, err = victim.communicate(timeout=60)
+    assert victim.returncode == exit_code, err
+    done = done_count(store)
+    assert done < IMAGES, "the run finished before the signal"
+    lines = [line for line in err.splitlines() if not re.search(r"\bbatch \d+/\d+:|\bresuming:", line)]
+    assert lines == [f"interrupted: {done}/{IMAGES} images written; rerun the same command to resume"], err
+    assert status(store) == "interrupted"
+    assert not lock_path(str(store)).exists()
+    rerun = cli(*slow_job.run_args(store), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert status(store) == "complete"
+    assert_same_bytes(result(store), result(slow_job.reference))
