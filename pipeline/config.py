@@ -27,6 +27,7 @@ from pydantic import (
 
 from pipeline.budget import parse_size
 from pipeline.errors import ConfigError, KernelError
+from pipeline.pixels import Color, color_mode
 from pipeline.job_file import apply_override, expand_environment, read_yaml
 from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
@@ -60,11 +61,20 @@ class InputConfig(_Frozen):
     paths: Union[str, list[str]] = Field(
         description="glob, directory, single file, or a list of them; sorted naturally"
     )
-    color: Literal["gray", "keep"] = Field(
-        "gray", description="gray: ITU-R BT.601 luma, alpha dropped; keep: channels convolved separately"
+    color: Literal["gray", "keep", "rgb"] = Field(
+        "gray",
+        description="gray: ITU-R BT.601 luma, alpha dropped; keep: the channels each file stores; rgb: 3 channels "
+        "for every file (gray replicated), so gray and colour photographs share a collection",
     )
-    alpha: Literal["keep", "drop"] = Field(
-        "keep", description="with color: keep, an alpha channel is kept as a channel, or dropped (RGBA → RGB)"
+    alpha: Optional[Literal["keep", "drop"]] = Field(
+        None,
+        description="an alpha channel: kept as a channel or dropped; default keep with color: keep, drop with "
+        "color: rgb (keep then adds an opaque alpha to files without one)",
+    )
+    scale: Literal["native", "unit"] = Field(
+        "native",
+        description="native: values on their type's scale (0-255, 0-65535), every file of one bit depth; unit: each "
+        "image divided by its type's maximum (0-1), so 8- and 16-bit files share a collection",
     )
 
     on_error: Literal["fail", "skip"] = Field(
@@ -91,9 +101,9 @@ class InputConfig(_Frozen):
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
 
     @property
-    def color_mode(self) -> str:
-        """How the sources treat channels: gray, keep, or opaque (colour kept, alpha dropped)."""
-        return "opaque" if self.color == "keep" and self.alpha == "drop" else self.color
+    def color_mode(self) -> Color:
+        """How the sources treat channels: gray, keep, opaque (kept, alpha dropped), rgb or rgba."""
+        return color_mode(self.color, self.alpha)
 
     @field_validator("paths")
     @classmethod

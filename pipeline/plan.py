@@ -22,9 +22,10 @@ from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
 from pipeline.sources.frames import frame_sources
 from pipeline.sources.shapes import group_by_shape
-from pipeline.sources.images import ImageSpec, declared_dtype, declared_shape, fits_inside, list_images, probe, stack_images
+from pipeline.pixels import value_range
+from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
-from pipeline.steps.chain import Stage, Step, build_steps, chain, leading_reach
+from pipeline.steps.chain import Stage, Step, build_steps, chain, leading_reach, output_range
 from pipeline.steps.normalize import unit_range_to
 from pipeline.steps.pyramid import pyramid
 from pipeline.storage import file_size
@@ -83,6 +84,8 @@ class JobPlan:
                 for step in self.step_provenance
             ],
             "color": self.config.input.color_mode,
+            # only when it is not the default, so stores written before the option resume
+            **({"scale": self.config.input.scale} if self.config.input.scale != "native" else {}),
             "dtype": self.dtype,
             "codec": config["output"]["codec"],
             "compute_dtype": self.compute_dtype,
@@ -91,20 +94,31 @@ class JobPlan:
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
+    def value_range(self) -> tuple[float, float]:
+        """The values the result can take before the cast: the inputs' range carried through every step.
+
+        Every file stores the first file's type (checked as each is read) or is scaled to [0, 1], so
+        the first file's header bounds them all.
+        """
+        low, high = value_range(np.dtype(self.spec.dtype or "float64"), self.spec.scale)
+        if self.spec.pad_value is not None:
+            low, high = min(low, self.spec.pad_value), max(high, self.spec.pad_value)
+        return output_range(self.steps, (low, high))
+
     def narrowing(self) -> str | None:
-        """A warning when integer output cannot hold the input's range and nothing rescales it."""
+        """A warning when an integer output cannot hold what the steps can produce, and nothing rescales it."""
         out = np.dtype(self.dtype)
-        last_normalizes = bool(self.steps) and self.steps[-1].unit_range
-        if out.kind not in "ui" or last_normalizes:
+        if out.kind not in "ui" or (bool(self.steps) and self.steps[-1].unit_range):
             return None
-        source = declared_dtype(self.spec.reference, self.spec.storage_options)
-        if source.kind in "ui" and np.iinfo(source).max <= np.iinfo(out).max and np.iinfo(source).min >= np.iinfo(out).min:
-            if not any(step.convolution is not None for step in self.steps):
-                return None  # nothing can leave the input's range
+        low, high = self.value_range()
+        info = np.iinfo(out)
+        if info.min <= low and high <= info.max:
+            return None
+        source = np.dtype(self.spec.dtype or "float64")
         return (
-            f"output.dtype {out} is narrower than what the steps can produce from {source} input: "
-            f"values outside {np.iinfo(out).min}..{np.iinfo(out).max} are clipped; add '- normalize: minmax' "
-            f"as the last step or choose a wider output.dtype"
+            f"output.dtype {out} cannot hold what the steps can produce from {source} input ({_span(low, high)}): "
+            f"values outside {info.min}..{info.max} are clipped; add '- normalize: minmax' as the last step or "
+            f"choose a wider output.dtype"
         )
 
     def levels(self, start: int = 0, stop: int | None = None) -> list[da.Array]:
@@ -151,6 +165,10 @@ class JobPlan:
             "bytes_read_estimate": first_file * len(self.sources),
             "bytes_written_uncompressed": int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize,
         }
+
+
+def _span(low: float, high: float) -> str:
+    return "any value" if not (np.isfinite(low) and np.isfinite(high)) else f"{low:g}..{high:g}"
 
 
 def compute_dtype(config: PipelineConfig) -> str:
@@ -248,6 +266,7 @@ def _probe_first_readable(
                 storage_options=config.input.storage_options,
                 budget=budget,
                 recorded_tile=recorded_read["tile"] if recorded_read is not None else "unset",
+                scale=config.input.scale,
             )
         except InputError:
             if source is candidates[-1]:

@@ -261,7 +261,7 @@ def test_unknown_key_far_from_any_gives_no_guess(raw):
         ("output.dtype", "uint7", "'uint7'"),
         ("output.codec", "gzip", "'gzip'"),
         ("output.path", 5, "string"),
-        ("input.color", "rgb", "'rgb'"),
+        ("input.color", "cmyk", "'cmyk'"),
         ("input.paths", [], "at least one"),
         ("execution.scheduler", "cluster", "'cluster'"),
         ("execution.compute_dtype", "float16", "'float16'"),

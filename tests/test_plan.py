@@ -88,6 +88,14 @@ def test_estimates(mixed: Path) -> None:
         ("uint8", "uint16", [], False),
         ("uint16", "uint8", [], True),
         ("uint16", "float32", [{"convolve": {"kernel": "edge"}}], False),
+        # a blur or gaussian keeps the input's range: no false alarm
+        ("uint8", "uint8", [{"convolve": {"kernel": "blur"}}], False),
+        ("uint8", "uint8", [{"convolve": {"kernel": "gaussian", "params": {"sigma": 2.0}}}], False),
+        ("uint16", "uint16", [{"convolve": {"kernel": "box", "params": {"size": 3}, "mode": "valid"}}], False),
+        # ... unless what lies beyond the edge is outside it
+        ("uint8", "uint8", [{"convolve": {"kernel": "blur", "boundary": "constant", "cval": -1.0}}], True),
+        ("uint8", "uint8", [{"convolve": {"kernel": "sharpen"}}], True),
+        ("uint8", "int16", [{"convolve": {"kernel": "edge"}}], False),  # -2040..2040 fits
     ],
 )
 def test_integer_output_is_never_narrowed_silently(tmp_path, source_dtype, output, steps, warns) -> None:
@@ -99,3 +107,14 @@ def test_integer_output_is_never_narrowed_silently(tmp_path, source_dtype, outpu
     assert (message is not None) == warns
     if warns:
         assert f"output.dtype {output}" in message and "normalize" in message
+
+
+def test_the_range_is_carried_through_every_step(tmp_path) -> None:
+    iio.imwrite(tmp_path / "a.png", np.zeros((4, 4), dtype=np.uint8))
+    steps = [{"convolve": {"kernel": "edge"}}, {"convolve": {"kernel": "blur"}}, {"convolve": {"kernel": [1.0, -1.0]}}]
+    config = validate_config({"input": {"paths": str(tmp_path / "a.png")}, "steps": steps, "output": {"path": "o.zarr"}})
+    assert build_plan(config).value_range() == (-4080.0, 4080.0)
+    unit = validate_config(
+        {"input": {"paths": str(tmp_path / "a.png"), "scale": "unit"}, "steps": steps[:1], "output": {"path": "o.zarr"}}
+    )
+    assert build_plan(unit).value_range() == (-8.0, 8.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
-import cv2
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
@@ -19,11 +18,12 @@ from PIL import Image
 
 from pipeline.budget import BlockBudget, slab_depth
 from pipeline.errors import InputError, ShapeMismatch
+from pipeline.pixels import Color, Scale, channels_after, check_depth, convert_pixels
 from pipeline.sources.decode import check_size, decode, image_suffix
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, split_source
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
-from pipeline.sources.volume import stack_shape, stack_volumes, volume_shape
+from pipeline.sources.volume import stack_dtype, stack_shape, stack_volumes, volume_shape
 from pipeline.storage import absolute, is_remote, opened
 
 __all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "probe", "read_image", "stack_images"]
@@ -32,12 +32,6 @@ __all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "pro
 DEFAULT_MAX_PIXELS = 1 << 30
 # Our own limit replaces Pillow's, which would refuse large trusted images with its own error.
 Image.MAX_IMAGE_PIXELS = None
-# ITU-R BT.601 luma weights, applied to the values on their own scale.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-# How channels are handled: gray (BT.601 luma, alpha dropped), keep (every channel, alpha too), or
-# opaque (every colour channel, alpha dropped: input.color keep with input.alpha drop).
-Color = Literal["gray", "keep", "opaque"]
-ALPHA_CHANNELS = (2, 4)  # gray + alpha, RGBA
 
 
 @dataclass(frozen=True)
@@ -67,6 +61,8 @@ class ImageSpec:
     slab: int = 1
     pad_value: float | None = None  # input.shapes: pad — smaller images padded (bottom, right) with it
     frames: int = 1  # frames (pages) of each file: each frame is one image (see sources/frames.py)
+    dtype: str | None = None  # the pixel type the first file stores: every file must store it (scale native)
+    scale: Scale = "native"  # native: values on their type's scale; unit: divided by the type's maximum
     # fsspec options for remote files (input.storage_options); handed to every decode task
     storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -84,6 +80,11 @@ class ImageSpec:
         return ("image", "y", "x") if self.color == "gray" else ("image", "c", "y", "x")
 
     @property
+    def depth(self) -> str | None:
+        """The pixel type every file must store; None when any may (``scale: unit``)."""
+        return self.dtype if self.scale == "native" else None
+
+    @property
     def spatial_ndim(self) -> int:
         return len(self.shape) - (self.color != "gray")
 
@@ -98,6 +99,7 @@ def probe(
     storage_options: Mapping[str, Any] | None = None,
     budget: BlockBudget = BlockBudget(),
     recorded_tile: tuple[int, int] | None | Literal["unset"] = "unset",
+    scale: Scale = "native",
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape.
 
@@ -125,12 +127,13 @@ def probe(
         )
         return ImageSpec(
             shape=shape, color=color, reference=path, max_pixels=max_pixels, raw_shape=raw, volume=True, slab=slab,
+            dtype=str(stack_dtype(path)), scale=scale,
         )
     file, frame = split_source(path)
     frames = frame_count(file, options)
     # Each frame is one image, read on its own: the pixel limit applies to one frame.
     check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels, options)
-    raw = _raw_shape(path, options)
+    raw, stored = declared_header(path, options)
     shape = _converted_shape(path, raw, color)
     if recorded_tile != "unset":
         chosen = None if recorded_tile is None else (int(recorded_tile[0]), int(recorded_tile[1]))
@@ -145,6 +148,8 @@ def probe(
         tile=chosen,
         storage_options=options,
         frames=frames,
+        dtype=str(stored),
+        scale=scale,
     )
 
 
@@ -165,14 +170,14 @@ def stack_images(
         _only_along(halo, (1,), "volumes are read with halos along z only")
         return stack_volumes(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, slab=spec.chunks[0], dtype=dtype,
-            reference=spec.reference, halo=halo.get(1, 0),
+            reference=spec.reference, halo=halo.get(1, 0), depth=spec.depth, scale=spec.scale,
         )
     if spec.tile is not None:
         _only_along(halo, (ndim - 2, ndim - 1), "tiles are read with halos along y and x only")
         return tiled_stack(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, tile=spec.tile,
             color=spec.color, dtype=dtype, reference=spec.reference, frames=spec.frames,
-            halo=(halo.get(ndim - 2, 0), halo.get(ndim - 1, 0)),
+            halo=(halo.get(ndim - 2, 0), halo.get(ndim - 1, 0)), depth=spec.depth, scale=spec.scale,
         )
     _only_along(halo, (), "whole images are read without halos")
     names = np.empty(len(sources), dtype=object)
@@ -191,6 +196,8 @@ def stack_images(
         pad_value=spec.pad_value,
         storage_options=dict(spec.storage_options),
         frames=spec.frames,
+        depth=spec.depth,
+        scale=spec.scale,
     )
 
 
@@ -215,43 +222,29 @@ def fits_inside(small: tuple[int, ...], large: tuple[int, ...]) -> bool:
 
 def declared_shape(path: str, color: Color, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """An image's shape after colour handling, from its header (no decoding)."""
-    return _converted_shape(path, _raw_shape(path, storage_options), color)
+    return _converted_shape(path, declared_header(path, storage_options)[0], color)
 
 
-def declared_dtype(source: str, storage_options: Mapping[str, Any] | None = None) -> np.dtype:
-    """The pixel type a file stores, from its header."""
-    path, _ = split_source(source)
-    try:
-        with opened(path, storage_options) as source:
-            if path.lower().endswith(TIFF_SUFFIXES):
-                with tifffile.TiffFile(source) as tiff:
-                    return np.dtype(tiff.pages[0].dtype)
-            return np.dtype(iio.improps(source, extension=image_suffix(path)).dtype)
-    except Exception as exc:
-        raise InputError.unreadable(path, exc) from None
-
-
-def _raw_shape(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
-    """The stored (y, x[, c]) shape of one image: a file's first page or frame, or the named one."""
+def declared_header(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """The stored (y, x[, c]) shape and pixel type of one image: a file's first page or frame, or the named one."""
     path, frame = split_source(source)
     if path.lower().endswith(TIFF_SUFFIXES):
-        return tiff_layout(source, storage_options)[0]
+        shape, _, dtype = tiff_layout(source, storage_options)
+        return shape, dtype
     try:
         with opened(path, storage_options) as file:  # one frame, of animations too
-            return tuple(iio.improps(file, extension=image_suffix(path), index=frame or 0).shape)
+            props = iio.improps(file, extension=image_suffix(path), index=frame or 0)
+            return tuple(props.shape), np.dtype(props.dtype)
     except Exception as exc:  # imageio raises many types for unreadable files
         raise InputError.unreadable(path, exc) from None
 
 
 def _converted_shape(path: str, raw: tuple[int, ...], color: Color) -> tuple[int, ...]:
-    """Shape of the image after colour handling: (y, x) for gray, (c, y, x) for keep and opaque."""
-    if len(raw) == 2:
-        return raw if color == "gray" else (1, *raw)
-    if len(raw) == 3 and raw[-1] in (1, 2, 3, 4):
+    """Shape of the image after colour handling: (y, x) for gray, (c, y, x) for the other modes."""
+    if len(raw) == 2 or (len(raw) == 3 and raw[-1] in (1, 2, 3, 4)):
         if color == "gray":
             return raw[:2]
-        channels = raw[2] - (color == "opaque" and raw[2] in ALPHA_CHANNELS)
-        return (channels, *raw[:2])
+        return (channels_after(color, raw[2] if len(raw) == 3 else 1), *raw[:2])
     raise InputError(
         f"image {path!r} has shape {raw}, which is not a 2-D gray, gray+alpha, RGB or RGBA image", path
     )
@@ -266,8 +259,12 @@ def read_image(
     storage_options: Mapping[str, Any] | None = None,
     frames: int | None = None,
     reference: str = "",
+    depth: str | None = None,
+    scale: Scale = "native",
 ) -> np.ndarray:
-    """Decode one file (or frame) into ``dtype`` on its own scale; gray is BT.601 luma, alpha dropped.
+    """Decode one file (or frame) into ``dtype``; colour and scale as ``pixels.convert_pixels`` says.
+
+    With ``depth``, the file must store that pixel type, as ``reference`` (the first file) does.
 
     With ``frames``, the file must hold that many frames, as ``reference`` (the first file) does:
     its first image checks the count (counting a GIF's frames reads them all, so not every frame
@@ -283,29 +280,8 @@ def read_image(
             check_frames(file, frames, reference, storage_options)
         raise
     _converted_shape(source, pixels.shape, color)  # rejects shapes we cannot interpret
-    return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr)
-
-
-def convert_pixels(pixels: np.ndarray, *, color: Color, dtype: str, bgr: bool = False) -> np.ndarray:
-    """Channels-last pixels (an image or a tile of one) → (y, x) luma or (c, y, x), in ``dtype``."""
-    if pixels.ndim == 2:
-        image = pixels.astype(dtype, copy=False)
-        return image if color == "gray" else image[np.newaxis]
-    if color == "opaque" and pixels.shape[-1] in ALPHA_CHANNELS:
-        pixels = pixels[..., :-1]
-    if color != "gray":
-        if pixels.shape[-1] == 1:
-            return np.moveaxis(pixels, -1, 0).astype(dtype)
-        if bgr:
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA if pixels.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
-        return np.moveaxis(pixels, -1, 0).astype(dtype)
-    if pixels.shape[-1] < 3:  # gray (+ alpha)
-        return pixels[..., 0].astype(dtype)
-    colour = pixels[..., :3].astype(dtype)
-    if colour.dtype == np.float32:  # OpenCV applies the same BT.601 weights, several times faster
-        return cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
-    weights = LUMA_WEIGHTS[::-1] if bgr else LUMA_WEIGHTS
-    return colour @ np.asarray(weights, dtype=dtype)
+    check_depth(source, pixels.dtype, depth, reference)
+    return convert_pixels(pixels, color=color, dtype=dtype, bgr=bgr, scale=scale)
 
 
 def _read_block(
@@ -319,11 +295,13 @@ def _read_block(
     pad_value: float | None,
     storage_options: dict[str, Any],
     frames: int,
+    depth: str | None,
+    scale: Scale,
 ) -> np.ndarray:
     path = names.item()
     image = read_image(
         path, color=color, dtype=out_dtype, max_pixels=max_pixels, storage_options=storage_options,
-        frames=frames, reference=reference,
+        frames=frames, reference=reference, depth=depth, scale=scale,
     )
     if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
         extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]

@@ -20,6 +20,7 @@ import zarr
 
 from pipeline.budget import BlockBudget, tile_shape, working_set
 from pipeline.errors import InputError
+from pipeline.pixels import check_depth, convert_pixels
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, split_source
 from pipeline.storage import is_remote, opened
 
@@ -31,8 +32,8 @@ READ_AT_ONCE = 4 * 1024 * 1024
 
 def tiff_layout(
     source: str, storage_options: Mapping[str, Any] | None = None
-) -> tuple[tuple[int, ...], tuple[int, int] | None]:
-    """A page's shape and its tile size (None for strips), from the header only.
+) -> tuple[tuple[int, ...], tuple[int, int] | None, np.dtype]:
+    """A page's shape, its tile size (None for strips) and its pixel type, from the header only.
 
     The first page of a file, or the named one of a frame (``huge.tif#2``).
     """
@@ -41,7 +42,7 @@ def tiff_layout(
         with opened(path, storage_options) as file, tifffile.TiffFile(file) as tiff:
             page = tiff.pages[frame or 0]
             tile = (page.tilelength, page.tilewidth) if page.is_tiled else None
-            return tuple(page.shape), tile
+            return tuple(page.shape), tile, np.dtype(page.dtype)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
@@ -74,7 +75,7 @@ def choose_tile(path: str, setting: str | int, shape: tuple[int, ...], *, budget
     pixels = math.prod(shape[-2:])
     if setting == "auto" and working_set(pixels, pixels, pixel_bytes) <= budget.bytes:  # whole: no halo
         return None
-    _, file_tile = tiff_layout(path)
+    _, file_tile, _ = tiff_layout(path)
     if setting == "auto":
         step = file_tile or STRIP_TILE_STEP
         return tile_shape(budget.bytes, pixel_bytes=pixel_bytes, halo=budget.reach(2), step=step)
@@ -84,6 +85,7 @@ def choose_tile(path: str, setting: str | int, shape: tuple[int, ...], *, budget
 def tiled_stack(
     sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], tile: tuple[int, int],
     color: str, dtype: str, reference: str, halo: tuple[int, int] = (0, 0), frames: int = 1,
+    depth: str | None = None, scale: str = "native",
 ) -> da.Array:
     """(image, [c], y, x) with chunks of one tile; ``shape`` is the converted shape of each image.
 
@@ -102,7 +104,8 @@ def tiled_stack(
         if path not in checked:  # once per file, not once per page
             check_frames(path, frames, reference)
             checked.add(path)
-        found, _ = tiff_layout(source)
+        found, _, stored = tiff_layout(source)
+        check_depth(source, stored, depth, reference)
         if found != raw_shape:
             raise InputError(
                 f"image {source!r} has shape {found} but {reference!r}, the first image, has {raw_shape}; "
@@ -120,6 +123,7 @@ def tiled_stack(
                 color=color,
                 out_dtype=dtype,
                 regions=regions,
+                scale=scale,
             )
         )
     return da.concatenate(images, axis=0)
@@ -131,16 +135,16 @@ def block_regions(size: int, step: int, halo: int = 0) -> list[tuple[int, int]]:
 
 
 def _read_tile(
-    *, path: str, page: int, color: str, out_dtype: str, regions: list[list[tuple[int, int]]], block_id: tuple[int, ...]
+    *, path: str, page: int, color: str, out_dtype: str, regions: list[list[tuple[int, int]]], scale: str,
+    block_id: tuple[int, ...],
 ) -> np.ndarray:
-    from pipeline.sources.images import convert_pixels
-
     rows, columns = (axis[index] for axis, index in zip(regions, block_id[-2:]))
     try:
-        pixels = read_region(path, rows, columns, dtype=out_dtype, page=page)
+        # Unit scale needs the stored type to divide by: the region is converted after reading.
+        pixels = read_region(path, rows, columns, dtype=out_dtype if scale == "native" else None, page=page)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
-    return convert_pixels(pixels, color=color, dtype=out_dtype)[np.newaxis]
+    return convert_pixels(pixels, color=color, dtype=out_dtype, scale=scale)[np.newaxis]
 
 
 def read_region(

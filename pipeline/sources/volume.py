@@ -16,6 +16,7 @@ import numpy as np
 import tifffile
 
 from pipeline.errors import InputError
+from pipeline.pixels import check_depth, convert_pixels
 from pipeline.sources.frames import TIFF_SUFFIXES
 from pipeline.sources.tiled import block_regions
 
@@ -32,6 +33,15 @@ def stack_shape(path: str) -> tuple[int, ...]:
     return shape if len(shape) >= 3 else (1, *shape)
 
 
+def stack_dtype(path: str) -> np.dtype:
+    """The pixel type of a TIFF stack's first series, from its header."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return np.dtype(tiff.series[0].dtype)
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+
+
 def volume_shape(path: str, raw: tuple[int, ...]) -> tuple[int, ...]:
     """(z, y, x) after gray conversion; a stack of RGB(A) pages becomes luma."""
     if len(raw) == 3 or (len(raw) == 4 and raw[-1] in (3, 4)):
@@ -41,13 +51,15 @@ def volume_shape(path: str, raw: tuple[int, ...]) -> tuple[int, ...]:
 
 def stack_volumes(
     sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], slab: int, dtype: str,
-    reference: str, halo: int = 0,
+    reference: str, halo: int = 0, depth: str | None = None, scale: str = "native",
 ) -> da.Array:
     """(volume, z, y, x), one chunk per slab of slices, each with ``halo`` slices more on each side."""
     regions = block_regions(shape[0], slab, halo)
     volumes = []
     for source in sources:
         found = stack_shape(source)
+        if depth is not None:
+            check_depth(source, stack_dtype(source), depth, reference)
         if found != raw_shape:
             raise InputError(
                 f"image {source!r} has shape {found} but {reference!r}, the first image, has {raw_shape}; "
@@ -64,22 +76,23 @@ def stack_volumes(
                 out_dtype=dtype,
                 plane=tuple(shape[1:]),
                 regions=regions,
+                scale=scale,
             )
         )
     return da.concatenate(volumes, axis=0)
 
 
 def _read_slab(
-    *, path: str, out_dtype: str, plane: tuple[int, int], regions: list[tuple[int, int]], block_id: tuple[int, ...]
+    *, path: str, out_dtype: str, plane: tuple[int, int], regions: list[tuple[int, int]], scale: str,
+    block_id: tuple[int, ...],
 ) -> np.ndarray:
-    from pipeline.sources.images import convert_pixels
-
     z0, z1 = regions[block_id[1]]
     slab = np.empty((1, z1 - z0, *plane), dtype=out_dtype)
     try:
         # Converted slice by slice into the slab: the file's raw pixels are held one slice at a time.
         for index, pixels in enumerate(read_slices(path, z0, z1)):
-            slab[0, index] = pixels if pixels.ndim == 2 else convert_pixels(pixels, color="gray", dtype=out_dtype)
+            plain = pixels.ndim == 2 and scale == "native"  # converted as it is copied in, no temporary
+            slab[0, index] = pixels if plain else convert_pixels(pixels, color="gray", dtype=out_dtype, scale=scale)
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
     return slab

@@ -157,6 +157,35 @@ def leading_reach(steps: Sequence[Step]) -> tuple[int, ...]:
     return reach
 
 
+def output_range(steps: Sequence[Step], values: tuple[float, float]) -> tuple[float, float]:
+    """The values the steps can produce from inputs in ``values`` (low, high).
+
+    A convolution's output lies between ``P·low + N·high`` and ``P·high + N·low``, with P and N the
+    sums of its positive and negative weights; the samples it may see beyond the image (``cval``,
+    the zeros of ``full``) join the input's range first. A blur keeps the input's range, an edge
+    kernel widens it. ``normalize`` gives [0, 1].
+    """
+    low, high = values
+    for step in steps:
+        if step.unit_range:
+            low, high = 0.0, 1.0
+            continue
+        convolution = step.convolution
+        if convolution is None:
+            continue
+        outside = {"full": 0.0, "same": convolution.cval if convolution.boundary == "constant" else None}.get(convolution.mode)
+        if outside is not None:
+            low, high = min(low, outside), max(high, outside)
+        weights = np.asarray(convolution.weights, dtype=np.float64)
+        positive, negative = float(weights[weights > 0].sum()), float(weights[weights < 0].sum())
+        with np.errstate(invalid="ignore"):  # 0 × inf: a sum that is zero contributes nothing
+            low, high = (
+                np.nansum([positive * low, negative * high]),
+                np.nansum([positive * high, negative * low]),
+            )
+    return float(low), float(high)
+
+
 def apply_steps(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int = 2) -> tuple[da.Array, bool]:
     """Compose the steps lazily; also say whether the result is in [0, 1] (last step normalised)."""
     result = chain(array, steps, spatial_ndim=spatial_ndim)
