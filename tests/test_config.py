@@ -368,7 +368,7 @@ def test_missing_required_key(raw, key):
 def test_every_problem_is_listed(raw):
     raw["output"]["overwrit"] = True
     convolve_of(raw)["mode"] = "wide"
-    raw["input"]["color"] = "rgb"
+    raw["input"]["color"] = "cmyk"
     problems = problems_of(raw)
     assert sorted(p.split(":")[0] for p in problems) == ["input.color", "output.overwrit", "steps.0.convolve.mode"]
     with pytest.raises(ConfigError, match=r"and 2 more problems"):
