@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, ShapeMismatch
+from pipeline.errors import DepthMismatch, InputError, ShapeMismatch
 from pipeline.events import Reporter
 from pipeline.execution import Executor
 from pipeline.plan import JobPlan
@@ -23,7 +23,9 @@ from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
 from pipeline.sinks.writes import write_lazily
 from pipeline.sinks.zarr_store import level_arrays, open_result
+from pipeline.pixels import check_depth
 from pipeline.sources.frames import source_file
+from pipeline.sources.images import declared_header
 from pipeline.sources.shapes import other_shapes
 from pipeline.storage import absolute, file_stats
 
@@ -115,6 +117,8 @@ def _write_batch(
             failed = [index for index in positions.get(named, []) if index not in excluded]
             if isinstance(exc, ShapeMismatch) and config.input.on_error != "skip" and failed:
                 raise _with_other_shapes(exc, config, plan, start, failed[0]) from None
+            if isinstance(exc, DepthMismatch) and config.input.on_error != "skip":
+                raise _first_of_another_depth(exc, plan, start, stop) from None
             if config.input.on_error != "skip" or not failed:
                 raise
             for index in failed:
@@ -133,6 +137,16 @@ def _with_other_shapes(exc: ShapeMismatch, config: PipelineConfig, plan: JobPlan
         return exc
     listed = ", ".join(f"{source!r} {shape}" for source, shape in others)
     return ShapeMismatch(f"{exc}; also of other shapes: {listed}{', …' if more else ''}", exc.path)
+
+
+def _first_of_another_depth(exc: DepthMismatch, plan: JobPlan, start: int, stop: int) -> InputError:
+    """Tasks fail in any order: name the batch's first file (from the headers, in order) of another depth."""
+    for source in plan.sources[start:stop]:
+        try:
+            check_depth(source, declared_header(source, plan.spec.storage_options)[1], plan.spec.depth, plan.spec.reference)
+        except InputError as first:
+            return first
+    return exc
 
 
 def _ranges_without(start: int, stop: int, excluded: set[int]) -> list[tuple[int, int]]:

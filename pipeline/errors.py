@@ -115,6 +115,10 @@ class ShapeMismatch(InputError):
     """An image whose size or channels differ from the first image's (``input.shapes: strict``)."""
 
 
+class DepthMismatch(InputError):
+    """An image whose pixel type differs from the first image's (``input.scale: native``)."""
+
+
 class OutputError(PipelineError, FileExistsError):
     """The output store cannot be written (exists, not a store, not writable)."""
 

@@ -24,7 +24,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import DepthMismatch
 
 # ITU-R BT.601 luma weights, applied to the values on their own scale.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -133,7 +133,7 @@ def _as_rgb(image: np.ndarray, *, alpha: bool, opaque: float) -> np.ndarray:
 def check_depth(path: str, found: np.dtype, expected: str | None, reference: str) -> None:
     """Refuse a file of another bit depth than the collection's first (with ``input.scale: native``)."""
     if expected is not None and np.dtype(found) != np.dtype(expected):
-        raise InputError(
+        raise DepthMismatch(
             f"image {path!r} is {depth_name(found)} but {reference!r}, the first image, is {depth_name(expected)}; "
             f"a collection has one bit depth — set input.scale: unit to divide each image by its type's "
             f"maximum (0-1), so files of different depths can share it",
