@@ -209,10 +209,16 @@ def _terminated_like_interrupted() -> Iterator[None]:
 
 
 @app.command()
-def validate(config: ConfigArg, set_: SetOption = None) -> None:
-    """Check a job file: print every problem with its key path, or a short summary if it is valid."""
+def validate(
+    config: ConfigArg,
+    set_: SetOption = None,
+    headers: Annotated[
+        int, typer.Option(min=0, help="Read the headers of at most this many input files (0: none).")
+    ] = 10_000,
+) -> None:
+    """Check a job file and its inputs' headers: print every problem, or a short summary if it is valid."""
     from pipeline.config import load_config
-    from pipeline.sources.images import list_images
+    from pipeline.sources.headers import survey_inputs
 
     try:
         cfg = load_config(config, _overrides(set_))
@@ -221,14 +227,27 @@ def validate(config: ConfigArg, set_: SetOption = None) -> None:
             err.print(f"{config}: {problem}" if not problem.startswith(str(config)) else problem, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     with reported_errors():
-        files = list_images(cfg.input.paths, cfg.input.storage_options)
+        survey = survey_inputs(cfg.input, limit=headers)
+    problems = survey.problems(cfg.input)
+    for problem in problems:
+        err.print(f"{config}: input.paths: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(3)
     steps = ", ".join(
         f"convolve {s.convolve.kernel if isinstance(s.convolve.kernel, str) else 'inline'} ({s.convolve.mode})"
         if hasattr(s, "convolve")
         else f"normalize {s.normalize}"
         for s in cfg.steps
     ) or "no steps"
-    out.print(f"{config}: valid: {len(files)} input files; {steps}; output {cfg.output.path}", highlight=False)
+    out.print(
+        f"{config}: valid: {_count(survey.total, 'input file')} ({survey.summary()}); {steps}; output {cfg.output.path}",
+        highlight=False,
+    )
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @app.command()

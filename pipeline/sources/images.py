@@ -222,7 +222,15 @@ def fits_inside(small: tuple[int, ...], large: tuple[int, ...]) -> bool:
 
 def declared_shape(path: str, color: Color, storage_options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """An image's shape after colour handling, from its header (no decoding)."""
-    return _converted_shape(path, declared_header(path, storage_options)[0], color)
+    return declared_image(path, color, storage_options)[0]
+
+
+def declared_image(
+    path: str, color: Color, storage_options: Mapping[str, Any] | None = None
+) -> tuple[tuple[int, ...], np.dtype]:
+    """An image's shape after colour handling and the pixel type it stores, from its header."""
+    raw, dtype = declared_header(path, storage_options)
+    return _converted_shape(path, raw, color), dtype
 
 
 def declared_header(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[tuple[int, ...], np.dtype]:
