@@ -9,25 +9,33 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+# The dev extras (pytest, napari's reader, an S3 test server, …) only for the tests.
+DEV_STAMP := $(VENV)/.installed-dev
+
+$(DEV_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
 install: $(STAMP)
 
-# The main job on the bundled sample photographs, then PNG previews of the edge result.
+# The main job on the bundled sample photographs, then PNG previews of the edge result. The
+# command is then .venv/bin/pipeline (or `pipeline` after `source .venv/bin/activate`).
 run: $(STAMP)
 	$(BIN)/pipeline run configs/example.yaml --overwrite
 	$(BIN)/pipeline export out/example.zarr out/previews --format png
 	$(BIN)/pipeline preview out/example.zarr -o out/preview.png
 	$(BIN)/pipeline inspect out/example.zarr
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Extras for the benchmark (dask-image, matplotlib, psutil), installed once beside the dev extras.
 BENCH_STAMP := $(VENV)/.installed-bench
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
+$(BENCH_STAMP): $(DEV_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
