@@ -105,7 +105,11 @@ class InputError(PipelineError, FileNotFoundError):
             return cls(f"image {path!r} disappeared after the input was listed", path)
         text = str(exc).strip()
         reason = text.splitlines()[0][:200] if text else type(exc).__name__
-        return cls(f"cannot read image {path!r}: {reason}", path)
+        return cls(
+            f"cannot read image {path!r}: {reason} (fix or remove the file, or set input.on_error: skip to "
+            f"leave unreadable files out)",
+            path,
+        )
 
     def __reduce__(self):  # keep the path when crossing process boundaries
         return (type(self), (str(self), self.path))

@@ -351,7 +351,7 @@ def _check_same_job(provenance: dict[str, Any], plan: JobPlan, path: str) -> Non
 
 
 def _report_changed(stored: StoredResult, config: PipelineConfig, reporter: Reporter) -> None:
-    """Files whose size or mtime differ from when they were processed: reported, not reused silently."""
+    """Files deleted, or whose size or mtime differ, since they were processed: reported, not reused silently."""
     done = stored.done
     if not done.any():
         return
@@ -359,13 +359,18 @@ def _report_changed(stored: StoredResult, config: PipelineConfig, reporter: Repo
     recorded = recorded_stats(stored.group)
     indices = np.flatnonzero(done)
     now = file_stats([source_file(sources[i]) for i in indices], config.input.storage_options)
-    changed = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (old != new).any()]
-    if changed:
-        reporter.warning(
-            f"{len(changed)} source files changed since they were processed (first: {changed[0]!r}); "
-            f"their stored results are kept — pass --overwrite to recompute",
-            changed=changed[:100],
-        )
+    gone = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (new == -1).all() and (old != -1).any()]
+    changed = [sources[i] for i, old, new in zip(indices, recorded[indices], now) if (old != new).any() and (new != -1).any()]
+    for listed, key in ((gone, "deleted"), (changed, "changed")):
+        if listed:
+            one = len(listed) == 1
+            verb = ("was deleted" if one else "were deleted") if key == "deleted" else "changed"
+            reporter.warning(
+                f"{len(listed)} source file{'' if one else 's'} {verb} since {'it was' if one else 'they were'} "
+                f"processed (first: {listed[0]!r}); {'its stored result is' if one else 'their stored results are'} "
+                f"kept — pass --overwrite to recompute",
+                **{key: listed[:100]},
+            )
 
 
 def _check_not_inside_inputs(config: PipelineConfig) -> None:

@@ -404,6 +404,16 @@ def test_append_adds_only_new_files_and_keeps_changed_ones(fast_job: Path, tmp_p
     assert (log[-1]["event"], log[-1]["processed"], log[-1]["skipped"]) == ("end", 0, 9)
     assert_same_bytes(result(store), stored)
 
+    # A deleted one is reported as deleted, not as changed.
+    (images / "img6.png").unlink()
+    rerun = cli("run", fast_job, "--log-format", "json", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    warnings = [event for event in events(rerun.stdout) if event["event"] == "warning"]
+    deleted = [event for event in warnings if "deleted" in event]
+    assert len(deleted) == 1 and deleted[0]["message"].startswith("1 source file was deleted since it was processed")
+    assert [Path(name).name for name in deleted[0]["deleted"]] == ["img6.png"]
+    assert all("img6.png" not in event.get("changed", []) for event in warnings)
+
 
 def test_quiet_run_prints_nothing(fast_job: Path, tmp_path: Path) -> None:
     done = cli("run", fast_job, "--quiet", cwd=tmp_path)
