@@ -336,8 +336,8 @@ def inspect(
             table.add_row(f"[bold]{key}", str(info[key]))
     for index, step in enumerate(info["steps"]):
         table.add_row(f"[bold]step {index}", _describe_step(step))
-    listed = f" (first {len(names)} listed)" if names else " (none listed)"
-    table.add_row("[bold]sources", counted(info["source_count"], "file") + (listed if len(names) < info["source_count"] else ""))
+    listed = "" if len(names) == info["source_count"] else f" (first {len(names)} listed)" if names else " (none listed)"
+    table.add_row("[bold]sources", counted(info["source_count"], "file") + listed)
     for index, name in enumerate(names):
         table.add_row("", f"{index}: {name}")
     for entry in unreadable[:sources]:
@@ -350,7 +350,8 @@ def _inspect_groups(info: dict, *, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(info))
         return
-    out.print(f"[bold]{info['store']}[/bold]: {info['status']}, {counted(len(info['groups']), 'shape group')}", highlight=False)
+    groups = counted(len(info["groups"]), "shape group")
+    out.print(f"[bold]{info['store']}[/bold]: {info['status']}, {groups}", highlight=False)
     table = Table("group", "image shape", "images", "written", "status", "inspect with")
     for group in info["groups"]:
         table.add_row(

@@ -147,7 +147,7 @@ class Reporter:
         if self.quiet:
             return
         if self.log_format == "json":
-            self._json("end", **{"already_written": fields["skipped"], **fields})
+            self._json("end", **{**fields, "already_written": fields["skipped"]})
             return
         if had_bar:
             self._summary_table(fields)

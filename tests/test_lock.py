@@ -179,7 +179,9 @@ def test_half_written_lock_is_taken_over_once_a_few_seconds_old(store: str, cont
     assert not lock_path(store).exists()
 
 
-def test_a_rerun_takes_over_an_empty_lock_left_by_a_killed_run(small_images, tmp_path, make_job, write_config, run_cli) -> None:
+def test_a_rerun_takes_over_an_empty_lock_left_by_a_killed_run(
+    small_images, tmp_path: Path, make_job, write_config, run_cli
+) -> None:
     store = tmp_path / "out.zarr"
     path = _write_lock(str(store), "", age=60)
     result = run_cli("run", write_config(make_job(small_images(), store)))
