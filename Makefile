@@ -17,7 +17,7 @@ install: $(STAMP)
 # The main job on the bundled sample photographs, then PNG previews of the edge result.
 run: $(STAMP)
 	$(BIN)/pipeline run configs/example.yaml --overwrite
-	$(BIN)/pipeline export out/example.zarr out/previews --format png
+	$(BIN)/pipeline export out/example.zarr out/previews --format png --overwrite
 	$(BIN)/pipeline preview out/example.zarr -o out/preview.png
 	$(BIN)/pipeline inspect out/example.zarr
 
