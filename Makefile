@@ -25,7 +25,7 @@ install: $(STAMP)
 # command is then .venv/bin/pipeline (or `pipeline` after `source .venv/bin/activate`).
 run: $(STAMP)
 	$(BIN)/pipeline run configs/example.yaml --overwrite
-	$(BIN)/pipeline export out/example.zarr out/previews --format png
+	$(BIN)/pipeline export out/example.zarr out/previews --format png --overwrite
 	$(BIN)/pipeline preview out/example.zarr -o out/preview.png
 	$(BIN)/pipeline inspect out/example.zarr
 

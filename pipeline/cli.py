@@ -23,6 +23,7 @@ from rich.table import Table
 from pipeline import __version__
 from pipeline.arguments import parse_index, parse_params, parse_storage_options
 from pipeline.errors import ConfigError, Interrupted, PipelineError, Terminated, scrub_secrets
+from pipeline.events import counted
 
 if TYPE_CHECKING:
     from pipeline.events import Reporter
@@ -240,14 +241,9 @@ def validate(
         for s in cfg.steps
     ) or "no steps"
     out.print(
-        f"{config}: valid: {_count(survey.total, 'input file')} ({survey.summary()}); {steps}; output {cfg.output.path}",
+        f"{config}: valid: {counted(survey.total, 'input file')} ({survey.summary()}); {steps}; output {cfg.output.path}",
         highlight=False,
     )
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @app.command()
@@ -256,7 +252,8 @@ def plan(
     set_: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
-    """Show what a job will do, without doing it: per stage the strategy, halo, chunks; tasks, memory, bytes."""
+    """Show what a job will do, without doing it: per stage the strategy, halo, chunks and output bytes
+    (uncompressed, whole collection); tasks, memory, bytes read and written."""
     from pipeline.config import load_config
     from pipeline.plan import build_plans
 
@@ -269,23 +266,34 @@ def plan(
     for name, info in described.items():
         if name:
             out.print(f"[bold]group {name}[/bold]", highlight=False)
-        table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "chunk")
+        table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "chunk", "output bytes")
         for stage in info["stages"]:
             table.add_row(
                 ",".join(map(str, stage["steps"])), stage["what"], ", ".join(stage["strategy"]),
                 str(tuple(stage["halo"])), str(tuple(stage["shape"])), str(tuple(stage["chunks"])),
+                _size(stage["bytes"]),
             )
         out.print(table)
         mib = 1024 * 1024
         out.print(
-            f"{info['images']} images, {info['tasks']} tasks, compute dtype {info['compute_dtype']}; "
+            f"{counted(info['images'], 'image')}, {counted(info['tasks'], 'task')}, compute dtype {info['compute_dtype']}; "
             f"peak memory ≈ {info['peak_memory_per_task'] / mib:.1f} MiB per task, "
-            f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {info['workers']} workers "
+            f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {counted(info['workers'], 'worker')} "
             f"(tiles and slabs sized for {info['memory_budget_per_worker'] / mib:.0f} MiB per worker); "
             f"read ≈ {info['bytes_read_estimate'] / mib:.1f} MiB, "
             f"write {info['bytes_written_uncompressed'] / mib:.1f} MiB before compression",
             highlight=False,
         )
+
+
+def _size(count: int) -> str:
+    """Bytes in the largest binary unit that keeps the number at least 1: ``48.0 KiB``."""
+    value, unit = float(count), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 @app.command()
@@ -363,8 +371,8 @@ def inspect(
             table.add_row(f"[bold]{key}", str(info[key]))
     for index, step in enumerate(info["steps"]):
         table.add_row(f"[bold]step {index}", _describe_step(step))
-    more = info["source_count"] - len(names)
-    table.add_row("[bold]sources", f"{info['source_count']} files" + (f" (+{more} more)" if more else ""))
+    listed = "" if len(names) == info["source_count"] else f" (first {len(names)} listed)" if names else " (none listed)"
+    table.add_row("[bold]sources", counted(info["source_count"], "file") + listed)
     for index, name in enumerate(names):
         table.add_row("", f"{index}: {name}")
     for entry in unreadable[:sources]:
@@ -377,7 +385,8 @@ def _inspect_groups(info: dict, *, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(info))
         return
-    out.print(f"[bold]{info['store']}[/bold]: {info['status']}, {len(info['groups'])} shape groups", highlight=False)
+    groups = counted(len(info["groups"]), "shape group")
+    out.print(f"[bold]{info['store']}[/bold]: {info['status']}, {groups}", highlight=False)
     table = Table("group", "image shape", "images", "written", "status", "inspect with")
     for group in info["groups"]:
         table.add_row(
@@ -407,17 +416,20 @@ def export(
         ExportNormalize, typer.Option(help="auto: stretch to 0-255 only what the format cannot hold.")
     ] = ExportNormalize.auto,
     index: Annotated[Optional[str], typer.Option(help="Images to write: N or START:STOP (default all).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files already in the folder.")] = False,
     storage_option: StorageOption = None,
 ) -> None:
-    """Write stored images back out as PNG, JPEG or TIFF files."""
-    from pipeline.sinks.export import export_images
+    """Write stored images back out as PNG, JPEG or TIFF files (images the store has no pixels for are left out)."""
+    from pipeline.sinks.export import describe_left_out, export_images
 
     with reported_errors():
-        written = export_images(
+        exported = export_images(
             store, outdir, fmt=format.value, normalize=normalize.value, indices=parse_index(index),
-            storage_options=parse_storage_options(storage_option),
+            overwrite=overwrite, storage_options=parse_storage_options(storage_option),
         )
-    out.print(f"wrote {len(written)} {format.value} files to {outdir}", highlight=False)
+    left_out = f" ({describe_left_out(exported.left_out)})" if exported.left_out else ""
+    wrote = counted(len(exported.written), f"{format.value} file")
+    out.print(f"wrote {wrote} to {outdir}{left_out}", highlight=False, markup=False)  # names may hold [brackets]
 
 
 @app.command()

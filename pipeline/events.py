@@ -3,8 +3,13 @@
 Events: ``start``, ``batch`` (after each durably written batch), ``warning``, ``end`` and
 ``error``. ``--log-format json`` prints each as one JSON object per line on stdout; plain mode
 shows a progress bar on a terminal and a summary table at the end, or, when stderr is not a
-terminal (a batch job's log file), one plain line per written batch and a summary line;
-``--quiet`` prints nothing on success.
+terminal (a batch job's log file), one timestamped plain line per written batch and a summary
+line; ``--quiet`` prints nothing on success.
+
+Batches are numbered from 1 across the whole run (shape groups included), the same in JSON and
+plain lines. The ``end`` event's ``skipped`` counts images already written by an earlier run
+(``already_written`` says so by name); ``unreadable`` those left out because their files could
+not be read.
 """
 
 from __future__ import annotations
@@ -17,6 +22,20 @@ from typing import Any, Literal, TextIO
 from rich.console import Console
 
 LogFormat = Literal["plain", "json"]
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun``, in the plural unless there is exactly one.
+
+    >>> counted(1, "image"), counted(3, "image"), counted(0, "input file")
+    ('1 image', '3 images', '0 input files')
+    """
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _now() -> str:
+    """Local time, ISO 8601 with its UTC offset: ``2026-12-01T21:10:45+0000``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class Reporter:
@@ -48,7 +67,7 @@ class Reporter:
         return cls(quiet=True)
 
     def _json(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+        record = {"event": event, "time": _now(), **fields}
         self._stream.write(json.dumps(record, default=str) + "\n")
         self._stream.flush()
 
@@ -56,7 +75,7 @@ class Reporter:
         self._batches = fields.get("batches", 0)
         self._left = fields.get("pending", 0)  # across the run, whatever store each batch goes to
         if self._want_lines and fields.get("done"):
-            self._err.print(f"resuming: {fields['done']} images already written, {fields.get('pending', 0)} to do")
+            self._line(f"resuming: {counted(fields['done'], 'image')} already written, {fields.get('pending', 0)} to do")
         if self.log_format == "json" and not self.quiet:
             self._json("start", **fields)
         elif not self.quiet and fields.get("dashboard"):
@@ -82,7 +101,7 @@ class Reporter:
         self._task = self._bar.add_task("images", total=pending, rate="")
         self._bar.start()
         if done:
-            self._err.print(f"resuming: {done} images already written")
+            self._err.print(f"resuming: {counted(done, 'image')} already written")
 
     def advance(self, images: float) -> None:
         """Progress within a batch, in images (fractions allowed)."""
@@ -92,19 +111,27 @@ class Reporter:
             self._bar.update(self._task, rate=f"{speed:.1f} images/s" if speed else "")
 
     def batch(self, **fields: Any) -> None:
+        """A batch durably written; its ``batch`` number (from 0 in each store) is renumbered across the run."""
+        self._batches_seen += 1
         if self.log_format == "json" and not self.quiet:
-            self._json("batch", **fields)
+            self._json("batch", **{**fields, "batch": self._batches_seen})
         elif self._want_lines:
-            self._batches_seen += 1
             self._left = max(0, self._left - fields["images"])
             rate = fields.get("images_per_second")
             seconds = fields.get("seconds") or 0.0
             eta = f", ETA {self._left / rate:.0f} s" if rate and self._left else ""
             skipped = f" ({fields['unreadable']} unreadable)" if fields.get("unreadable") else ""
-            self._err.print(
-                f"batch {self._batches_seen}/{self._batches}: images {fields['start']}-{fields['stop'] - 1} "
-                f"written{skipped} in {seconds:.1f} s ({rate or 0:.1f} images/s); {self._left} to do{eta}"
+            images = f"image {fields['start']}" if fields["stop"] - fields["start"] == 1 else (
+                f"images {fields['start']}-{fields['stop'] - 1}"
             )
+            self._line(
+                f"batch {self._batches_seen}/{self._batches}: {images} written{skipped} in {seconds:.1f} s "
+                f"({rate or 0:.1f} images/s); {self._left} to do{eta}"
+            )
+
+    def _line(self, text: str) -> None:
+        """A progress line for a log file, stamped with the time it was written."""
+        self._err.print(f"{_now()} {text}")
 
     def warning(self, message: str, **fields: Any) -> None:
         if self.quiet:
@@ -120,18 +147,18 @@ class Reporter:
         if self.quiet:
             return
         if self.log_format == "json":
-            self._json("end", **fields)
+            self._json("end", **{**fields, "already_written": fields["skipped"]})
             return
         if had_bar:
             self._summary_table(fields)
-        unreadable = f", {fields['unreadable']} unreadable (skipped)" if fields.get("unreadable") else ""
         if fields.get("groups"):  # input.shapes: group
-            result = ", ".join(f"{name} ({count} images)" for name, count in fields["groups"].items())
+            result = ", ".join(f"{name} ({counted(count, 'image')})" for name, count in fields["groups"].items())
         else:
             result = f"{tuple(fields['shape'])} {fields['dtype']}"
         print(
-            f"{fields['status']}: {fields['processed']} images processed, {fields['skipped']} skipped "
-            f"(already written){unreadable}, {fields['failed']} failed, in {fields['seconds']:.1f} s "
+            f"{fields['status']}: {counted(fields['processed'], 'image')} processed, "
+            f"{fields['skipped']} already written, {fields.get('unreadable', 0)} unreadable (left out), "
+            f"{fields['failed']} failed, in {fields['seconds']:.1f} s "
             f"({fields['images_per_second']:.1f} images/s) → {fields['store']} {result}",
             file=self._stream,
             flush=True,
@@ -147,7 +174,7 @@ class Reporter:
             ("images", fields["images"]),
             ("processed", fields["processed"]),
             ("already written", fields["skipped"]),
-            ("unreadable (skipped)", fields.get("unreadable", 0)),
+            ("unreadable (left out)", fields.get("unreadable", 0)),
             ("seconds", f"{fields['seconds']:.1f}"),
             ("images/s", f"{fields['images_per_second']:.1f}"),
         ]

@@ -130,7 +130,10 @@ class JobPlan:
         return _lazy_result(self.config, self.sources[start:stop], self.spec, self.steps, self.compute_dtype)[0]
 
     def describe(self) -> dict[str, Any]:
-        """What `pipeline plan` shows: each stage's strategy, halo, shape and chunks, and the estimates."""
+        """What `pipeline plan` shows: each stage's strategy, halo, shape, chunks and output bytes, and the estimates.
+
+        A stage's ``bytes`` are its output for the whole collection, uncompressed, in the compute dtype.
+        """
         stages = [
             {
                 "steps": list(stage.steps),
@@ -139,6 +142,7 @@ class JobPlan:
                 "halo": list(stage.halo),
                 "shape": list(stage.shape),
                 "chunks": list(stage.chunks),
+                "bytes": int(np.prod(stage.shape)) * np.dtype(self.compute_dtype).itemsize,
             }
             for stage in self.stages
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ def assert_ok(result) -> None:
     assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
 
 
-PROGRESS_LINES = ("batch ", "resuming: ")
+# A log file's progress lines: "2026-12-01T21:10:45+0000 batch 3/20: …", "… resuming: …".
+PROGRESS_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (batch |resuming: )")
 
 
 def assert_error(result, exit_code: int, *fragments: str) -> str:
@@ -27,7 +29,7 @@ def assert_error(result, exit_code: int, *fragments: str) -> str:
     assert result.exit_code == exit_code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
     assert "Traceback" not in result.output
     # Batches written before the error are logged a line each (stderr is not a terminal here).
-    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith(PROGRESS_LINES)]
+    lines = [line for line in result.stderr.strip().splitlines() if not PROGRESS_LINE.match(line)]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:

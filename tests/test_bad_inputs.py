@@ -83,7 +83,7 @@ def test_broken_file_is_skipped_and_listed(kind, images, job, store, run_cli):
     broken = BROKEN_FILES[kind](images)
     result = run_cli("run", job(paths=images, input_extra={"on_error": "skip"}))
     assert_ok(result)
-    assert "4 images processed" in result.stdout and "1 unreadable (skipped)" in result.stdout
+    assert "4 images processed" in result.stdout and "1 unreadable (left out)" in result.stdout
     stored, attrs, sources = read_store(store)
     assert attrs["status"] == "complete"
     unreadable = dict(zarr.open_group(str(store)).attrs)["unreadable"]
@@ -202,7 +202,7 @@ def test_a_full_disk_leaves_a_resumable_store(images, job, store, run_cli, monke
     monkeypatch.setattr(_local, "_put", real_put)
     result = run_cli("run", config, "--batch-size", "1")
     assert_ok(result)
-    assert result.stdout.startswith("complete: 2 images processed, 2 skipped (already written)")
+    assert result.stdout.startswith("complete: 2 images processed, 2 already written")
     stored, attrs, sources = read_store(store)
     assert attrs["status"] == "complete"
     for index, source in enumerate(sources):

@@ -78,7 +78,7 @@ def ran(job, store, run_cli) -> Path:
 def test_run_matches_scipy(job, images, store, run_cli):
     result = run_cli("run", job())
     assert_ok(result)
-    assert result.stdout.startswith("complete: 4 images processed, 0 skipped")
+    assert result.stdout.startswith("complete: 4 images processed, 0 already written, 0 unreadable (left out), 0 failed")
     assert f"→ {store} (4, 48, 64) float32" in result.stdout
 
     stored, attrs, sources = read_store(store)
@@ -184,7 +184,7 @@ def test_image_of_another_size(small_images, job, run_cli):
 def test_rerun_of_a_complete_store_does_nothing(ran, job, run_cli):
     result = run_cli("run", job())
     assert_ok(result)
-    assert result.stdout.startswith("complete: 0 images processed, 4 skipped")
+    assert result.stdout.startswith("complete: 0 images processed, 4 already written")
 
 
 def test_another_job_on_an_existing_store_needs_overwrite(ran, job, images, run_cli):
@@ -421,3 +421,83 @@ def test_every_bundled_config_validates(config, repo_root, run_cli, monkeypatch)
     result = run_cli("validate", config)
     assert_ok(result)
     assert "valid: 8 input files" in result.stdout or "valid: 3 input files" in result.stdout
+
+
+# --------------------------------------------------------------------------- counts said right
+
+
+def inspected(result, key: str) -> str:
+    """The value of one row of `pipeline inspect`'s table."""
+    assert_ok(result)
+    (value,) = [line.split(None, 1)[1].strip() for line in result.stdout.splitlines() if line.split(None, 1)[:1] == [key]]
+    return value
+
+
+def test_inspect_says_how_many_sources_it_lists(ran, run_cli):
+    shown = run_cli("inspect", ran, "--sources", "2")
+    assert inspected(shown, "sources") == "4 files (first 2 listed)"
+    assert "1: " in shown.stdout and "2: " not in shown.stdout
+    assert inspected(run_cli("inspect", ran), "sources") == "4 files"
+    assert inspected(run_cli("inspect", ran, "--sources", "0"), "sources") == "4 files (none listed)"
+
+
+def test_one_of_a_kind_is_singular(small_images, job, store, run_cli):
+    config = job(paths=small_images(("one.png",), folder="single"))
+    checked = run_cli("validate", config)
+    assert_ok(checked)
+    assert "valid: 1 input file;" in checked.stdout
+    planned = run_cli("plan", config)
+    assert_ok(planned)
+    assert "1 image, " in planned.stdout and "1 images" not in planned.stdout
+    assert_ok(run_cli("run", config))
+    assert inspected(run_cli("inspect", store), "sources") == "1 file"
+
+
+# --------------------------------------------------------------------------- export of a store with gaps
+
+
+@pytest.fixture
+def with_unreadable(small_images, job, store, run_cli) -> Path:
+    """A store of the small images and a broken img4.png (index 3), run with input.on_error: skip."""
+    folder = small_images()
+    (folder / "img4.png").write_bytes(b"broken")
+    assert_ok(run_cli("run", job(paths=folder), "--set", "input.on_error=skip"))
+    return store
+
+
+def test_export_leaves_out_unreadable_images_and_says_so(with_unreadable, tmp_path, run_cli):
+    outdir = tmp_path / "png"
+    result = run_cli("export", with_unreadable, outdir)
+    assert_ok(result)
+    assert result.stdout == f"wrote 4 png files to {outdir} (1 image left out: unreadable source 'img4.png')\n"
+    assert exported(outdir) == ["0_img1.png", "1_img2.png", "2_img3.png", "4_img10.png"]
+
+
+def test_export_refuses_to_overwrite_without_the_flag(ran, tmp_path, run_cli):
+    outdir = tmp_path / "png"
+    assert_ok(run_cli("export", ran, outdir, "--format", "tiff"))
+    first = outdir / "0_img1.tif"
+    first.write_bytes(b"edited by hand")
+    assert_error(run_cli("export", ran, outdir, "--format", "tiff"), 4, "refusing to overwrite", str(first), "--overwrite")
+    assert first.read_bytes() == b"edited by hand"
+    assert_ok(run_cli("export", ran, outdir, "--format", "tiff", "--overwrite"))
+    np.testing.assert_array_equal(iio.imread(first), read_store(ran)[0][0])
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_shows_each_stages_output_bytes(job, write_config, make_job, images, store, run_cli):
+    raw = make_job(images, store, "edge", mode="valid")
+    raw["steps"].append({"normalize": "minmax"})
+    raw["execution"] = {"compute_dtype": "float64"}
+    config = write_config(raw)
+    described = run_cli("plan", config, "--json")
+    assert_ok(described)
+    stages = json.loads(described.stdout)["stages"]
+    # 4 images of 48 x 64; a 3 x 3 kernel in valid mode leaves 46 x 62; float64 is 8 bytes.
+    assert [stage["bytes"] for stage in stages] == [4 * 46 * 62 * 8] * 2
+    assert [stage["bytes"] for stage in stages] == [int(np.prod(stage["shape"])) * 8 for stage in stages]
+    shown = run_cli("plan", config)
+    assert_ok(shown)
+    assert "output bytes" in shown.stdout and shown.stdout.count(f"{4 * 46 * 62 * 8 / 1024:.1f} KiB") == 2

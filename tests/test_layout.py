@@ -8,6 +8,7 @@ import dask.array as da
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from scipy import ndimage
 
@@ -114,7 +115,7 @@ def test_ome_0_4_is_a_zarr_v2_store_that_ome_zarr_reads(small_images, tmp_path: 
     np.testing.assert_array_equal(np.asarray(node.data[0]), read_store(reference)[0])
     assert np.asarray(node.data[1]).shape == (4, 24, 32)
     # Resuming, inspecting and exporting read the v2 store like any other.
-    assert "0 images processed, 4 skipped" in run_cli("run", write_config(raw)).stdout
+    assert "0 images processed, 4 already written" in run_cli("run", write_config(raw)).stdout
     shown = run_cli("inspect", out, "--json")
     assert_ok(shown)
     assert '"zarr_format": 2' in shown.stdout and "blosc(cname=lz4" in shown.stdout
@@ -142,3 +143,42 @@ def test_physical_scale_places_sizes_on_the_space_axes() -> None:
     assert physical_scale(("image", "c", "y", "x"), None) == [1.0] * 4
     with pytest.raises(ConfigError, match="3 space axes"):
         physical_scale(("image", "z", "y", "x"), (0.5, 0.5))
+
+
+def _stacks(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(2):
+        stack = rng.integers(0, 4096, (5, 14, 17), dtype=np.uint16)
+        tifffile.imwrite(folder / f"s{index}.tif", stack, photometric="minisblack")
+    return folder
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+@pytest.mark.parametrize("kind", ["gray", "channels", "volume"])
+@pytest.mark.parametrize("ome_format, version", [("ome", "0.5"), ("ome-0.4", "0.4")])
+def test_ome_metadata_passes_the_strict_ngff_schema(
+    small_images, tmp_path: Path, write_config, run_cli, levels: int, kind: str, ome_format: str, version: str
+) -> None:
+    import ngff_zarr  # the dev extra's ngff-zarr[validate]
+
+    out = tmp_path / "out.zarr"
+    if kind == "volume":
+        raw = job_config(_stacks(tmp_path / "stacks"), out)
+        raw["input"]["layout"] = "volume"
+    elif kind == "channels":
+        raw = job_config(small_images(("rgb.png",)), out)  # the first sample photograph is in colour
+        raw["input"]["color"] = "keep"
+    else:
+        raw = job_config(small_images(), out)
+    raw["output"].update(format=ome_format, levels=levels)
+    assert_ok(run_cli("run", write_config(raw)))
+    attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
+    ngff_zarr.validate(attrs, version=version, model="image", strict=True)
+    (multiscale,) = attrs["ome"]["multiscales"] if version == "0.5" else attrs["multiscales"]
+    axes = [axis["name"] for axis in multiscale["axes"]]
+    assert axes == ["image", *{"gray": [], "channels": ["c"], "volume": ["z"]}[kind], "y", "x"]
+    # The levels are 2x2 means over y and x (pipeline.steps.pyramid), which the metadata names.
+    assert multiscale["type"] == "mean" and multiscale["metadata"]["method"] == "dask.array.coarsen"
+    assert [axes[int(axis)] for axis in multiscale["metadata"]["kwargs"]["axes"]] == ["y", "x"]
+    assert [dataset["path"] for dataset in multiscale["datasets"]] == [str(level) for level in range(levels)]

@@ -8,14 +8,16 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zarr
 
 from pipeline.errors import OutputError, StoreLockedError
 from pipeline.sinks import lock as lock_module
-from pipeline.sinks.lock import STALE_AFTER, StoreLock, lock_path, read_owner
+from pipeline.sinks.lock import STALE_AFTER, UNWRITTEN_AFTER, StoreLock, lock_path, read_owner
 
 HOST = socket.gethostname()
 OTHER_HOST = "some-other-node.invalid"
@@ -147,22 +149,45 @@ def test_live_pid_on_this_host_blocks_however_old_the_lock(store: str) -> None:
             pass
 
 
-@pytest.mark.parametrize("content", ['{"host": "', "", "not json"], ids=["truncated", "empty", "garbage"])
+HALF_WRITTEN = pytest.mark.parametrize(
+    "content", ['{"host": "', "", "not json", "[1, 2]"], ids=["truncated", "empty", "garbage", "not a record"]
+)
+
+
+@HALF_WRITTEN
 def test_half_written_lock_blocks_while_fresh(store: str, content: str) -> None:
+    # A run that has just created its lock is about to write its owner into it.
     path = _write_lock(store, content)
     assert read_owner(path) == {}
-    with pytest.raises(StoreLockedError):
+    with pytest.raises(StoreLockedError) as caught:
         with StoreLock(store):
             pass
+    message = str(caught.value)
+    assert message.startswith("store is in use: a run is starting (its lock is being written)")
+    assert "None" not in message and str(path) in message
     assert path.read_text(encoding="utf-8") == content
 
 
-@pytest.mark.parametrize("content", ['{"host": "', "", "not json"], ids=["truncated", "empty", "garbage"])
-def test_half_written_lock_is_taken_over_once_old(store: str, content: str) -> None:
-    _write_lock(store, content, age=STALE_AFTER + 60)
+@HALF_WRITTEN
+@pytest.mark.parametrize("age", [UNWRITTEN_AFTER * 4, STALE_AFTER + 60], ids=["seconds old", "minutes old"])
+def test_half_written_lock_is_taken_over_once_a_few_seconds_old(store: str, content: str, age: float) -> None:
+    # A run killed between creating its lock and writing its owner must not block reruns for long.
+    assert UNWRITTEN_AFTER * 4 < STALE_AFTER
+    _write_lock(store, content, age=age)
     with StoreLock(store):
         assert _owner(store)["pid"] == os.getpid()
     assert not lock_path(store).exists()
+
+
+def test_a_rerun_takes_over_an_empty_lock_left_by_a_killed_run(
+    small_images, tmp_path: Path, make_job, write_config, run_cli
+) -> None:
+    store = tmp_path / "out.zarr"
+    path = _write_lock(str(store), "", age=60)
+    result = run_cli("run", write_config(make_job(small_images(), store)))
+    assert result.exit_code == 0, result.output
+    assert zarr.open_group(str(store), mode="r").attrs["pipeline"]["status"] == "complete"
+    assert not path.exists()
 
 
 def test_lock_taken_by_another_owner_is_not_removed_on_exit(store: str) -> None:
@@ -279,3 +304,38 @@ def test_remote_lock_without_conditional_writes_checks_then_writes(
             with StoreLock(remote_store):
                 pass
     assert _remote_owner(remote_store) is None
+
+
+def _age_object(store: str, seconds: float) -> None:
+    """Make the remote lock object look written ``seconds`` ago (memory:// keeps the time per object)."""
+    key = "/" + store.split("://", 1)[1] + ".lock"
+    stored = _memory().store[key]
+    stored.modified = stored.modified - timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("content", [b"", b"not json"], ids=["empty", "garbage"])
+def test_remote_lock_without_an_owner_blocks_while_fresh_then_is_taken_over(remote_store: str, content: bytes) -> None:
+    _memory().pipe_file(remote_store.split("://", 1)[1] + ".lock", content)
+    with pytest.raises(StoreLockedError, match=r"a run is starting \(its lock is being written\)"):
+        with StoreLock(remote_store):
+            pass
+    _age_object(remote_store, UNWRITTEN_AFTER * 4)
+    with StoreLock(remote_store):
+        assert _remote_owner(remote_store)["pid"] == os.getpid()
+    assert _remote_owner(remote_store) is None
+
+
+def test_remote_lock_without_its_refresh_time_ages_with_the_object(remote_store: str) -> None:
+    """An owner record without "touched" (e.g. written by hand) counts from when the object was written."""
+    key = remote_store.split("://", 1)[1] + ".lock"
+    _memory().pipe_file(key, json.dumps({"host": OTHER_HOST, "pid": 4242, "started": "x"}).encode())
+    with pytest.raises(StoreLockedError, match=f"pid 4242 on {OTHER_HOST}"):
+        with StoreLock(remote_store):
+            pass
+    _age_object(remote_store, STALE_AFTER / 2)
+    with pytest.raises(StoreLockedError, match=OTHER_HOST):
+        with StoreLock(remote_store):
+            pass
+    _age_object(remote_store, STALE_AFTER)
+    with StoreLock(remote_store):
+        assert _remote_owner(remote_store)["host"] == HOST

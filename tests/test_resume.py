@@ -31,6 +31,7 @@ import yaml
 import zarr
 from scipy import ndimage
 
+from helpers import PROGRESS_LINE
 from pipeline.sinks.lock import lock_path
 
 PIPELINE = Path(sys.executable).with_name("pipeline")
@@ -445,7 +446,8 @@ def test_a_log_file_gets_a_line_per_batch(fast_job: Path, tmp_path: Path) -> Non
     """Not a terminal (the run's stderr is a pipe here): plain lines, which --no-progress turns off."""
     done = cli("run", fast_job, "--set", "execution.batch_size=4", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    lines = done.stderr.splitlines()
+    assert all(PROGRESS_LINE.match(line) for line in done.stderr.splitlines()), done.stderr
+    lines = [line.split(" ", 1)[1] for line in done.stderr.splitlines()]  # without the timestamp
     assert len(lines) >= 2 and all(line.startswith("batch ") for line in lines), done.stderr
     assert lines[0].startswith(f"batch 1/{len(lines)}: images 0-3 written in ")
     assert "images/s" in lines[0] and "to do" in lines[0]

@@ -62,7 +62,7 @@ def test_groups_are_named_by_shape_in_order_of_appearance(mixed: Path) -> None:
 def test_each_shape_gets_its_own_result(mixed: Path, tmp_path: Path, job, run_cli) -> None:
     result = run_cli("run", job())
     assert_ok(result)
-    assert "48x64 (2 images), 30x40 (2 images), 20x20 (1 images)" in result.stdout
+    assert "48x64 (2 images), 30x40 (2 images), 20x20 (1 image)" in result.stdout
     root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     attrs = root.attrs["pipeline"]
     assert attrs["status"] == "complete"
@@ -78,14 +78,14 @@ def test_each_shape_gets_its_own_result(mixed: Path, tmp_path: Path, job, run_cl
 def test_rerun_resumes_and_append_adds_to_old_and_new_groups(mixed: Path, tmp_path: Path, job, run_cli) -> None:
     config = job()
     assert_ok(run_cli("run", config))
-    assert "0 images processed, 5 skipped" in run_cli("run", config).stdout
+    assert "0 images processed, 5 already written" in run_cli("run", config).stdout
     write_small_image(SAMPLES / "03-chelsea.jpg", mixed / "f6.png", (40, 30))  # an old shape
     write_small_image(SAMPLES / "02-camera.jpg", mixed / "g7.png", (50, 50))  # a new one
     assert_error(run_cli("run", config), 4, "not in store", "--append")
     assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["pipeline"]["status"] == "complete"
     result = run_cli("run", config, "--append")
     assert_ok(result)
-    assert "2 images processed, 5 skipped" in result.stdout
+    assert "2 images processed, 5 already written" in result.stdout
     values, _, sources = read_store(tmp_path / "out.zarr" / "30x40")
     assert [Path(s).stem for s in sources] == ["b2", "d4", "f6"]
     np.testing.assert_allclose(values, expected_edges([mixed / f"{m}.png" for m in ("b2", "d4", "f6")]), rtol=1e-5, atol=1e-3)
@@ -98,7 +98,7 @@ def test_unreadable_files_are_listed_in_the_root_with_skip(mixed: Path, tmp_path
     assert_error(run_cli("run", job()), 3, "z9.png")
     result = run_cli("run", job(on_error="skip"), "--overwrite")
     assert_ok(result)
-    assert "1 unreadable (skipped)" in result.stdout
+    assert "1 unreadable (left out)" in result.stdout
     root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["pipeline"]
     assert [Path(entry["source"]).name for entry in root["unreadable"]] == ["z9.png"]
 

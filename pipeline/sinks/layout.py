@@ -9,6 +9,7 @@ boundaries (:func:`aligned_chunks`) and a shard is only ever written by one task
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from typing import Any, Literal, Sequence
 
 from pipeline.errors import ConfigError
@@ -107,6 +108,7 @@ def ome_metadata(
     ("index"), or the time axis when channels take the channel slot. 0.5 nests it under
     ``ome`` (Zarr v3); 0.4 puts ``multiscales`` at the top of the attributes (Zarr v2).
     Space axes carry ``unit`` and their scale is ``pixel_size``, doubled in y and x per level.
+    ``type`` and ``metadata`` say how the levels were made (NGFF's strict schemas require them).
     """
     base = physical_scale(dimension_names, pixel_size)
 
@@ -119,6 +121,7 @@ def ome_metadata(
 
     multiscale = {
         "name": "result",
+        **_downscaling(len(dimension_names)),
         "axes": [axis(name) for name in dimension_names],
         "datasets": [
             {
@@ -133,3 +136,18 @@ def ome_metadata(
     if version == "0.4":
         return {"multiscales": [{"version": "0.4", **multiscale}]}
     return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
+
+
+def _downscaling(ndim: int) -> dict[str, Any]:
+    """How each level is made from the one above (pipeline.steps.pyramid.halve), in NGFF's terms."""
+    return {
+        "type": "mean",
+        "metadata": {
+            "description": "y and x halved by the mean of each 2x2 block of the level above, computed in "
+            "float64 and cast to the stored dtype; an odd last row or column is dropped",
+            "method": "dask.array.coarsen",
+            "version": package_version("dask"),
+            "args": ["numpy.mean"],
+            "kwargs": {"axes": {str(ndim - 2): 2, str(ndim - 1): 2}},
+        },
+    }

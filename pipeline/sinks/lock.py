@@ -3,7 +3,9 @@
 The lock ``<store>.lock`` holds the owner's host, pid and start time and is refreshed every
 ``HEARTBEAT`` seconds while the run lives. A lock is stale, and is taken over, when its owner is on
 this host and its pid is gone (a killed run), or when it has not been refreshed for ``STALE_AFTER``
-seconds (a run on another host that died with its machine).
+seconds (a run on another host that died with its machine). A lock without an owner (empty or
+unparsable: a run killed between creating the file and writing it) is stale once it is
+``UNWRITTEN_AFTER`` seconds old, since a live run writes its owner right after creating it.
 
 Beside a local store the lock is a file created with ``O_EXCL`` and refreshed by touching it.
 Beside a remote store (``s3://bucket/x.zarr``) it is an object, created only if absent (a
@@ -28,6 +30,7 @@ from pipeline.storage import explain, filesystem, is_remote
 
 HEARTBEAT = 30.0
 STALE_AFTER = 600.0
+UNWRITTEN_AFTER = 5.0
 
 
 def lock_path(store: str) -> Path:
@@ -64,10 +67,7 @@ class StoreLock:
                 return self
             owner = self._medium.read_owner()
             if owner is not None and not self._medium.is_stale(owner):
-                raise StoreLockedError(
-                    f"store is in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
-                    f"since {owner.get('started')}); wait for it, or remove {str(self.path)!r} if that run is gone"
-                )
+                raise StoreLockedError(f"{_holder(owner)}; wait for it, or remove {str(self.path)!r} if that run is gone")
             self._medium.take_over(owner)
         raise StoreLockedError(f"could not take the lock {str(self.path)!r}; another run took it first")
 
@@ -107,7 +107,11 @@ class _LockFile:
         return read_owner(self.path)
 
     def is_stale(self, owner: dict[str, Any]) -> bool:
-        return is_stale(owner, self.path)
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return is_stale(owner, age)
 
     def take_over(self, owner: dict[str, Any] | None) -> None:
         # Rename first: of two runs taking over at once, only one rename succeeds.
@@ -168,7 +172,7 @@ class _LockObject:
 
     def read_owner(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self._fs.cat_file(self._key))
+            return _owner_of(self._fs.cat_file(self._key))
         except FileNotFoundError:
             return None
         except ValueError:
@@ -177,10 +181,21 @@ class _LockObject:
             raise self._failure(exc) from None
 
     def is_stale(self, owner: dict[str, Any]) -> bool:
-        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            return not _alive(owner["pid"])
         touched = owner.get("touched")
-        return not isinstance(touched, (int, float)) or time.time() - touched > STALE_AFTER
+        if not isinstance(touched, (int, float)):  # no owner written in it: its age is the object's
+            touched = self._modified()
+        return is_stale(owner, time.time() - touched)
+
+    def _modified(self) -> float:
+        """When the object was last written; 0 (long ago) if it is gone or the filesystem cannot say.
+
+        An object is written whole, so one without an owner in it is not a run starting now:
+        judging it old when its time is unknown lets the next run take it over.
+        """
+        try:
+            return self._fs.modified(self._key).timestamp()
+        except Exception:
+            return 0.0
 
     def take_over(self, owner: dict[str, Any] | None) -> None:
         # Delete only the stale lock that was judged: a lock rewritten since then is left alone.
@@ -219,21 +234,40 @@ class _LockObject:
 
 def read_owner(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _owner_of(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return {}  # half-written by a run killed while creating it: stale once old enough
 
 
-def is_stale(owner: dict[str, Any], path: Path) -> bool:
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return True
+def _owner_of(text: str | bytes) -> dict[str, Any]:
+    """The owner recorded in a lock; ``{}`` if none is (empty, cut short, or not a record)."""
+    owner = json.loads(text)
+    return owner if isinstance(owner, dict) else {}
+
+
+def is_stale(owner: dict[str, Any], age: float) -> bool:
+    """Whether a lock ``age`` seconds old (since created or last refreshed) may be taken over."""
+    if not _has_owner(owner):
+        return age > UNWRITTEN_AFTER
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
         return not _alive(owner["pid"])
     return age > STALE_AFTER
+
+
+def _has_owner(owner: dict[str, Any]) -> bool:
+    return "host" in owner or "pid" in owner
+
+
+def _holder(owner: dict[str, Any]) -> str:
+    """Who holds a live lock, for the message that refuses the run."""
+    if not _has_owner(owner):
+        return "store is in use: a run is starting (its lock is being written)"
+    return (
+        f"store is in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
+        f"since {owner.get('started')})"
+    )
 
 
 def _alive(pid: int) -> bool:
