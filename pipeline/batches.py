@@ -60,7 +60,7 @@ def write_batches(
     # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
     target = open_result(absolute(path), mode="r+", storage_options=config.output.storage_options)
     written = unreadable = 0
-    for number, (start, stop) in enumerate(batches):
+    for start, stop in batches:
         began = time.perf_counter()
         stats = file_stats([source_file(source) for source in plan.sources[start:stop]], config.input.storage_options)
         skipped = _write_batch(config, plan, target, executor, reporter, start, stop)
@@ -68,8 +68,7 @@ def write_batches(
         written += stop - start - skipped
         unreadable += skipped
         seconds = time.perf_counter() - began
-        reporter.batch(
-            batch=number,
+        reporter.batch(  # the reporter numbers batches across the run
             start=start,
             stop=stop,
             images=stop - start,
@@ -79,7 +78,7 @@ def write_batches(
             seconds=round(seconds, 3),
             images_per_second=round((stop - start) / seconds, 2) if seconds > 0 else None,
         )
-        log.info("batch %d: images %d-%d written in %.2f s", number, start, stop - 1, seconds)
+        log.info("batch: images %d-%d written in %.2f s", start, stop - 1, seconds)
     return written, unreadable
 
 

@@ -111,7 +111,7 @@ class Reporter:
             self._bar.update(self._task, rate=f"{speed:.1f} images/s" if speed else "")
 
     def batch(self, **fields: Any) -> None:
-        """A batch durably written; its ``batch`` number (from 0 in each store) is renumbered across the run."""
+        """A batch durably written; numbered from 1 across the run (shape groups do not start again)."""
         self._batches_seen += 1
         if self.log_format == "json" and not self.quiet:
             self._json("batch", **{**fields, "batch": self._batches_seen})

@@ -339,3 +339,15 @@ def test_remote_lock_without_its_refresh_time_ages_with_the_object(remote_store:
     _age_object(remote_store, STALE_AFTER)
     with StoreLock(remote_store):
         assert _remote_owner(remote_store)["host"] == HOST
+
+
+def test_a_failed_run_leaves_no_empty_parent_folders(tmp_path, run_cli, write_config) -> None:
+    store = tmp_path / "deep" / "er" / "out.zarr"
+    config = write_config({"input": {"paths": str(tmp_path / "nowhere" / "*.png")}, "steps": [], "output": {"path": str(store)}})
+    result = run_cli("run", config)
+    assert result.exit_code == 3
+    assert not (tmp_path / "deep").exists()  # made for the lock, removed with it
+    (tmp_path / "kept").mkdir()
+    config = write_config({"input": {"paths": str(tmp_path / "nowhere" / "*.png")}, "steps": [], "output": {"path": str(tmp_path / "kept" / "out.zarr")}})
+    assert run_cli("run", config).exit_code == 3
+    assert (tmp_path / "kept").is_dir()  # a folder that was there stays

@@ -88,9 +88,14 @@ class _LockFile:
 
     def __init__(self, store: str) -> None:
         self.path = lock_path(store)
+        self._made: list[Path] = []
 
     def prepare(self) -> None:
+        # The folders made for the lock are removed with it when they are left empty (a run that
+        # failed before creating its store must not leave empty parents of the output behind).
+        missing = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made = missing  # deepest first
 
     def create(self, owner: dict[str, Any]) -> bool:
         try:
@@ -135,6 +140,11 @@ class _LockFile:
                 self.path.unlink()
         except OSError:
             pass
+        for folder in self._made:
+            try:
+                folder.rmdir()  # only if empty: the store, or another run's files, keep it
+            except OSError:
+                break
 
 
 class _LockObject:

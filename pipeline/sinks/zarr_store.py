@@ -348,7 +348,7 @@ class StoredResult:
         unreadable = self.unreadable
         written = int((self.flags == 1).sum())
         prov = self.provenance
-        skipped = f", {len(unreadable)} unreadable (skipped)" if unreadable else ""
+        skipped = f", {len(unreadable)} unreadable (left out)" if unreadable else ""
         return {
             "store": self.path,
             "status": self.trusted_status,
