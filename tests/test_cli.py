@@ -445,7 +445,7 @@ def test_one_of_a_kind_is_singular(small_images, job, store, run_cli):
     config = job(paths=small_images(("one.png",), folder="single"))
     checked = run_cli("validate", config)
     assert_ok(checked)
-    assert "valid: 1 input file;" in checked.stdout
+    assert "valid: 1 input file (headers checked (all 1)" in checked.stdout
     planned = run_cli("plan", config)
     assert_ok(planned)
     assert "1 image, " in planned.stdout and "1 images" not in planned.stdout

@@ -37,7 +37,7 @@ def _problems(result) -> list[str]:
 def test_a_good_collection_is_summarised(folder: Path, write_config, run_cli) -> None:
     result = run_cli("validate", _job(write_config, folder))
     assert_ok(result)
-    assert "valid: 3 input files (headers of all 3 files checked: shape (20, 24), 8-bit (uint8))" in result.stdout
+    assert "valid: 3 input files (headers checked (all 3): shape (20, 24), 8-bit (uint8))" in result.stdout
 
 
 def test_images_of_other_sizes_are_refused_as_run_would(folder: Path, write_config, run_cli) -> None:
@@ -65,7 +65,7 @@ def test_unreadable_headers_are_named(folder: Path, write_config, run_cli) -> No
 def test_validate_says_what_it_did_not_check(folder: Path, write_config, run_cli) -> None:
     result = run_cli("validate", _job(write_config, folder), "--headers", "2")
     assert_ok(result)
-    assert "headers of the first 2 of 3 files checked" in result.stdout and "checked as they are read" in result.stdout
+    assert "headers checked (the first 2 of 3)" in result.stdout and "checked as they are read" in result.stdout
 
 
 def test_channels_count_in_the_shape_when_kept(folder: Path) -> None:

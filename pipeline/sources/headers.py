@@ -59,12 +59,12 @@ class Survey:
         return found
 
     def summary(self) -> str:
-        """``headers of all 8 files checked: shape (48, 64), 8-bit (uint8)`` or what was left unchecked."""
+        """``headers checked (all 8): shape (48, 64), 8-bit (uint8)``, or what was left unchecked."""
         scope = f"all {self.total}" if self.checked == self.total else f"the first {self.checked} of {self.total}"
         shapes = ", ".join(str(shape) for shape in self.shapes) or "none readable"
         depths = ", ".join(depth_name(np.dtype(depth)) for depth in self.depths)
         rest = "" if self.checked == self.total else "; the others are checked as they are read"
-        return f"headers of {scope} files checked: shape{'s' if len(self.shapes) > 1 else ''} {shapes}, {depths}{rest}"
+        return f"headers checked ({scope}): shape{'s' if len(self.shapes) > 1 else ''} {shapes}, {depths}{rest}"
 
 
 def _firsts(groups: dict[Any, list[str]], most: int = 3) -> str:
