@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
@@ -157,10 +158,89 @@ class NormalizeStep(_Frozen):
     )
 
 
-STEP_KINDS = ("convolve", "normalize")
+Pair = Union[PositiveCount, Annotated[list[PositiveCount], Field(min_length=2, max_length=2)]]
 
 
-def _step_kind(value: Any) -> str | None:
+class LayerSpec(_Frozen):
+    weights: Union[str, list[Any]] = Field(
+        description="(K, C, kh, kw) bank — or (K, kh, kw) for gray input — as .npy, a named array of an .npz "
+        "(see name), an inline matrix, or a built-in bank (sobel, gabor, log, dog)"
+    )
+    bias: Union[None, str, list[float]] = Field(None, description="(K,) per output channel: .npy or inline; from the .npz with name")
+    name: Optional[str] = Field(None, description="in an .npz state dict: the layer whose NAME.weight and NAME.bias to use")
+    params: dict[str, Union[int, float, list[float]]] = Field(default_factory=dict, description="parameters of a built-in bank")
+    mode: Mode = Field("same", description="same | valid | full, as for convolve")
+    boundary: Boundary = Field("reflect", description="values beyond the edge, for mode=same")
+    cval: float = Field(0.0, description="value beyond the edge for boundary=constant")
+    correlate: bool = Field(True, description="cross-correlate, as CNN layers (and PyTorch's Conv2d) do; false flips")
+    stride: Pair = Field(1, description="keep every stride-th output (PyTorch's stride): a number or [y, x]")
+    strategy: Literal["auto", "direct", "gemm", "fft"] = Field(
+        "auto", description="how a bank is computed; auto picks the cheapest by the cost model (see `pipeline plan`)"
+    )
+
+
+class LayerStep(_Frozen):
+    layer: LayerSpec
+
+
+ActivationName = Literal["relu", "leaky_relu", "tanh", "sigmoid", "abs", "clip"]
+
+
+class ActivationSpec(_Frozen):
+    function: ActivationName = Field(description="relu | leaky_relu | tanh | sigmoid | abs | clip")
+    slope: float = Field(0.01, description="leaky_relu: the slope below 0")
+    min: Optional[float] = Field(None, description="clip: the smallest value kept")
+    max: Optional[float] = Field(None, description="clip: the largest value kept")
+
+    @model_validator(mode="after")
+    def _clip_has_bounds(self) -> ActivationSpec:
+        if self.function == "clip" and self.min is None and self.max is None:
+            raise ValueError("activation clip needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"activation clip: min {self.min} is above max {self.max}")
+        return self
+
+
+class ActivationStep(_Frozen):
+    activation: Union[ActivationName, ActivationSpec] = Field(
+        description="a function name (relu, tanh, ...) or {function: leaky_relu, slope: 0.01}"
+    )
+
+
+class PoolSpec(_Frozen):
+    function: Literal["max", "mean", "min", "l2"] = Field("max", description="how each window is reduced")
+    size: Pair = Field(2, description="window size: a number or [y, x]")
+    stride: Optional[Pair] = Field(None, description="window step; defaults to size (non-overlapping)")
+    padding: Literal["valid", "same"] = Field(
+        "valid", description="valid drops the ragged edge (as MaxPool2d); same keeps ceil(n / stride) outputs"
+    )
+
+
+class PoolStep(_Frozen):
+    pool: PoolSpec
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One kind of step: the model of its YAML mapping, and the module whose ``build(spec)`` makes it."""
+
+    model: type[BaseModel]
+    module: str
+
+
+# The one table of step kinds: it drives the config models below, build_steps and so `validate`,
+# `plan`, provenance and the store's axes and chunks. A new step is a module and a row.
+STEP_KINDS: dict[str, StepKind] = {
+    "convolve": StepKind(ConvolveStep, "pipeline.steps.convolve"),
+    "layer": StepKind(LayerStep, "pipeline.steps.layer"),
+    "activation": StepKind(ActivationStep, "pipeline.steps.activation"),
+    "pool": StepKind(PoolStep, "pipeline.steps.pool"),
+    "normalize": StepKind(NormalizeStep, "pipeline.steps.normalize"),
+}
+
+
+def step_kind(value: Any) -> str | None:
+    """The kind of a step: its mapping's one key, or the model's field."""
     if isinstance(value, dict):
         keys = list(value)
         return keys[0] if len(keys) == 1 and keys[0] in STEP_KINDS else None
@@ -168,11 +248,11 @@ def _step_kind(value: Any) -> str | None:
 
 
 Step = Annotated[
-    Union[Annotated[ConvolveStep, Tag("convolve")], Annotated[NormalizeStep, Tag("normalize")]],
+    Union[tuple(Annotated[kind.model, Tag(name)] for name, kind in STEP_KINDS.items())],  # type: ignore[valid-type]
     Discriminator(
-        _step_kind,
+        step_kind,
         custom_error_type="step_kind",
-        custom_error_message="a step is a mapping with exactly one key: " + " or ".join(STEP_KINDS),
+        custom_error_message="a step is a mapping with exactly one key: " + ", ".join(STEP_KINDS),
     ),
 ]
 
@@ -279,6 +359,9 @@ _MODELS_BY_PARENT: dict[str, type[BaseModel]] = {
     "output": OutputConfig,
     "execution": ExecutionConfig,
     "convolve": ConvolveSpec,
+    "layer": LayerSpec,
+    "activation": ActivationSpec,
+    "pool": PoolSpec,
 }
 
 

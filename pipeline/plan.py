@@ -25,7 +25,8 @@ from pipeline.sources.shapes import group_by_shape
 from pipeline.pixels import value_range
 from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
 from pipeline.steps.cast import cast_to
-from pipeline.steps.chain import Stage, Step, build_steps, chain, leading_reach, output_range
+from pipeline.steps.base import ImageShape, Step
+from pipeline.steps.chain import Stage, build_steps, chain, leading_reach, output_range
 from pipeline.steps.normalize import unit_range_to
 from pipeline.steps.pyramid import pyramid
 from pipeline.storage import file_size
@@ -39,14 +40,18 @@ class JobPlan:
     compute_dtype: str
     steps: tuple[Step, ...]
     stages: tuple[Stage, ...]  # shapes are those of the whole collection
-    image_shape: tuple[int, ...]  # the result of one image: ([c,] y, x)
+    image: ImageShape  # the result of one image: its shape and axes, as the steps made them
     dtype: str  # of the stored result
     source_shapes: tuple[tuple[int, ...], ...] = ()  # each image's own shape, when padded
 
     @property
     def chunks(self) -> tuple[int, ...]:
         """The store's chunk: one image, one tile of one, or one slice of a volume."""
-        return store_chunks(self.spec, self.shape)
+        return store_chunks(self.spec, self.image, self.steps)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.image.shape
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -54,7 +59,7 @@ class JobPlan:
 
     @property
     def axes(self) -> tuple[str, ...]:
-        return self.spec.axes
+        return ("image", *self.image.axes)
 
     @property
     def read_record(self) -> dict[str, Any]:
@@ -64,7 +69,7 @@ class JobPlan:
     @property
     def step_provenance(self) -> list[dict[str, Any]]:
         """Each step's provenance, with the strategy, fusion and halo chosen for it."""
-        records = [dict(step.provenance) for step in self.steps]
+        records = [step.provenance() for step in self.steps]
         for stage in self.stages:
             for member, strategy in zip(stage.steps, stage.strategies):
                 records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo))
@@ -155,7 +160,7 @@ class JobPlan:
         block = int(np.prod(self.spec.chunks)) * item
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
         # A task holds the decoded block, its float copy, an input and output per kernel, the cast.
-        written = int(np.prod(task_chunks(self.spec, self.shape)[1:])) * np.dtype(self.dtype).itemsize
+        written = int(np.prod(task_chunks(self.spec, self.image, self.steps)[1:])) * np.dtype(self.dtype).itemsize
         per_task = block + 2 * largest + written
         first_file = file_size(self.sources[0], self.spec.storage_options)
         (one_image,) = dask.optimize(self.result(0, 1))
@@ -220,11 +225,9 @@ def build_plan(
     source_shapes: tuple[tuple[int, ...], ...] = ()
     if config.input.shapes == "pad":
         spec, source_shapes = _padded_spec(config, spec, sources)
-    one_image, stages = _lazy_result(config, sources[:1], spec, steps, dtype)
+    one_image, stages, image = _lazy_result(config, sources[:1], spec, steps, dtype)
     stages = tuple(replace(stage, shape=(len(sources), *stage.shape[1:])) for stage in stages)
-    return JobPlan(
-        config, sources, spec, dtype, steps, stages, tuple(one_image.shape[1:]), str(one_image.dtype), source_shapes
-    )
+    return JobPlan(config, sources, spec, dtype, steps, stages, image, str(one_image.dtype), source_shapes)
 
 
 def _padded_spec(
@@ -280,7 +283,7 @@ def _probe_first_readable(
 
 def _lazy_result(
     config: PipelineConfig, sources: Sequence[str], spec: ImageSpec, steps: Sequence[Step], dtype: str
-) -> tuple[da.Array, tuple[Stage, ...]]:
+) -> tuple[da.Array, tuple[Stage, ...], ImageShape]:
     images = stack_images(sources, spec, dtype=dtype)
 
     def with_halo(depth: dict[int, int]) -> da.Array:
@@ -288,28 +291,43 @@ def _lazy_result(
 
     # Tiles and slabs can be read again with their halo; whole images have no neighbours to read.
     haloed = with_halo if spec.tile is not None or spec.volume else None
-    chained = chain(images, steps, spatial_ndim=spec.spatial_ndim, haloed=haloed)
+    chained = chain(images, steps, image=ImageShape(spec.shape, spec.axes[1:]), haloed=haloed)
     scale = unit_range_to(np.dtype(config.output.dtype)) if chained.unit_range else 1.0
     result = cast_to(chained.array, config.output.dtype, scale=scale)
     # Whole store chunks per task; valid/full on tiles or slabs may leave ragged chunks to realign.
-    return result.rechunk(task_chunks(spec, result.shape)), chained.stages
+    return result.rechunk(task_chunks(spec, chained.image, steps)), chained.stages, chained.image
 
 
-def store_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The chunk of a new store for a result of ``shape``: one image, one tile of one, one slice of a volume.
+def _downscale(steps: Sequence[Step]) -> tuple[int, int]:
+    """How much the steps divide y and x (pools and strides): tiles of the result are that much smaller."""
+    y = x = 1
+    for step in steps:
+        stride = getattr(getattr(step, "pool", None), "stride", None) or getattr(step, "stride", (1,))
+        stride = (1,) * (2 - len(stride)) + tuple(stride)[-2:]
+        y, x = y * stride[0], x * stride[1]
+    return y, x
+
+
+def store_chunks(spec: ImageSpec, image: ImageShape, steps: Sequence[Step] = ()) -> tuple[int, ...]:
+    """The chunk of a new store: one image, one tile of one, one slice of a volume (channels whole).
 
     A volume's slabs are sized by the memory budget, which may differ on the next run: one slice
     per chunk lets any slab write whole chunks.
     """
-    if spec.volume:
-        return (1, 1, *shape[2:])
-    return task_chunks(spec, shape)
+    chunks = task_chunks(spec, image, steps)
+    return tuple(1 if name == "z" and spec.volume else size for name, size in zip(("image", *image.axes), chunks))
 
 
-def task_chunks(spec: ImageSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+def task_chunks(spec: ImageSpec, image: ImageShape, steps: Sequence[Step] = ()) -> tuple[int, ...]:
     """The chunk one task computes and writes: one image, one tile of one, one slab of a volume."""
-    if spec.volume:
-        return (1, min(spec.chunks[0], shape[1]), *shape[2:])
-    if spec.tile is None:
-        return (1, *shape[1:])
-    return (1, *shape[1:-2], *(min(t, n) for t, n in zip(spec.tile, shape[-2:])))
+    down = dict(zip(("y", "x"), _downscale(steps)))
+    tile = dict(zip(("y", "x"), spec.tile or ()))
+    chunks = [1]
+    for name, size in zip(image.axes, image.shape):
+        if name == "z" and spec.volume:
+            chunks.append(min(spec.chunks[0], size))
+        elif name in tile:
+            chunks.append(min(max(1, tile[name] // down[name]), size))
+        else:
+            chunks.append(size)
+    return tuple(chunks)

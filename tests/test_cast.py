@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from pipeline.steps.cast import cast_to
-from pipeline.steps.convolve import convolve
+from pipeline.steps.chain import convolve
 from pipeline.steps.kernels import EDGE
 
 

@@ -349,7 +349,7 @@ def test_bad_kernel_params_name_the_step(raw, kernel, params, fragments):
 )
 def test_malformed_step(raw, step):
     raw["steps"].append(step)
-    assert only_problem(raw).startswith("steps.1: a step is a mapping with exactly one key: convolve or normalize")
+    assert only_problem(raw).startswith("steps.1: a step is a mapping with exactly one key: convolve, layer, activation, pool, normalize")
 
 
 def test_bad_normalize_value(raw):

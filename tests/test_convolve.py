@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import ndimage, signal
 
 from pipeline.errors import KernelError
-from pipeline.steps.convolve import convolve
+from pipeline.steps.chain import convolve
 from pipeline.steps.kernels import BUILTINS, build_kernel
 
 # Written out rather than imported, so a mode or boundary dropped from the package is noticed.

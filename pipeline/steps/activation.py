@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from pipeline.steps.base import ImageShape, Step
 
 Function = Literal["relu", "leaky_relu", "tanh", "sigmoid", "abs", "clip"]
 FUNCTIONS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid", "abs", "clip")
@@ -82,3 +84,38 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     result = np.exp(-np.abs(x))  # e^-|x| never overflows
     positive = x >= 0
     return np.where(positive, 1 / (1 + result), result / (1 + result)).astype(x.dtype, copy=False)
+
+
+class ActivationStep(Step):
+    """``activation``: pointwise, so it runs inside its neighbours' pass."""
+
+    kind = "activation"
+    fusion = "pointwise"
+
+    def __init__(self, activation: Activation) -> None:
+        self.activation = activation
+
+    @property
+    def name(self) -> str:
+        return f"activation {self.activation.name}"
+
+    def provenance(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": "activation", "function": self.activation.function}
+        if self.activation.function == "leaky_relu":
+            record["slope"] = self.activation.slope
+        if self.activation.function == "clip":
+            record.update(min=self.activation.low, max=self.activation.high)
+        return record
+
+    def value_range(self, low: float, high: float) -> tuple[float, float]:
+        return self.activation.value_range(low, high)
+
+    def block(self, block: np.ndarray, image: ImageShape) -> np.ndarray:
+        return self.activation.apply(np.array(block, copy=True) if not block.flags.writeable else block)
+
+
+def build(spec: Any) -> ActivationStep:
+    """The step of a validated ``activation:`` value (a function name, or a mapping with its parameters)."""
+    if isinstance(spec, str):
+        return ActivationStep(Activation(spec))
+    return ActivationStep(Activation(spec.function, slope=spec.slope, low=spec.min, high=spec.max))

@@ -1,131 +1,249 @@
-"""Turn the validated ``steps:`` list into array → array functions, composed in order.
+"""The validated ``steps:`` list as Step objects, composed lazily into as few passes as the steps allow.
 
-Runs of consecutive convolve steps are handed to ``convolve_steps`` together, so that ``same``
-steps share one halo exchange (one ``map_overlap``) instead of one each.
+The chain, not the step, decides fusion. Neighbouring ``neighbourhood`` steps (``same``
+convolutions and layers) and ``pointwise`` steps (activations) share ONE overlapped pass whose halo
+is the sum of their reaches: each step runs in turn on the haloed block, what its border rule
+spoils near an inner block edge lies inside the summed halo, and the halo is trimmed after the
+last neighbourhood step (pointwise steps after it run on the trimmed block). Dask pads nothing at
+the outer edge: each step's own border rule handles it there, except ``wrap``, which takes real
+neighbours from the far side (dask's periodic halo). When an image is one chunk (the default) a
+pass needs no halo at all and is one blockwise task per image, which dask fuses with the decode
+before it and the write after it.
+
+``resize`` steps (valid/full, strides, pools) and ``whole`` steps (normalize) each end a pass.
+
+A source that can read its chunks again with a halo (tiles of a huge TIFF, slabs of a volume)
+replaces the halo exchange for the first pass: each block is read with its halo, filtered, and only
+its own samples are returned, so a task depends on no neighbour's.
 """
 
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import dask.array as da
 import numpy as np
+from dask.array.overlap import ensure_minimum_chunksize
 
 from pipeline.errors import KernelError
-from pipeline.steps.convolve import Convolution, HaloedSource, apply_group, group_planned, halo, plan_convolution
-from pipeline.steps.kernels import build_kernel
-from pipeline.steps.normalize import normalize
+from pipeline.steps.base import ImageShape, Step, blockwise_chunks
+from pipeline.steps.convolve import Convolution, ConvolveStep
 
 if TYPE_CHECKING:
-    from pipeline.config import ConvolveStep, NormalizeStep
+    from pydantic import BaseModel
 
-
-@dataclass(frozen=True)
-class Step:
-    """One step: a name for logs and errors, what it does, and what provenance records."""
-
-    name: str
-    provenance: dict[str, Any] = field(repr=False)
-    convolution: Convolution | None = field(default=None, repr=False)
-    apply: Callable[[da.Array], da.Array] | None = field(default=None, repr=False)
-    # True when the step leaves every image in [0, 1], so an integer output spans its full range.
-    unit_range: bool = False
+# Reads the source again with each chunk widened by a halo ({axis: samples}, dask's overlap layout).
+HaloedSource = Callable[[dict[int, int]], da.Array]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """What one map_overlap/map_blocks stage of the graph does, for provenance and `pipeline plan`."""
+    """What one pass of the graph does, for provenance and `pipeline plan`."""
 
     steps: tuple[int, ...]
     description: str
-    halo: tuple[int, ...]  # samples exchanged with neighbouring chunks, per axis
+    halo: tuple[int, ...]  # samples exchanged with (or read from) neighbouring chunks, per axis
     strategies: tuple[str, ...]
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
+    reproducible: bool = True  # False when an FFT makes the bytes depend on the block size
 
 
 @dataclass(frozen=True)
 class ChainResult:
     array: da.Array
+    image: ImageShape  # one result image's shape and axes
     unit_range: bool
     stages: tuple[Stage, ...]
 
 
-def build_steps(configs: Sequence[ConvolveStep | NormalizeStep], *, image_axes: int = 1) -> list[Step]:
-    """Steps from the validated config; convolutions learn the spatial axes from their array."""
-    return [_convolve_step(cfg) if hasattr(cfg, "convolve") else _normalize_step(cfg, image_axes) for cfg in configs]
+def build_steps(configs: Sequence[BaseModel], *, image_axes: int = 1) -> list[Step]:
+    """Steps from validated config models, each built by the module its kind names (config.STEP_KINDS)."""
+    from pipeline.config import STEP_KINDS, step_kind
+
+    del image_axes  # normalize reduces over every axis but the image index; kept for callers
+    steps = []
+    for cfg in configs:
+        kind = step_kind(cfg)
+        steps.append(importlib.import_module(STEP_KINDS[kind].module).build(getattr(cfg, kind)))
+    return steps
 
 
-def _convolve_step(cfg: ConvolveStep) -> Step:
-    spec = cfg.convolve
-    kernel = build_kernel(spec.kernel, spec.params)
-    options = dict(mode=spec.mode, boundary=spec.boundary, cval=spec.cval, correlate=spec.correlate)
-    return Step(
-        name=f"convolve {kernel.source}",
-        convolution=Convolution(kernel.weights, strategy=spec.strategy, **options),
-        provenance={"step": "convolve", "kernel": kernel.to_provenance(), **options},
-    )
-
-
-def _normalize_step(cfg: NormalizeStep, image_axes: int) -> Step:
-    return Step(
-        name=f"normalize {cfg.normalize}",
-        apply=partial(normalize, how=cfg.normalize, image_axes=image_axes),
-        provenance={"step": "normalize", "how": cfg.normalize},
-        unit_range=True,
-    )
+def default_image(array: da.Array, spatial_ndim: int) -> ImageShape:
+    """The per-image layout of an (image, [c], spatial…) array: a channel axis when there is one more axis."""
+    shape = tuple(array.shape[1:])
+    names = ("z", "y", "x")[-spatial_ndim:] if spatial_ndim <= 3 else tuple(f"d{i}" for i in range(spatial_ndim))
+    axes = (*(("c",) if len(shape) > spatial_ndim else ()), *names)
+    return ImageShape(shape, axes[-len(shape):] if len(axes) >= len(shape) else axes)
 
 
 def chain(
-    array: da.Array, steps: Sequence[Step], *, spatial_ndim: int, haloed: HaloedSource | None = None
+    array: da.Array, steps: Sequence[Step], *, image: ImageShape | None = None, spatial_ndim: int = 2,
+    haloed: HaloedSource | None = None,
 ) -> ChainResult:
-    """Compose the steps lazily and describe each stage of the resulting graph.
+    """Compose the steps lazily, pass by pass, and describe each pass.
 
-    ``haloed`` reads the source ``array`` again with a halo; the first stage uses it, if it is a
-    run of ``same`` convolutions, instead of exchanging halos between chunks.
+    ``image`` is one input image's layout (default: from the array, ``spatial_ndim`` trailing axes
+    spatial). ``haloed`` reads the source ``array`` again with a halo; the first pass uses it.
     """
+    image = image or default_image(array, spatial_ndim)
     stages: list[Stage] = []
     index = 0
     while index < len(steps):
-        step = steps[index]
-        if step.convolution is None:
-            array = step.apply(array)
-            stages.append(_stage(array, (index,), step.name, (0,) * array.ndim, ()))
-            index += 1
-            continue
-        run = [index]
-        while run[-1] + 1 < len(steps) and steps[run[-1] + 1].convolution is not None:
-            run.append(run[-1] + 1)
-        array = _convolve_run(array, steps, run, spatial_ndim, stages, haloed if index == 0 else None)
-        index = run[-1] + 1
-    return ChainResult(array, bool(steps) and steps[-1].unit_range, tuple(stages))
-
-
-def _convolve_run(
-    array: da.Array, steps: Sequence[Step], run: list[int], spatial_ndim: int, stages: list[Stage],
-    haloed: HaloedSource | None,
-) -> da.Array:
-    planned = []
-    for index in run:  # planned one by one, so that an error names its step
+        first = steps[index]
+        if getattr(first, "adds_channels", False) and "c" not in image.axes:
+            array, image = array[:, np.newaxis], ImageShape((1, *image.shape), ("c", *image.axes))
+            haloed = None if haloed is None else _with_channel_axis(haloed)
+        members = _pass_members(steps, index, image) if first.fusion in ("neighbourhood", "pointwise") else (index,)
+        checked = image
+        for member in members:  # each step checked on what it gets, so that an error names its step
+            with _named(steps, member):
+                steps[member].check(checked)
+                steps[member].strategy_of(array.ndim, checked, array.dtype)
+            checked = steps[member].output(checked)
         with _named(steps, index):
-            planned.append(
-                plan_convolution(steps[index].convolution, ndim=array.ndim, spatial_ndim=spatial_ndim, dtype=array.dtype)
-            )
-    groups = group_planned(planned)
-    position = 0
-    for number, group in enumerate(groups):
-        members = tuple(run[position : position + len(group)])
-        position += len(group)
-        depth = halo(array, group)[0] if group[0].convolution.mode == "same" else {}
-        with _named(steps, members[0]):
-            array = apply_group(array, group, spatial_ndim=spatial_ndim, haloed=haloed if number == 0 else None)
-        exchanged = tuple(depth.get(axis, 0) for axis in range(array.ndim))
-        strategies = tuple(planned.plan.describe() for planned in group)
-        stages.append(_stage(array, members, " + ".join(steps[i].name for i in members), exchanged, strategies))
-    return array
+            if first.fusion in ("neighbourhood", "pointwise"):
+                chosen = [steps[i] for i in members]
+                halo = _halo_of(array, chosen, image)
+                array, out = overlapped_pass(array, chosen, image, haloed=haloed if index == 0 else None)
+            else:
+                halo = (0,) * array.ndim
+                array = first.apply_resize(array, image, overlapped_pass_array) if first.fusion == "resize" else first.apply(array, image)
+                out = first.output(image)
+        stages.append(_stage(array, members, steps, image, halo))
+        image, index = out, members[-1] + 1
+    return ChainResult(array, image, bool(steps) and steps[-1].unit_range, tuple(stages))
+
+
+def _with_channel_axis(haloed: HaloedSource) -> HaloedSource:
+    def read(depth: dict[int, int]) -> da.Array:
+        return haloed({axis - 1: reach for axis, reach in depth.items() if axis > 1})[:, np.newaxis]
+
+    return read
+
+
+def _pass_members(steps: Sequence[Step], index: int, image: ImageShape) -> tuple[int, ...]:
+    """The run of steps from ``index`` that shares one pass: neighbourhood and pointwise steps, all
+    wrapping or none (a periodic halo serves wrapping steps only), no step adding channels mid-run."""
+    members = [index]
+    wraps = getattr(steps[index], "wraps", None)
+    while members[-1] + 1 < len(steps):
+        step = steps[members[-1] + 1]
+        if step.fusion not in ("neighbourhood", "pointwise") or getattr(step, "adds_channels", False) and "c" not in image.axes:
+            break
+        if step.fusion == "neighbourhood":
+            if wraps is not None and step.wraps != wraps:
+                break
+            wraps = step.wraps
+        members.append(members[-1] + 1)
+    return tuple(members)
+
+
+def _reach(steps: Sequence[Step], image: ImageShape) -> tuple[int, ...]:
+    spatial = image.spatial_ndim
+    total = [0] * spatial
+    for step in steps:
+        for axis, reach in enumerate(step.reach(spatial)):
+            total[axis] += reach
+    return tuple(total)
+
+
+def _depths(array: da.Array, steps: Sequence[Step], image: ImageShape) -> tuple[dict[int, int], dict[int, int], bool]:
+    """The halo each axis exchanges for a pass, the axes taken whole, and whether the halo wraps.
+
+    An axis held in one chunk needs none (the block has every neighbour), unless it wraps; a halo
+    longer than the axis takes the axis whole.
+    """
+    wrap = any(getattr(step, "wraps", False) for step in steps)
+    lead = array.ndim - image.spatial_ndim
+    depth: dict[int, int] = {}
+    whole: dict[int, int] = {}
+    for offset, reach in enumerate(_reach(steps, image)):
+        axis = lead + offset
+        if reach == 0 or (len(array.chunks[axis]) == 1 and not wrap):
+            continue
+        if reach >= array.shape[axis]:
+            whole[axis] = -1
+        else:
+            depth[axis] = reach
+    return depth, whole, wrap
+
+
+def _halo_of(array: da.Array, steps: Sequence[Step], image: ImageShape) -> tuple[int, ...]:
+    depth, _, _ = _depths(array, steps, image)
+    return tuple(depth.get(axis, 0) for axis in range(array.ndim))
+
+
+def overlapped_pass(
+    array: da.Array, steps: Sequence[Step], image: ImageShape, *, haloed: HaloedSource | None = None
+) -> tuple[da.Array, ImageShape]:
+    """One pass: the steps in turn on every block, with the summed halo; returns the array and its image."""
+    out = image
+    for step in steps:
+        out = step.output(out)
+    depth, whole, wrap = _depths(array, steps, image)
+    if whole:
+        array = array.rechunk(whole)
+    reread = haloed is not None and bool(depth) and not wrap and not whole
+    if depth and not reread:  # no chunk smaller than its halo (dask's overlap would rechunk otherwise)
+        array = array.rechunk({axis: ensure_minimum_chunksize(reach, array.chunks[axis]) for axis, reach in depth.items()})
+    periodic = wrap and not whole
+    # spatial sizes are kept by a pass; channels a layer changes are taken whole
+    array, chunks = blockwise_chunks(array, image, ImageShape((*out.shape[: len(out.shape) - image.spatial_ndim], *image.shape[len(image.shape) - image.spatial_ndim :]), out.axes))
+    options = dict(
+        chunks=chunks, dtype=array.dtype, meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+        steps=tuple(steps), image=image,
+    )
+    if not depth:  # every block holds its neighbours (whole images): a plain blockwise task fuses
+        return array.map_blocks(_pass_block, **options), out
+    if reread:
+        source = haloed(depth)  # each task reads, filters and trims its own block: no neighbour's
+    else:
+        source = da.overlap.overlap(array, depth=depth, boundary={axis: "periodic" if wrap else "none" for axis in depth})
+    return source.map_blocks(_pass_haloed, halo=depth, wrapped=wrap, periodic=periodic, **options), out
+
+
+def overlapped_pass_array(array: da.Array, steps: Sequence[Step], image: ImageShape) -> da.Array:
+    return overlapped_pass(array, steps, image)[0]
+
+
+def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape, keep: tuple[slice, ...] | None = None,
+                periodic: bool = False) -> np.ndarray:
+    """The steps in turn; the last neighbourhood step returns only ``keep``, the rest runs on that."""
+    last = max((i for i, step in enumerate(steps) if step.fusion == "neighbourhood"), default=-1)
+    if last < 0 and keep is not None:
+        block = block[keep]
+    for index, step in enumerate(steps):
+        if step.fusion == "neighbourhood":
+            block = step.block(block, image, keep=keep if index == last else None, periodic=periodic)
+        else:
+            block = step.block(block, image)
+        image = step.output(image)
+    return block
+
+
+def _pass_haloed(
+    block: np.ndarray, *, halo: dict[int, int], wrapped: bool, periodic: bool, block_info: dict, **options: Any
+) -> np.ndarray:
+    """A block read (or exchanged) with its ``halo``: filtered whole, returned without the halo.
+
+    ``wrapped``: the halo came from the far side at the array's edges too; ``periodic``: the steps
+    may rely on it instead of wrapping by themselves (no axis of the pass was taken whole).
+    """
+    keep = _own_samples(halo, block_info[None]["array-location"], wrapped)
+    return _pass_block(block, keep=keep, periodic=periodic, **options)
+
+
+def _own_samples(halo: dict[int, int], location: Sequence[tuple[int, int]], periodic: bool) -> tuple[slice, ...]:
+    """Where a block's own samples lie once widened by ``halo`` (none before the array's start, unless periodic)."""
+    keep = []
+    for axis, (start, stop) in enumerate(location):
+        before = halo.get(axis, 0) if periodic else min(start, halo.get(axis, 0))
+        keep.append(slice(before, before + stop - start))
+    return tuple(keep)
 
 
 @contextmanager
@@ -134,55 +252,43 @@ def _named(steps: Sequence[Step], index: int) -> Iterator[None]:
         yield
     except KernelError as exc:
         raise KernelError(f"steps.{index} ({steps[index].name}): {exc}") from None
+    except ValueError as exc:  # a step's own check (pool larger than the image, channels that do not match)
+        raise KernelError(f"steps.{index} ({steps[index].name}): {exc}") from None
 
 
-def _stage(array: da.Array, members: tuple[int, ...], name: str, halo: tuple[int, ...], strategies: tuple[str, ...]) -> Stage:
-    return Stage(members, name, halo, strategies, tuple(array.shape), tuple(array.chunksize))
+def _stage(array: da.Array, members: Sequence[int], steps: Sequence[Step], image: ImageShape, halo: tuple[int, ...]) -> Stage:
+    chosen = [steps[i] for i in members]
+    ndim = array.ndim if len(image.shape) + 1 == array.ndim else len(image.shape) + 1
+    described = [step.strategy_of(ndim, image, array.dtype) for step in chosen]
+    return Stage(
+        tuple(members), " + ".join(step.name for step in chosen), halo, tuple(text for text, _ in described),
+        tuple(array.shape), tuple(array.chunksize), all(reproducible for _, reproducible in described),
+    )
 
 
 def leading_reach(steps: Sequence[Step]) -> tuple[int, ...]:
-    """How far the run of ``same`` convolutions the steps start with reaches, per spatial axis (x last).
+    """How far the first pass's neighbourhood steps reach, per spatial axis (x last).
 
     It is the halo a tile or slab must be read with (``wrap`` takes its halo from the far side
-    instead, and other steps start no run).
+    instead; a resize step ends the pass).
     """
     reach: tuple[int, ...] = ()
     for step in steps:
-        convolution = step.convolution
-        if convolution is None or convolution.mode != "same" or convolution.boundary == "wrap":
+        if step.fusion == "pointwise":
+            continue
+        if step.fusion != "neighbourhood" or getattr(step, "wraps", False):
             break
-        own = tuple(m // 2 for m in np.shape(convolution.weights))
+        own = tuple(m // 2 for m in step.window)
         width = max(len(reach), len(own))
         reach = tuple(a + b for a, b in zip((0,) * (width - len(reach)) + reach, (0,) * (width - len(own)) + own))
     return reach
 
 
 def output_range(steps: Sequence[Step], values: tuple[float, float]) -> tuple[float, float]:
-    """The values the steps can produce from inputs in ``values`` (low, high).
-
-    A convolution's output lies between ``P·low + N·high`` and ``P·high + N·low``, with P and N the
-    sums of its positive and negative weights; the samples it may see beyond the image (``cval``,
-    the zeros of ``full``) join the input's range first. A blur keeps the input's range, an edge
-    kernel widens it. ``normalize`` gives [0, 1].
-    """
+    """The values the steps can produce from inputs in ``values`` (low, high), step by step."""
     low, high = values
     for step in steps:
-        if step.unit_range:
-            low, high = 0.0, 1.0
-            continue
-        convolution = step.convolution
-        if convolution is None:
-            continue
-        outside = {"full": 0.0, "same": convolution.cval if convolution.boundary == "constant" else None}.get(convolution.mode)
-        if outside is not None:
-            low, high = min(low, outside), max(high, outside)
-        weights = np.asarray(convolution.weights, dtype=np.float64)
-        positive, negative = float(weights[weights > 0].sum()), float(weights[weights < 0].sum())
-        with np.errstate(invalid="ignore"):  # 0 × inf: a sum that is zero contributes nothing
-            low, high = (
-                np.nansum([positive * low, negative * high]),
-                np.nansum([positive * high, negative * low]),
-            )
+        low, high = step.value_range(low, high)
     return float(low), float(high)
 
 
@@ -190,3 +296,46 @@ def apply_steps(array: da.Array, steps: Sequence[Step], *, spatial_ndim: int = 2
     """Compose the steps lazily; also say whether the result is in [0, 1] (last step normalised)."""
     result = chain(array, steps, spatial_ndim=spatial_ndim)
     return result.array, result.unit_range
+
+
+def convolve(
+    array: da.Array, weights: np.ndarray, *, mode: str = "same", boundary: str = "reflect", cval: float = 0.0,
+    correlate: bool = False, strategy: str = "auto", spatial_ndim: int = 2,
+) -> da.Array:
+    """Convolve (or correlate) the trailing ``spatial_ndim`` axes of a float Dask array.
+
+    Parameters
+    ----------
+    array : dask.array.Array
+        Floating-point data, leading axes (image, channel) first.
+    weights : ndarray
+        Kernel in convolution orientation, 1 to ``spatial_ndim`` dimensions, any sizes.
+    mode : {"same", "valid", "full"}
+        Output size: input size, ``n - m + 1`` or ``n + m - 1`` per spatial axis.
+    boundary : {"reflect", "nearest", "mirror", "wrap", "constant"}
+        Values beyond the edge for ``same`` (scipy.ndimage names); ``valid``/``full`` ignore it.
+    cval : float
+        Value beyond the edge for ``boundary="constant"``.
+    correlate : bool
+        Cross-correlate (kernel not flipped), as CNN layers do.
+    strategy : {"auto", "direct", "separable", "fft"}
+        How blocks are computed; ``auto`` picks the cheapest for the kernel.
+    spatial_ndim : int
+        How many trailing axes are spatial.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> x = da.from_array(np.array([1.0, 2.0, 3.0]), chunks=2)
+    >>> convolve(x, np.array([1.0, 1.0]), mode="full", spatial_ndim=1).compute()
+    array([1., 3., 5., 3.])
+    """
+    step = ConvolveStep(Convolution(np.asarray(weights), mode=mode, boundary=boundary, cval=cval, correlate=correlate, strategy=strategy))
+    names = ("z", "y", "x")[-spatial_ndim:]
+    lead = array.ndim - spatial_ndim
+    image = ImageShape(tuple(array.shape[lead:]), names)
+    if lead == 0:  # a single signal or image: the chain wants a leading axis of images
+        return chain(array[np.newaxis], [step], image=image).array[0]
+    if lead > 1:  # several leading axes: every one but the first is a channel-like axis
+        image = ImageShape(tuple(array.shape[1:]), (*(f"c{i}" for i in range(lead - 1)), *names))
+    return chain(array, [step], image=image).array

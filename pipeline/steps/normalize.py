@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
+
+from pipeline.steps.base import ImageShape, Step
 
 Normalize = Literal["minmax", "max"]
 
@@ -42,3 +44,44 @@ def unit_range_to(dtype: np.dtype) -> float:
     """Scale that maps a [0, 1] result onto an integer type's full range (1 for floats)."""
     dtype = np.dtype(dtype)
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+
+
+class NormalizeStep(Step):
+    """``normalize``: each image rescaled on its own (every channel together, keeping their balance)."""
+
+    kind = "normalize"
+    fusion = "whole"
+    unit_range = True
+
+    def __init__(self, how: Normalize) -> None:
+        self.how = how
+
+    @property
+    def name(self) -> str:
+        return f"normalize {self.how}"
+
+    def provenance(self) -> dict[str, Any]:
+        return {"step": "normalize", "how": self.how}
+
+    def value_range(self, low: float, high: float) -> tuple[float, float]:
+        return (-1.0 if self.how == "max" and low < 0 else 0.0), 1.0
+
+    def block(self, block: np.ndarray, image: ImageShape) -> np.ndarray:
+        """Whole images in the block (leading image axis): the same rescaling, in NumPy."""
+        axes = tuple(range(block.ndim - len(image.shape), block.ndim))
+        if self.how == "minmax":
+            low = block.min(axis=axes, keepdims=True)
+            span, shifted = block.max(axis=axes, keepdims=True) - low, block - low
+        else:
+            span, shifted = np.abs(block).max(axis=axes, keepdims=True), block
+        return (shifted / np.where(span > 0, span, 1)).astype(block.dtype, copy=False)
+
+    def apply(self, array: da.Array, image: ImageShape) -> da.Array:
+        lead = array.ndim - len(image.shape)
+        if all(len(chunks) == 1 for chunks in array.chunks[lead:]):  # whole images: one task each
+            return array.map_blocks(self.block, image, dtype=array.dtype, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+        return normalize(array, self.how, image_axes=lead)
+
+
+def build(how: Normalize) -> NormalizeStep:
+    return NormalizeStep(how)

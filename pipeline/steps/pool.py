@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import dask.array as da
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from pipeline.steps.base import ImageShape, Step
 
 Function = Literal["max", "mean", "min", "l2"]
 FUNCTIONS: tuple[str, ...] = ("max", "mean", "min", "l2")
@@ -112,3 +115,95 @@ class Pool:
         largest = max(abs(low), abs(high)) * math.sqrt(self.size[0] * self.size[1])
         smallest = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
         return smallest, largest
+
+
+class PoolStep(Step):
+    """``pool``: y and x divided; per channel. Blocks on the pool grid pool to the whole image's values."""
+
+    kind = "pool"
+    fusion = "resize"
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+    def provenance(self) -> dict[str, Any]:
+        return {"step": "pool", "function": self.pool.function, "size": list(self.pool.size),
+                "stride": list(self.pool.stride), "padding": self.pool.padding}
+
+    def output(self, image: ImageShape) -> ImageShape:
+        sizes = tuple(self.pool.output_size(n, axis) for axis, n in enumerate(image.shape[-2:]))
+        return ImageShape((*image.shape[:-2], *sizes), image.axes)
+
+    def check(self, image: ImageShape) -> None:
+        self.pool.check_fits(image.shape[-2:])
+
+    def value_range(self, low: float, high: float) -> tuple[float, float]:
+        return self.pool.value_range(low, high)
+
+    def block(self, block: np.ndarray, image: ImageShape, outputs: tuple[int, int] | None = None) -> np.ndarray:
+        return self.pool.apply(block, outputs=outputs)
+
+    def apply_resize(self, array: da.Array, image: ImageShape, overlapped: Any) -> da.Array:
+        """Blocks realigned to whole multiples of the stride (tiles already are), each pooled on its own.
+
+        Overlapping windows (size > stride) also read ``size - stride`` samples after the block.
+        """
+        axes = (array.ndim - 2, array.ndim - 1)
+        out = self.output(image)
+        grid = {axis: _on_grid(array.chunks[axis], self.pool.stride[i]) for i, axis in enumerate(axes)}
+        array = array.rechunk(grid)
+        counts = [tuple(self._windows(array.chunks[axis], i, n)) for i, (axis, n) in enumerate(zip(axes, out.shape[-2:]))]
+        chunks = (*array.chunks[:-2], *counts)
+        meta = np.empty((0,) * array.ndim, dtype=array.dtype)
+        overlap = self.pool.overlap
+        if not any(overlap) or all(len(array.chunks[axis]) == 1 for axis in axes):
+            return array.map_blocks(_pool_block, chunks=chunks, dtype=array.dtype, meta=meta, step=self, counts=counts)
+        depth = {axis: reach for axis, reach in zip(axes, overlap) if reach and len(array.chunks[axis]) > 1}
+        widened = da.overlap.overlap(array, depth=depth, boundary={axis: "none" for axis in depth})
+        return widened.map_blocks(_pool_haloed, chunks=chunks, dtype=array.dtype, meta=meta, step=self, counts=counts, depth=depth)
+
+    def _windows(self, chunks: tuple[int, ...], axis: int, total: int) -> list[int]:
+        """Windows starting in each chunk (on the grid), the last chunk taking the ragged rest."""
+        stride, counts, start = self.pool.stride[axis], [], 0
+        for size in chunks:
+            first, stop = -(-start // stride), -(-(start + size) // stride)
+            counts.append(max(0, min(stop, total) - first))
+            start += size
+        return counts
+
+
+def _on_grid(chunks: tuple[int, ...], stride: int) -> tuple[int, ...]:
+    """Chunk sizes whose starts are multiples of ``stride``: each rounded up, the last taking the rest."""
+    if all(size % stride == 0 for size in chunks[:-1]):
+        return chunks
+    total, step = sum(chunks), max(stride, -(-max(chunks) // stride) * stride)
+    sizes = [step] * (total // step)
+    return tuple(sizes + ([total - sum(sizes)] if total % step else []))
+
+
+def _pool_block(block: np.ndarray, *, step: PoolStep, counts: list[tuple[int, ...]], block_id: tuple[int, ...]) -> np.ndarray:
+    outputs = (counts[0][block_id[-2]], counts[1][block_id[-1]])
+    return step.pool.apply(block, outputs=outputs) if all(outputs) else np.empty((*block.shape[:-2], *outputs), block.dtype)
+
+
+def _pool_haloed(block: np.ndarray, *, step: PoolStep, counts: list[tuple[int, ...]], depth: dict[int, int],
+                 block_info: dict, block_id: tuple[int, ...]) -> np.ndarray:
+    """A block widened by the overlap on both sides: drop what precedes its own start, pool its windows."""
+    location = block_info[None]["array-location"]
+    crop = tuple(slice(min(start, depth.get(axis, 0)), None) for axis, (start, _) in enumerate(location))
+    return _pool_block(block[crop], step=step, counts=counts, block_id=block_id)
+
+
+def build(spec: Any) -> PoolStep:
+    """The step of a validated ``pool:`` mapping (size and stride: a number or [y, x]; stride defaults to size)."""
+    size = _pair(spec.size)
+    stride = size if spec.stride is None else _pair(spec.stride)
+    return PoolStep(Pool(spec.function, size, stride, spec.padding))
+
+
+def _pair(value: int | list[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
