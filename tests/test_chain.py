@@ -149,3 +149,58 @@ def test_kernel_errors_name_the_step(images: np.ndarray, raw: list, prefix: str,
         apply_steps(da.from_array(images, chunks=4), steps)
     assert str(info.value).startswith(prefix + ": ")
     assert fragment in str(info.value)
+
+
+# --- activations and pools in the chain ---------------------------------------------------------
+
+
+def _pooled(x: np.ndarray, size: int, stride: int, how=np.max) -> np.ndarray:
+    """Explicit windows on the last two axes (valid padding)."""
+    oy, ox = (x.shape[-2] - size) // stride + 1, (x.shape[-1] - size) // stride + 1
+    out = np.empty((*x.shape[:-2], oy, ox))
+    for i in range(oy):
+        for j in range(ox):
+            out[..., i, j] = how(x[..., i * stride : i * stride + size, j * stride : j * stride + size], axis=(-2, -1))
+    return out
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(data=st.data(), size=st.sampled_from([2, 3]), stride=st.sampled_from([None, 1, 2, 3]))
+def test_convolve_relu_pool_equals_numpy_for_any_chunking(images: np.ndarray, data, size: int, stride) -> None:
+    chunks = tuple(data.draw(st.sampled_from([(n,), (n // 2, n - n // 2), (2, n - 3, 1), (1,) * n])) for n in images.shape)
+    pool = {"function": "max", "size": size, **({"stride": stride} if stride else {})}
+    steps = steps_from(conv("sharpen", boundary="mirror"), {"activation": "relu"}, {"pool": pool})
+    result, _ = apply_steps(da.from_array(images, chunks=chunks), steps)
+    sharpened = np.maximum(scipy_step(images, build_kernel("sharpen").weights, boundary="mirror"), 0)
+    want = _pooled(sharpened, size, stride or size)
+    assert result.shape == want.shape
+    np.testing.assert_allclose(result.compute(scheduler="sync"), want, **TOL)
+
+
+def test_activations_fuse_into_the_convolutions_pass(images: np.ndarray) -> None:
+    from pipeline.steps.chain import chain
+
+    steps = steps_from(conv("blur"), {"activation": {"function": "leaky_relu", "slope": 0.2}}, conv("edge"),
+                       {"activation": "tanh"}, {"pool": {"function": "mean", "size": 2}})
+    chained = chain(da.from_array(images, chunks=(1, 6, 7)), steps)
+    assert [stage.steps for stage in chained.stages] == [(0, 1, 2, 3), (4,)]  # one overlapped pass, then the pool
+    assert chained.stages[0].halo == (0, 2, 2)
+    blurred = scipy_step(images, build_kernel("blur").weights)
+    leaky = np.where(blurred >= 0, blurred, 0.2 * blurred)
+    want = _pooled(np.tanh(scipy_step(leaky, build_kernel("edge").weights)), 2, 2, np.mean)
+    np.testing.assert_allclose(chained.array.compute(scheduler="sync"), want, **TOL)
+
+
+def test_the_range_follows_activations_and_pools() -> None:
+    from pipeline.steps.chain import output_range
+
+    steps = steps_from(conv("edge"), {"activation": "relu"}, {"pool": {"function": "l2", "size": 2}},
+                       {"activation": {"function": "clip", "max": 100.0}})
+    assert output_range(steps[:2], (0.0, 255.0)) == (0.0, 2040.0)
+    assert output_range(steps[:3], (0.0, 255.0)) == (0.0, 4080.0)
+    assert output_range(steps, (0.0, 255.0)) == (0.0, 100.0)
+
+
+def test_a_pool_larger_than_the_image_names_the_step(images: np.ndarray) -> None:
+    with pytest.raises(KernelError, match=r"steps.1 \(max pool 20x20\): pool size \[20, 20\] is larger than the image \[12, 13\]"):
+        apply_steps(da.from_array(images, chunks=4), steps_from(conv("blur"), {"pool": {"size": 20}}))

@@ -156,10 +156,15 @@ class PoolStep(Step):
         out = self.output(image)
         grid = {axis: _on_grid(array.chunks[axis], self.pool.stride[i]) for i, axis in enumerate(axes)}
         array = array.rechunk(grid)
+        overlap = self.pool.overlap
+        if any(overlap):  # no chunk smaller than the windows' overlap (dask's overlap would rechunk)
+            array = array.rechunk({
+                axis: _on_grid(array.chunks[axis], self.pool.stride[i], minimum=reach)
+                for i, (axis, reach) in enumerate(zip(axes, overlap)) if reach
+            })
         counts = [tuple(self._windows(array.chunks[axis], i, n)) for i, (axis, n) in enumerate(zip(axes, out.shape[-2:]))]
         chunks = (*array.chunks[:-2], *counts)
         meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-        overlap = self.pool.overlap
         if not any(overlap) or all(len(array.chunks[axis]) == 1 for axis in axes):
             return array.map_blocks(_pool_block, chunks=chunks, dtype=array.dtype, meta=meta, step=self, counts=counts)
         depth = {axis: reach for axis, reach in zip(axes, overlap) if reach and len(array.chunks[axis]) > 1}
@@ -176,13 +181,18 @@ class PoolStep(Step):
         return counts
 
 
-def _on_grid(chunks: tuple[int, ...], stride: int) -> tuple[int, ...]:
-    """Chunk sizes whose starts are multiples of ``stride``: each rounded up, the last taking the rest."""
-    if all(size % stride == 0 for size in chunks[:-1]):
+def _on_grid(chunks: tuple[int, ...], stride: int, minimum: int = 1) -> tuple[int, ...]:
+    """Chunk sizes whose starts are multiples of ``stride``, none below ``minimum`` (the last merged if it is)."""
+    if all(size % stride == 0 for size in chunks[:-1]) and min(chunks) >= minimum:
         return chunks
-    total, step = sum(chunks), max(stride, -(-max(chunks) // stride) * stride)
+    total, step = sum(chunks), max(stride, -(-max(max(chunks), minimum) // stride) * stride)
     sizes = [step] * (total // step)
-    return tuple(sizes + ([total - sum(sizes)] if total % step else []))
+    rest = total - sum(sizes)
+    if rest and rest < minimum and sizes:
+        sizes[-1] += rest
+    elif rest:
+        sizes.append(rest)
+    return tuple(sizes)
 
 
 def _pool_block(block: np.ndarray, *, step: PoolStep, counts: list[tuple[int, ...]], block_id: tuple[int, ...]) -> np.ndarray:
