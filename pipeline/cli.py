@@ -220,6 +220,7 @@ def validate(
     """Check a job file and its inputs' headers: print every problem, or a short summary if it is valid."""
     from pipeline.config import load_config
     from pipeline.sources.headers import survey_inputs
+    from pipeline.steps.chain import build_steps
 
     try:
         cfg = load_config(config, _overrides(set_))
@@ -234,12 +235,8 @@ def validate(
         err.print(f"{config}: input.paths: {problem}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(3)
-    steps = ", ".join(
-        f"convolve {s.convolve.kernel if isinstance(s.convolve.kernel, str) else 'inline'} ({s.convolve.mode})"
-        if hasattr(s, "convolve")
-        else f"normalize {s.normalize}"
-        for s in cfg.steps
-    ) or "no steps"
+    with reported_errors():
+        steps = ", ".join(step.name for step in build_steps(cfg.steps)) or "no steps"
     out.print(
         f"{config}: valid: {counted(survey.total, 'input file')} ({survey.summary()}); {steps}; output {cfg.output.path}",
         highlight=False,
@@ -266,11 +263,12 @@ def plan(
     for name, info in described.items():
         if name:
             out.print(f"[bold]group {name}[/bold]", highlight=False)
-        table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "chunk", "output bytes")
+        table = Table("steps", "what", "strategy (engine)", "halo", "output shape", "channels", "chunk", "output bytes")
         for stage in info["stages"]:
             table.add_row(
-                ",".join(map(str, stage["steps"])), stage["what"], ", ".join(stage["strategy"]),
-                str(tuple(stage["halo"])), str(tuple(stage["shape"])), str(tuple(stage["chunks"])),
+                ",".join(map(str, stage["steps"])), stage["what"],
+                ", ".join(stage["strategy"]) + ("" if stage["reproducible"] else " (bytes depend on the block size)"),
+                str(tuple(stage["halo"])), str(tuple(stage["shape"])), str(stage["channels"]), str(tuple(stage["chunks"])),
                 _size(stage["bytes"]),
             )
         out.print(table)
@@ -399,12 +397,23 @@ def _inspect_groups(info: dict, *, as_json: bool) -> None:
 
 
 def _describe_step(step: dict) -> str:
-    if step.get("step") != "convolve":
-        return f"{step.get('step')} {step.get('how', '')}"
-    kernel = step["kernel"]
-    op = "correlate" if step.get("correlate") else "convolve"
-    params = f" {kernel['params']}" if kernel.get("params") else ""
-    return f"{op} {kernel['source']}{params} {tuple(kernel['shape'])} mode={step['mode']} boundary={step['boundary']}"
+    kind = step.get("step")
+    if kind == "convolve":
+        kernel = step["kernel"]
+        op = "correlate" if step.get("correlate") else "convolve"
+        params = f" {kernel['params']}" if kernel.get("params") else ""
+        return f"{op} {kernel['source']}{params} {tuple(kernel['shape'])} mode={step['mode']} boundary={step['boundary']}"
+    if kind == "layer":
+        weights = step["weights"]
+        bias = "" if step.get("bias") is None else " + bias"
+        stride = f" stride={step['stride']}" if any(s > 1 for s in step.get("stride", [1])) else ""
+        return f"layer {weights['source']} {tuple(weights['shape'])}{bias} mode={step['mode']} boundary={step['boundary']}{stride}"
+    if kind == "activation":
+        extra = {key: step[key] for key in ("slope", "min", "max") if key in step}
+        return f"activation {step['function']}" + (f" {extra}" if extra else "")
+    if kind == "pool":
+        return f"pool {step['function']} size={step['size']} stride={step['stride']} padding={step['padding']}"
+    return f"{kind} {step.get('how', '')}"
 
 
 @app.command()

@@ -147,6 +147,8 @@ class JobPlan:
                 "halo": list(stage.halo),
                 "shape": list(stage.shape),
                 "chunks": list(stage.chunks),
+                "channels": stage.channels,
+                "reproducible": stage.reproducible,
                 "bytes": int(np.prod(stage.shape)) * np.dtype(self.compute_dtype).itemsize,
             }
             for stage in self.stages

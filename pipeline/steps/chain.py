@@ -50,6 +50,7 @@ class Stage:
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     reproducible: bool = True  # False when an FFT makes the bytes depend on the block size
+    channels: int = 1  # of each image after the pass
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def chain(
                 halo = (0,) * array.ndim
                 array = first.apply_resize(array, image, overlapped_pass_array) if first.fusion == "resize" else first.apply(array, image)
                 out = first.output(image)
-        stages.append(_stage(array, members, steps, image, halo))
+        stages.append(_stage(array, members, steps, image, halo, out))
         image, index = out, members[-1] + 1
     return ChainResult(array, image, bool(steps) and steps[-1].unit_range, tuple(stages))
 
@@ -256,13 +257,15 @@ def _named(steps: Sequence[Step], index: int) -> Iterator[None]:
         raise KernelError(f"steps.{index} ({steps[index].name}): {exc}") from None
 
 
-def _stage(array: da.Array, members: Sequence[int], steps: Sequence[Step], image: ImageShape, halo: tuple[int, ...]) -> Stage:
+def _stage(
+    array: da.Array, members: Sequence[int], steps: Sequence[Step], image: ImageShape, halo: tuple[int, ...], out: ImageShape
+) -> Stage:
     chosen = [steps[i] for i in members]
     ndim = array.ndim if len(image.shape) + 1 == array.ndim else len(image.shape) + 1
     described = [step.strategy_of(ndim, image, array.dtype) for step in chosen]
     return Stage(
         tuple(members), " + ".join(step.name for step in chosen), halo, tuple(text for text, _ in described),
-        tuple(array.shape), tuple(array.chunksize), all(reproducible for _, reproducible in described),
+        tuple(array.shape), tuple(array.chunksize), all(reproducible for _, reproducible in described), out.channels,
     )
 
 
