@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from pipeline.budget import parse_size
-from pipeline.errors import ConfigError, KernelError
+from pipeline.errors import ConfigError
 from pipeline.job_file import apply_override, expand_environment, read_yaml
 from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
@@ -332,7 +332,7 @@ def _describe(error: dict[str, Any]) -> str:
         message = f"expected a mapping of {loc[-1] if loc else 'job'} options{fields}"
     else:
         message = _MESSAGES.get(kind, "").format(**ctx) or error["msg"].replace("Input should be ", "expected ")
-    if error["type"] != "missing" and "input" in error and not isinstance(error["input"], (dict, list)):
+    if kind != "missing" and "input" in error and not isinstance(error["input"], (dict, list)):
         message += f" (got {error['input']!r})"
     return without_userinfo(f"{key}: {message}")  # a URL's password is never echoed back
 

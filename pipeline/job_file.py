@@ -30,7 +30,8 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-# Private-use characters: printable for YAML, in no job file, and no newline (so lines keep their numbers).
+# Placeholders of private-use characters: printable for YAML, with no reason to be in a job file, and
+# without a newline (so lines keep their numbers).
 _OPEN, _FILL = "\ue000", "\ue001"
 _PLACEHOLDER = re.compile(f"{_OPEN}([0-9]+){_FILL}+")
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -45,6 +46,17 @@ _FLOAT = re.compile(
         |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+
+
+_LIMIT_HINT = f" (a job file holds at most {MAX_NODES:,} values, {MAX_DEPTH} levels deep; give large kernels as .npy files)"
+
+
+def _where(source: str, path: list[Any], line: int) -> str:
+    """``config file 'x.yaml', output.path at line 3``: the key path up to one list index below its last
+    key (the indices deeper in a nested list say little), and the line."""
+    last_key = max((i for i, part in enumerate(path) if isinstance(part, str)), default=-1)
+    shown = ".".join(str(part) for part in path[: last_key + 2])
+    return f"{source}{', ' + shown if shown else ''} at line {line}"
 
 
 class JobLoader(yaml.SafeLoader):
@@ -77,17 +89,6 @@ class JobLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
-
-
-_LIMIT_HINT = f" (a job file holds at most {MAX_NODES:,} values, {MAX_DEPTH} levels deep; give large kernels as .npy files)"
-
-
-def _where(source: str, path: list[Any], line: int) -> str:
-    """``config file 'x.yaml', output.path at line 3``: the key path up to one list index below its last
-    key (the indices deeper in a nested list say little), and the line."""
-    last_key = max((i for i, part in enumerate(path) if isinstance(part, str)), default=-1)
-    shown = ".".join(str(part) for part in path[: last_key + 2])
-    return f"{source}{', ' + shown if shown else ''} at line {line}"
 
 
 class _Expansion:

@@ -235,19 +235,17 @@ def _check_nested(matrix: Any, what: str) -> None:
     if len(shape) > MAX_KERNEL_NDIM:
         raise KernelError(f"{what} has {len(shape)} dimensions; at most {MAX_KERNEL_NDIM} are supported")
     _not_too_large(tuple(shape), what)
+    ragged = KernelError(f"{what} must be a rectangular matrix of numbers (rows of equal length)")
     rows = [matrix]
     for length in shape:
         if any(not isinstance(row, (list, tuple)) or len(row) != length for row in rows):
-            raise KernelError(f"{what} must be a rectangular matrix of numbers (rows of equal length)")
+            raise ragged
         rows = [item for row in rows for item in row]
-    if any(isinstance(value, (list, tuple)) for value in rows):
-        raise KernelError(f"{what} must be a rectangular matrix of numbers (rows of equal length)")
-    bad = next((value for value in rows if not _is_number(value)), _NUMBER)
-    if bad is not _NUMBER:
-        raise KernelError(f"{what} must be a rectangular matrix of numbers; it holds a non-number ({bad!r})")
-
-
-_NUMBER = object()  # the marker of "every value is a number"
+    for value in rows:
+        if not _is_number(value):
+            raise ragged if isinstance(value, (list, tuple)) else KernelError(
+                f"{what} must be a rectangular matrix of numbers; it holds a non-number ({value!r})"
+            )
 
 
 def _is_number(value: Any) -> bool:
