@@ -13,7 +13,9 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for item in items or []:
         key, value = yaml_assignment(
-            item, f"--storage-option {item.partition('=')[0]!r}: expected key=value, e.g. endpoint_url=http://localhost:9000"
+            item,
+            f"--storage-option {item.partition('=')[0]!r}: expected key=value, e.g. endpoint_url=http://localhost:9000",
+            option="--storage-option",
         )
         *parents, last = key.split(".")
         node = options

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from pipeline.budget import parse_size
-from pipeline.errors import ConfigError, KernelError
+from pipeline.errors import ConfigError
 from pipeline.pixels import Color, color_mode
 from pipeline.job_file import apply_override, expand_environment, read_yaml
 from pipeline.sinks.layout import SPACE_UNITS
@@ -159,6 +159,8 @@ class NormalizeStep(_Frozen):
 
 
 Pair = Union[PositiveCount, Annotated[list[PositiveCount], Field(min_length=2, max_length=2)]]
+# A bound on the work one job file asks for: 1000 steps over a small image still run in seconds.
+MAX_STEPS = 1000
 
 
 class LayerSpec(_Frozen):
@@ -347,9 +349,17 @@ class ExecutionConfig(_Frozen):
 
 class PipelineConfig(_Frozen):
     input: InputConfig
-    steps: tuple[Step, ...] = Field(default=(), description="applied in order")
+    steps: tuple[Step, ...] = Field(default=(), max_length=MAX_STEPS, description=f"applied in order; at most {MAX_STEPS}")
     output: OutputConfig
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: Any) -> Any:
+        # Before the steps are validated one by one: a job of 10,000 steps is refused at once.
+        if isinstance(value, (list, tuple)) and len(value) > MAX_STEPS:
+            raise ValueError(f"a job has at most {MAX_STEPS} steps; this one has {len(value)}")
+        return value
 
 
 # Which model holds the keys below a given parent key, to suggest the closest valid key.
@@ -380,25 +390,42 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> PipelineC
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = _merge_union_branches(_describe(error) for error in exc.errors(include_url=False))
-        summary = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more problems; run 'pipeline validate')"
+        # A misspelt key also makes the key it meant missing: the unknown key is the news, so it comes first.
+        errors = sorted(exc.errors(include_url=False), key=lambda error: error["type"] != "extra_forbidden")
+        problems = _merge_union_branches(_describe(error) for error in errors)
+        more = len(problems) - 1
+        summary = problems[0] + (f" (and {more} more problem{'s' * (more > 1)}; run 'pipeline validate')" if more else "")
         raise ConfigError(f"{source}: {summary}", problems) from None
+
+
+# Pydantic's messages in our words, by error type (ctx fills the braces); sequences are stored as
+# tuples (immutable), but in YAML they are lists.
+_MESSAGES = {
+    "missing": "required", "dict_type": "expected a mapping", "string_type": "expected a string",
+    "list_type": "expected a list", "tuple_type": "expected a list", "finite_number": "expected a finite number",
+    "int_type": "expected a whole number", "int_parsing": "expected a whole number", "int_from_float": "expected a whole number",
+    "float_type": "expected a number", "float_parsing": "expected a number",
+    "bool_type": "expected true or false", "bool_parsing": "expected true or false", "literal_error": "expected {expected}",
+    "greater_than": "expected a number greater than {gt}", "greater_than_equal": "expected a number of at least {ge}",
+    "less_than": "expected a number less than {lt}", "less_than_equal": "expected a number of at most {le}",
+}
 
 
 def _describe(error: dict[str, Any]) -> str:
     loc = _clean_loc(error["loc"], error["type"])
     key = ".".join(str(part) for part in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "extra_forbidden":
         return f"{key}: unknown key{_suggest(loc)}"
-    message = error["msg"]
-    ctx_error = (error.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, KernelError):
-        message = str(ctx_error)
-    elif message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    # Sequences are stored as tuples (immutable), but in YAML they are lists.
-    message = message.replace("a valid tuple", "a valid list")
-    if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
+    if kind == "value_error":  # our validators' own messages (KernelError among them)
+        message = str(ctx["error"])
+    elif kind == "model_type":
+        model = next((m for m in _MODELS_BY_PARENT.values() if m.__name__ == ctx.get("class_name")), None)
+        fields = f" ({', '.join(model.model_fields)})" if model else ""
+        message = f"expected a mapping of {loc[-1] if loc else 'job'} options{fields}"
+    else:
+        message = _MESSAGES.get(kind, "").format(**ctx) or error["msg"].replace("Input should be ", "expected ")
+    if kind != "missing" and "input" in error and not isinstance(error["input"], (dict, list)):
         message += f" (got {error['input']!r})"
     return without_userinfo(f"{key}: {message}")  # a URL's password is never echoed back
 
@@ -433,7 +460,16 @@ def _merge_union_branches(problems: Iterable[str]) -> tuple[str, ...]:
             got[key] = f" (got {value}"
         if message not in merged.setdefault(key, []):
             merged[key].append(message)
-    return tuple(f"{key}: {' or '.join(messages)}{got.get(key, '')}" for key, messages in merged.items())
+    return tuple(f"{key}: {_either(messages)}{got.get(key, '')}" for key, messages in merged.items())
+
+
+def _either(messages: list[str]) -> str:
+    """``expected 'auto' or a whole number``; a number takes in the whole numbers."""
+    if "expected a number" in messages and "expected a whole number" in messages:
+        messages = [message for message in messages if message != "expected a whole number"]
+    if len(messages) > 1 and all(message.startswith("expected ") for message in messages):
+        return "expected " + " or ".join(message.removeprefix("expected ") for message in messages)
+    return " or ".join(messages)
 
 
 def _suggest(loc: list[Any]) -> str:

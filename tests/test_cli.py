@@ -405,16 +405,6 @@ def test_command_debug_shows_traceback(job, tmp_path):
     assert "ConfigError" in done.stderr and "unknown kernel 'edgee'" in done.stderr
 
 
-def test_schema_is_the_config_models_json_schema(run_cli):
-    from pipeline.config import PipelineConfig
-
-    result = run_cli("schema")
-    assert_ok(result)
-    schema = json.loads(result.stdout)
-    assert schema == PipelineConfig.model_json_schema()
-    assert set(schema["properties"]) == {"input", "steps", "output", "execution"}
-
-
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_bundled_config_validates(config, repo_root, run_cli, monkeypatch):
     monkeypatch.chdir(repo_root)  # their paths are relative to the repository

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from helpers import assert_error
 from pipeline.config import PipelineConfig, apply_override, load_config, validate_config
 from pipeline.errors import ConfigError
 
@@ -272,7 +273,7 @@ def test_unknown_key_far_from_any_gives_no_guess(raw):
         ("steps.0.convolve.kernel", [[1, 2], [3]], "rectangular"),
         ("steps.0.convolve.kernel", [[[[1]]]], "4 dimensions"),
         ("steps.0.convolve.kernel", [[1, float("inf")]], "NaN or infinite"),
-        ("steps", "edge", "valid list"),
+        ("steps", "edge", "expected a list"),
     ],
 )
 def test_bad_value_names_its_key(raw, key, value, fragment):
@@ -362,7 +363,44 @@ def test_bad_normalize_value(raw):
 @pytest.mark.parametrize("key", ["output.path", "output", "input", "input.paths", "steps.0.convolve.kernel"])
 def test_missing_required_key(raw, key):
     del_key(raw, key)
-    assert only_problem(raw) == f"{key}: Field required"
+    assert only_problem(raw) == f"{key}: required"
+
+
+def test_a_misspelt_key_is_named_before_the_key_it_meant(raw, write_config, run_cli):
+    convolve_of(raw)["kernal"] = convolve_of(raw).pop("kernel")
+    problems = problems_of(raw)
+    assert problems[0].startswith("steps.0.convolve.kernal: unknown key (did you mean 'kernel'? valid keys: kernel, params")
+    assert problems[1:] == ("steps.0.convolve.kernel: required",)
+    raw["execution"] = {"scheduler": "sync"}
+    line = assert_error(run_cli("run", write_config(raw)), 2, "steps.0.convolve.kernal: unknown key (did you mean 'kernel'?")
+    assert line.endswith("(and 1 more problem; run 'pipeline validate')")
+
+
+CONVOLVE_KEYS = "kernel, params, mode, boundary, cval, correlate, strategy"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("steps.0.convolve", "edge", f"steps.0.convolve: expected a mapping of convolve options ({CONVOLVE_KEYS}) (got 'edge')"),
+        ("output", "x.zarr", "output: expected a mapping of output options (path, dtype, overwrite, codec"),
+        ("output.overwrite", "maybe", "output.overwrite: expected true or false (got 'maybe')"),
+        ("output.levels", 9, "output.levels: expected a number of at most 8 (got 9)"),
+        ("execution.workers", 0, "execution.workers: expected 'auto' or a number greater than 0 (got 0)"),
+        ("execution.workers", 2.5, "execution.workers: expected 'auto' or a whole number (got 2.5)"),
+        ("execution.cluster", 5, "execution.cluster: expected a mapping (got 5)"),
+        ("input.paths", 5, "input.paths: expected a string or a list (got 5)"),
+        ("steps.0.convolve.mode", "wide", "steps.0.convolve.mode: expected 'same', 'valid' or 'full' (got 'wide')"),
+        ("steps.0.convolve.params", {"sigma": "x"}, "steps.0.convolve.params.sigma: expected a number (got 'x')"),
+        ("steps.0.convolve.kernel", None, "steps.0.convolve.kernel: expected a string or a list (got None)"),
+    ],
+)
+def test_problems_are_said_in_our_words(raw, key, value, message):
+    set_key(raw, key, value)
+    problem = only_problem(raw)
+    assert problem.startswith(message), problem
+    for pydantic in ("Input should", "instance of", "Field required", "valid dictionary", "tuple"):
+        assert pydantic not in problem
 
 
 def test_every_problem_is_listed(raw):
@@ -379,74 +417,11 @@ def test_single_problem_message_is_the_problem(raw):
     del raw["output"]["path"]
     with pytest.raises(ConfigError) as caught:
         validate_config(raw, source="x.yaml")
-    assert str(caught.value) == "x.yaml: output.path: Field required"
-    assert caught.value.problems == ("output.path: Field required",)
-
-
-# --------------------------------------------------------------------------- the file itself
-
-
-@pytest.mark.parametrize(
-    "text, kind",
-    [
-        ("- input\n- output\n", "a list"),
-        ("42\n", "a int"),
-        ("just words\n", "a str"),
-        ("", "empty"),
-        ("# nothing\n", "empty"),
-    ],
-    ids=["list", "int", "str", "empty", "comment-only"],
-)
-def test_yaml_that_is_not_a_mapping(write_config, text, kind):
-    path = write_config(text)
-    message = load_error(path)
-    assert str(path) in message
-    assert "must be a mapping" in message
-    assert message.endswith(f"but it is {kind}")
-
-
-def test_invalid_yaml_names_the_line(write_config):
-    path = write_config("input:\n  paths: x\noutput:\n  path: [unclosed\nsteps: []\n")
-    message = load_error(path)
-    assert str(path) in message and "not valid YAML" in message
-    assert "line 5" in message
-
-
-def test_tab_indentation_names_the_line(write_config):
-    assert "not valid YAML at line 3" in load_error(write_config("input:\n  paths: x\n\tcolor: gray\n"))
-
-
-def test_missing_config_file(tmp_path):
-    missing = tmp_path / "nope.yaml"
-    assert load_error(missing) == f"config file {str(missing)!r} not found"
-
-
-def test_directory_is_not_a_config_file(tmp_path):
-    assert "not found" in load_error(tmp_path)
-
-
-def test_non_utf8_config(tmp_path):
-    path = tmp_path / "latin1.yaml"
-    path.write_bytes("input:\n  paths: caf\xe9\n".encode("latin-1"))
-    assert "not UTF-8" in load_error(path)
+    assert str(caught.value) == "x.yaml: output.path: required"
+    assert caught.value.problems == ("output.path: required",)
 
 
 def test_error_in_file_names_the_file(raw, write_config):
     convolve_of(raw)["kernel"] = "edgee"
     path = write_config(raw)
     assert load_error(path).startswith(f"{path}: steps.0.convolve.kernel: unknown kernel 'edgee'")
-
-
-def test_environment_variables_are_expanded(write_config, monkeypatch):
-    monkeypatch.setenv("DATA_DIR", "/data/collection")
-    monkeypatch.delenv("OUT_DIR", raising=False)
-    path = write_config('input: {paths: "${DATA_DIR}/*.tif"}\noutput: {path: "${OUT_DIR:-out}/x.zarr"}\n')
-    cfg = load_config(path)
-    assert cfg.input.paths == "/data/collection/*.tif" and cfg.output.path == "out/x.zarr"
-
-
-def test_a_missing_environment_variable_names_it_and_its_line(write_config, monkeypatch):
-    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    path = write_config('input: {paths: x}\noutput: {path: "${NOT_SET_ANYWHERE}"}\n')
-    with pytest.raises(ConfigError, match="line 2: environment variable NOT_SET_ANYWHERE is not set"):
-        load_config(path)

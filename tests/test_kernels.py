@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
+from helpers import assert_error
 from pipeline.errors import KernelError
-from pipeline.steps.kernels import BUILTINS, build_kernel, check_matrix, load_kernel_file
+from pipeline.steps.kernels import BUILTINS, MAX_KERNEL_ELEMENTS, build_kernel, check_matrix, load_kernel_file
 
 
 def weights(spec, params=None) -> np.ndarray:
@@ -137,6 +138,10 @@ def test_good_matrices(matrix, shape: tuple[int, ...]) -> None:
         ([["a", "b"]], "rectangular matrix of numbers"),
         ([[1, None]], "rectangular matrix of numbers"),
         (np.ones((1, 1, 1, 1)), "4 dimensions; at most 3"),
+        ([[[[1]]]], "4 dimensions; at most 3"),
+        ([1, [2]], "rows of equal length"),
+        ([[1, 10**400]], "integer too large for a float"),
+        ([["1e-3"]], "non-number ('1e-3')"),
     ],
 )
 def test_bad_matrices(matrix, fragment: str) -> None:
@@ -211,9 +216,70 @@ def test_missing_kernel_file(tmp_path: Path) -> None:
             call()
 
 
+def test_a_missing_kernel_file_with_params_is_called_missing(tmp_path: Path, monkeypatch, make_job, write_config, run_cli) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KernelError) as info:
+        build_kernel("missing.npy", {"sigma": 2})
+    assert str(info.value) == f"kernel file 'missing.npy' does not exist (resolved against {tmp_path})"
+    raw = make_job(kernel="missing.npy", params={"sigma": 2})
+    line = assert_error(run_cli("run", write_config(raw)), 2, "steps.0.convolve: kernel file 'missing.npy' does not exist")
+    assert "no parameters" not in line and str(tmp_path) in line
+
+
 def test_kernel_file_takes_no_params(tmp_path: Path) -> None:
     with pytest.raises(KernelError, match="takes no parameters"):
         build_kernel(_write(tmp_path, "k.npy", MATRIX), {"size": 3})
+
+
+# --- sizes -----------------------------------------------------------------------------------------
+
+
+def _npy_header_only(path: Path, shape: tuple[int, ...], descr: str = "<f8") -> Path:
+    """A .npy file whose header declares ``shape`` and that holds no data."""
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+    return path
+
+
+def test_a_npy_kernel_declaring_a_huge_shape_is_refused_from_its_header(tmp_path, make_job, write_config, run_cli) -> None:
+    path = _npy_header_only(tmp_path / "huge.npy", (100000, 100000))
+    line = assert_error(run_cli("run", write_config(make_job(kernel=str(path)))), 2, f"kernel file {str(path)!r} has 100000x100000")
+    assert f"at most {MAX_KERNEL_ELEMENTS:,}" in line
+
+
+def test_a_npy_kernel_shorter_than_its_header(tmp_path) -> None:
+    path = _npy_header_only(tmp_path / "short.npy", (3, 3))
+    with pytest.raises(KernelError, match="fewer values than its header declares"):
+        load_kernel_file(str(path))
+
+
+def test_a_too_large_inline_matrix_is_refused_before_numpy_builds_it() -> None:
+    side = 2**12 + 1
+    row = [0.0] * side
+    with pytest.raises(KernelError, match=f"inline kernel has {side}x{side} = {side * side:,} values"):
+        check_matrix([row] * side, what="inline kernel")
+
+
+def test_a_deeply_nested_list_is_refused_without_recursing() -> None:
+    matrix: list = [1.0]
+    for _ in range(5000):
+        matrix = [matrix]
+    with pytest.raises(KernelError, match="has 5001 dimensions; at most 3"):
+        check_matrix(matrix, what="inline kernel")
+
+
+@pytest.mark.parametrize(
+    "name, params, shape",
+    [("gaussian", {"sigma": 1e4, "ndim": 3}, "80001x80001x80001"), ("box", {"size": 5000}, "5000x5000"),
+     ("identity", {"size": 4097}, "4097x4097")],
+)
+def test_a_too_large_builtin_is_refused_before_it_is_built(name, params, shape) -> None:
+    with pytest.raises(KernelError, match=f"{name} kernel .*has {shape} = "):
+        build_kernel(name, params)
+
+
+def test_the_largest_kernel_is_accepted() -> None:
+    assert build_kernel("box", {"size": 2**12}).weights.size == MAX_KERNEL_ELEMENTS
 
 
 def test_provenance_records_the_matrix() -> None:

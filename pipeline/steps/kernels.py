@@ -1,7 +1,9 @@
 """Kernels as data: built-in constants and small factories, inline matrices, and kernel files.
 
-A kernel is always returned as a float64 ndarray of 1 to 3 dimensions. Its orientation is the one
-of *true convolution*: the convolve step flips it (as the definition does) unless the step asks for
+A kernel is always returned as a float64 ndarray of 1 to 3 dimensions and at most
+``MAX_KERNEL_ELEMENTS`` (2**24) values, a size checked before any array is made: from the nested
+lists' lengths, a .npy file's header, a built-in's parameters. Its orientation is the one of *true
+convolution*: the convolve step flips it (as the definition does) unless the step asks for
 cross-correlation.
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 from pipeline.errors import KernelError
 
 MAX_KERNEL_NDIM = 3
+MAX_KERNEL_ELEMENTS = 2**24  # 128 MiB of float64: far beyond any useful kernel, well within memory
 
 # Separable parts, combined below with outer products (as scikit-image builds its edge kernels).
 _SMOOTH = np.array([1.0, 2.0, 1.0])
@@ -36,6 +39,16 @@ SHARPEN = np.array([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]])
 EMBOSS = np.array([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
 
 
+def _not_too_large(shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    count = math.prod(shape)
+    if count > MAX_KERNEL_ELEMENTS:
+        raise KernelError(
+            f"{what} has {'x'.join(map(str, shape))} = {count:,} values; a kernel has at most "
+            f"{MAX_KERNEL_ELEMENTS:,} (2**24)"
+        )
+    return shape
+
+
 def _check_ndim(ndim: int) -> int:
     if ndim not in (1, 2, 3):
         raise KernelError(f"ndim must be 1, 2 or 3, got {ndim}")
@@ -46,7 +59,7 @@ def identity(*, size: int = 3, ndim: int = 2) -> np.ndarray:
     """A centred 1 in a cube of zeros: convolution leaves the image unchanged."""
     if size < 1 or size % 2 == 0:
         raise KernelError(f"identity size must be a positive odd integer, got {size}")
-    kernel = np.zeros((size,) * _check_ndim(ndim))
+    kernel = np.zeros(_not_too_large((size,) * _check_ndim(ndim), f"identity kernel of size {size}"))
     kernel[(size // 2,) * ndim] = 1.0
     return kernel
 
@@ -55,7 +68,7 @@ def box(*, size: int = 3, ndim: int = 2) -> np.ndarray:
     """Moving average over a cube of ``size`` samples per axis (any size, odd or even)."""
     if size < 1:
         raise KernelError(f"box size must be a positive integer, got {size}")
-    return np.full((size,) * _check_ndim(ndim), 1.0 / size ** ndim)
+    return np.full(_not_too_large((size,) * _check_ndim(ndim), f"box kernel of size {size}"), 1.0 / size ** ndim)
 
 
 def gaussian(*, sigma: float = 1.0, truncate: float = 4.0, ndim: int = 2) -> np.ndarray:
@@ -65,11 +78,12 @@ def gaussian(*, sigma: float = 1.0, truncate: float = 4.0, ndim: int = 2) -> np.
     if not (truncate > 0 and math.isfinite(truncate)):
         raise KernelError(f"gaussian truncate must be a positive number, got {truncate}")
     radius = int(truncate * sigma + 0.5)
+    _not_too_large((2 * radius + 1,) * _check_ndim(ndim), f"gaussian kernel of sigma {sigma} (truncate {truncate})")
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     profile = np.exp(-0.5 * (x / sigma) ** 2)
     profile /= profile.sum()
     kernel = profile
-    for _ in range(_check_ndim(ndim) - 1):
+    for _ in range(ndim - 1):
         kernel = np.multiply.outer(kernel, profile)
     return kernel
 
@@ -152,8 +166,9 @@ def build_kernel(spec: str | list | np.ndarray, params: dict[str, Any] | None = 
             weights = _call_builtin(BUILTINS[spec], params)
             return Kernel(spec, check_matrix(weights, what=f"kernel {spec!r}"), params)
         if spec.lower().endswith(KERNEL_FILE_SUFFIXES):
+            weights = load_kernel_file(spec)  # a missing file is the first thing to say
             _no_params(spec, params)
-            return Kernel(spec, load_kernel_file(spec), {})
+            return Kernel(spec, weights, {})
         raise KernelError(_unknown_name_message(spec))
     _no_params("an inline matrix", params)
     return Kernel("inline", check_matrix(spec, what="inline kernel"), {})
@@ -192,14 +207,14 @@ def _call_builtin(builtin: BuiltinKernel, params: dict[str, Any]) -> np.ndarray:
 
 def check_matrix(matrix: Any, *, what: str) -> np.ndarray:
     """Turn a nested list or array into a finite float64 kernel of 1 to 3 dimensions."""
-    if not isinstance(matrix, np.ndarray) and not all(_is_number(v) for v in _leaves(matrix)):
-        raise KernelError(f"{what} must be a rectangular matrix of numbers; it holds a non-number")
+    if isinstance(matrix, np.ndarray):
+        _not_too_large(matrix.shape, what)
+    else:
+        _check_nested(matrix, what)
     try:
         weights = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise KernelError(
-            f"{what} must be a rectangular matrix of numbers (rows of equal length)"
-        ) from None
+    except OverflowError:
+        raise KernelError(f"{what} holds an integer too large for a float") from None
     if weights.ndim == 0 or weights.size == 0:
         raise KernelError(f"{what} is empty; give at least one number")
     if weights.ndim > MAX_KERNEL_NDIM:
@@ -209,12 +224,28 @@ def check_matrix(matrix: Any, *, what: str) -> np.ndarray:
     return weights
 
 
-def _leaves(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _leaves(item)
-    else:
-        yield value
+def _check_nested(matrix: Any, what: str) -> None:
+    """Nested lists that numpy can turn into a kernel: checked level by level (never recursing), the
+    shape (from the first items) before any value, so that numpy never builds a huge or ragged array."""
+    shape, first, seen = [], matrix, set()
+    while isinstance(first, (list, tuple)) and id(first) not in seen:
+        seen.add(id(first))
+        shape.append(len(first))
+        first = first[0] if first else None
+    if len(shape) > MAX_KERNEL_NDIM:
+        raise KernelError(f"{what} has {len(shape)} dimensions; at most {MAX_KERNEL_NDIM} are supported")
+    _not_too_large(tuple(shape), what)
+    ragged = KernelError(f"{what} must be a rectangular matrix of numbers (rows of equal length)")
+    rows = [matrix]
+    for length in shape:
+        if any(not isinstance(row, (list, tuple)) or len(row) != length for row in rows):
+            raise ragged
+        rows = [item for row in rows for item in row]
+    for value in rows:
+        if not _is_number(value):
+            raise ragged if isinstance(value, (list, tuple)) else KernelError(
+                f"{what} must be a rectangular matrix of numbers; it holds a non-number ({value!r})"
+            )
 
 
 def _is_number(value: Any) -> bool:
@@ -225,24 +256,35 @@ def load_kernel_file(path: str) -> np.ndarray:
     """Read a kernel from .npy (no pickles), .csv (comma separated) or .txt (whitespace separated)."""
     file = Path(path)
     if not file.is_file():
-        raise KernelError(f"kernel file {path!r} does not exist")
-    try:
-        if file.suffix.lower() == ".npy":
-            data = np.load(file, allow_pickle=False)
-        else:
-            delimiter = "," if file.suffix.lower() == ".csv" else None
-            data = np.loadtxt(file, delimiter=delimiter, ndmin=1, dtype=np.float64)
-    except (ValueError, OSError):
-        raise KernelError(f"kernel file {path!r} cannot be read: {_unreadable_reason(file)}") from None
+        against = "" if file.is_absolute() else f" (resolved against {Path.cwd()})"
+        raise KernelError(f"kernel file {path!r} does not exist{against}")
+    if file.suffix.lower() == ".npy":
+        data = _read_npy(file, path)
+    else:
+        try:
+            data = np.loadtxt(file, delimiter="," if file.suffix.lower() == ".csv" else None, ndmin=1, dtype=np.float64)
+        except (ValueError, OSError):
+            raise KernelError(f"kernel file {path!r} cannot be read: not a numeric matrix") from None
     if np.iscomplexobj(data) or data.dtype.kind not in "uif":
         raise KernelError(f"kernel file {path!r} holds {data.dtype} values; a kernel needs real numbers")
     return check_matrix(data, what=f"kernel file {path!r}")
 
 
-def _unreadable_reason(file: Path) -> str:
-    if file.suffix.lower() != ".npy":
-        return "not a numeric matrix"
+def _read_npy(file: Path, path: str) -> np.ndarray:
+    """A .npy array, its header read first: its size is checked before its data is read."""
+    npy = np.lib.format
     with file.open("rb") as handle:
-        is_npy = handle.read(6) == b"\x93NUMPY"
-    # np.load calls every non-.npy file a pickle: tell the two apart.
-    return "it holds Python objects, which need pickle (refused)" if is_npy else "not a .npy file (use np.save)"
+        try:
+            version = npy.read_magic(handle)
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+        except ValueError:
+            raise KernelError(f"kernel file {path!r} cannot be read: not a .npy file (use np.save)") from None
+        if dtype.hasobject:
+            raise KernelError(f"kernel file {path!r} cannot be read: it holds Python objects, which need pickle (refused)")
+        _not_too_large(shape, f"kernel file {path!r}")
+        handle.seek(0)
+        try:
+            return npy.read_array(handle, allow_pickle=False)
+        except (ValueError, OSError):
+            raise KernelError(f"kernel file {path!r} cannot be read: it holds fewer values than its header declares") from None
