@@ -29,6 +29,7 @@ from pipeline.errors import ConfigError
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 
+_TYPED_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Placeholders of private-use characters: printable for YAML, with no reason to be in a job file, and
 # without a newline (so lines keep their numbers).
@@ -101,9 +102,10 @@ class _Expansion:
     nests, which the loader bounded.
     """
 
-    def __init__(self, source: str, references: list[str]) -> None:
+    def __init__(self, source: str, references: list[str], resolve: Any = None) -> None:
         self.source = source
         self.references = references
+        self.resolve = resolve  # the loader's tag resolver
         self.measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
         self.open: set[int] = set()
 
@@ -117,7 +119,14 @@ class _Expansion:
                     reference = self.references[int(match.group(1))]
                     return expand_environment(reference, where=_where(self.source, path, line)) if expand else reference
 
+                whole = expand and node.style is None and _PLACEHOLDER.fullmatch(node.value) is not None
                 node.value = _PLACEHOLDER.sub(reveal, node.value)
+                if whole and self.resolve is not None:
+                    # an unquoted value that is one ${VAR} takes the variable's number or boolean
+                    # (workers: ${N}); it never becomes a mapping, a list or several values
+                    tag = self.resolve(yaml.ScalarNode, node.value, (True, False))
+                    if tag in _TYPED_TAGS:
+                        node.tag = tag
             return 1, 1
         self.open.add(id(node))
         count, depth = 1, 0
@@ -189,7 +198,7 @@ def parse_yaml(text: str, *, source: str, environment: bool = False) -> Any:
         root = loader.get_single_node()
         if root is None:
             return None
-        _Expansion(source, references).measure(root, [], 0)
+        _Expansion(source, references, loader.resolve).measure(root, [], 0)
         return loader.construct_document(root)
     finally:
         loader.dispose()

@@ -125,8 +125,19 @@ def test_a_value_with_a_newline_injects_no_key(write_config, monkeypatch):
 def test_a_substituted_value_stays_the_string_given(write_config, monkeypatch):
     monkeypatch.setenv("V", "[1, 2]")
     monkeypatch.setenv("B", "true")
-    raw = read_yaml(write_config("a: ${V}\nb: ${B}\nc: 'pre-${B}-post'\nd: [${B}, 3]\n"))
-    assert raw == {"a": "[1, 2]", "b": "true", "c": "pre-true-post", "d": ["true", 3]}
+    monkeypatch.setenv("N", "4")
+    raw = read_yaml(write_config("a: ${V}\nb: ${B}\nc: 'pre-${B}-post'\nd: [${B}, 3]\ne: ${N}\nf: '${N}'\ng: ${N}x\n"))
+    # an unquoted ${VAR} alone takes the variable's number or boolean, never a list or mapping
+    assert raw == {"a": "[1, 2]", "b": True, "c": "pre-true-post", "d": [True, 3], "e": 4, "f": "4", "g": "4x"}
+
+
+def test_numbers_come_from_the_environment(write_config, monkeypatch):
+    monkeypatch.setenv("WORKERS", "3")
+    monkeypatch.setenv("SIGMA", "2.5e0")
+    cfg = load_config(write_config(job_text(extra="execution:\n  workers: ${WORKERS}\n")))
+    assert cfg.execution.workers == 3
+    raw = read_yaml(write_config("sigma: ${SIGMA}\n"))
+    assert raw == {"sigma": 2.5}
 
 
 def test_keys_are_not_substituted(write_config, monkeypatch):
