@@ -16,7 +16,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from pipeline.budget import BlockBudget, worker_budget
+from pipeline.budget import BlockBudget, whole_image_budget, worker_budget
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
@@ -218,10 +218,12 @@ def build_plan(
     dtype = compute_dtype(config)
     # normalize rescales each image as a whole (all channels together, keeping colour balance)
     steps = tuple(build_steps(config.steps, image_axes=1))
+    workers = planned_workers(config)
     budget = BlockBudget(
-        bytes=worker_budget(config.execution.memory_budget, planned_workers(config)),
+        bytes=worker_budget(config.execution.memory_budget, workers),
         itemsize=np.dtype(dtype).itemsize,
         halo=leading_reach(steps),
+        whole=whole_image_budget(config.execution.memory_budget, workers, resumed=recorded_read is not None),
     )
     spec = _probe_first_readable(config, sources, budget, recorded_read)
     source_shapes: tuple[tuple[int, ...], ...] = ()

@@ -209,3 +209,96 @@ def test_a_full_disk_leaves_a_resumable_store(images, job, store, run_cli, monke
         pixels = iio.imread(source).astype(np.float64)
         gray = pixels if pixels.ndim == 2 else pixels[..., :3] @ [0.299, 0.587, 0.114]
         np.testing.assert_allclose(stored[index], ndimage.convolve(gray, EDGE, mode="reflect"), rtol=1e-5, atol=2e-3)
+
+
+def _png_declaring(path: Path, width: int, height: int) -> Path:
+    """A valid 8-bit gray PNG header declaring ``width`` x ``height``, with only four rows of (zero) data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress((b"\x00" + bytes(width)) * 4, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def _capped_cli(*args, cwd: Path, address_space: int):
+    """``python -m pipeline …`` in a process that may map at most ``address_space`` bytes, as click's Result."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    import pipeline
+
+    env = {**os.environ, "PYTHONPATH": str(Path(pipeline.__file__).resolve().parents[1])}  # the code under test
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=env, preexec_fn=cap,
+        capture_output=True, text=True, timeout=300,
+    )
+    return SimpleNamespace(
+        exit_code=done.returncode, stdout=done.stdout, stderr=done.stderr, output=done.stdout + done.stderr,
+        exception=None,
+    )
+
+
+def test_an_image_too_large_for_memory_is_refused_from_its_header(tmp_path, job):
+    """A 200-byte PNG declaring 30000² pixels (below input.max_pixels): refused before the decoder allocates it."""
+    bomb = _png_declaring(tmp_path / "huge.png", 30000, 30000)
+    assert bomb.stat().st_size < 1000
+    result = _capped_cli("run", job(paths=bomb), cwd=tmp_path, address_space=2 << 30)
+    message = assert_error(result, 3, repr(str(bomb)), "declares 30000x30000 pixels", "more than a worker can hold")
+    needed = 30000 * 30000 * 4 * 4  # four float32 copies: the working set of a block (budget.working_set)
+    assert f"≈ {needed / 2**30:.1f} GiB to decode and convert" in message
+    assert "raise execution.memory_budget, use fewer workers, or read it by tiles (TIFF only)" in message
+
+
+def test_a_later_image_beyond_the_budget_is_refused_by_its_own_task(images, job, store, run_cli):
+    """The first image fits; the header of each later one is checked too, before its task decodes it."""
+    iio.imwrite(images / "img20.png", np.zeros((1000, 1000), np.uint8))  # 16 MB to decode and work on
+    config = job(paths=images)
+    extra = ("--set", "execution.memory_budget=8MiB")
+    message = assert_error(run_cli("run", config, *extra), 3, "img20.png", "declares 1000x1000 pixels")
+    assert "≈ 15 MiB to decode and convert" in message and "(≈ 8 MiB: execution.memory_budget / workers)" in message
+    assert read_store(store)[1]["status"] == "failed"
+
+
+def test_a_tiff_read_by_tiles_is_not_refused_but_read_whole_it_is(tmp_path, job, store, run_cli):
+    import tifffile
+
+    pixels = np.random.default_rng(3).integers(0, 4096, size=(1000, 1000), dtype=np.uint16)
+    path = tmp_path / "large.tif"
+    tifffile.imwrite(path, pixels, tile=(256, 256))
+    budget = ("--set", "execution.memory_budget=8MiB")  # a whole image needs 16 MB, a 256² tile far less
+    assert_ok(run_cli("run", job(paths=path), *budget))
+    np.testing.assert_allclose(
+        read_store(store)[0][0], ndimage.convolve(pixels.astype(np.float64), EDGE, mode="reflect"), rtol=1e-5, atol=1e-2
+    )
+    whole = job(paths=path, input_extra={"tile": "whole"})
+    assert_error(run_cli("run", whole, *budget, "--overwrite"), 3, "declares 1000x1000 pixels", "read it by tiles")
+    # A budget just large enough for the image: tile: auto reads it whole, and the check agrees.
+    exactly = ("--set", f"execution.memory_budget={1000 * 1000 * 4 * 4}")
+    assert_ok(run_cli("run", job(paths=path), *exactly, "--overwrite"))
+    assert zarr.open_group(str(store), mode="r")["0"].chunks == (1, 1000, 1000)
+
+
+def test_a_decode_task_never_opens_a_named_pipe(tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    from pipeline.errors import InputError
+    from pipeline.sources.decode import decode
+
+    pipe = tmp_path / "img.png"
+    os.mkfifo(pipe)
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: pytest.fail("opened a named pipe"))
+    for limit in (None, 1000):
+        with pytest.raises(InputError, match=r"image '.*img.png' is not a regular file \(a named pipe\)"):
+            decode(str(pipe), max_pixels=limit)

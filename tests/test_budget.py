@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from pipeline import budget as budgets
 from pipeline.budget import (
     AUTO_PER_WORKER,
     MIB,
     WORKING_COPIES,
     BlockBudget,
+    ImageBudget,
+    available_memory,
+    format_size,
     parse_size,
     slab_depth,
     tile_shape,
+    whole_image_budget,
     worker_budget,
     working_set,
 )
+
+GIB = 1024 * MIB
 
 
 @pytest.mark.parametrize(
@@ -88,3 +97,60 @@ def test_the_halo_of_the_last_axes() -> None:
 
 def test_the_working_set_counts_the_halo_once() -> None:
     assert working_set(100, 144, 4) == (144 + (WORKING_COPIES - 1) * 100) * 4
+
+
+@pytest.mark.parametrize("setting, workers, limit", [("1GiB", 4, 256 * MIB), ("1GiB", 1, GIB), ("6GiB", 3, 2 * GIB)])
+def test_a_whole_image_may_take_the_workers_share_of_a_given_budget(setting, workers, limit) -> None:
+    assert whole_image_budget(setting, workers) == limit
+
+
+@pytest.mark.parametrize("workers, limit", [(1, 8 * GIB), (8, GIB), (1000, AUTO_PER_WORKER)])
+def test_auto_gives_whole_images_half_the_memory_over_the_workers(workers, limit, monkeypatch) -> None:
+    monkeypatch.setattr(budgets, "available_memory", lambda: 16 * GIB)
+    assert whole_image_budget("auto", workers) == limit
+
+
+def test_a_resumed_store_is_held_to_no_less_than_auto(monkeypatch) -> None:
+    """It reads its images as it was created to: a smaller budget cannot refuse them, a larger one counts."""
+    monkeypatch.setattr(budgets, "available_memory", lambda: 16 * GIB)
+    assert whole_image_budget("200kB", 8, resumed=True) == GIB
+    assert whole_image_budget("64GiB", 8, resumed=True) == 8 * GIB
+
+
+def test_auto_passes_a_50_megapixel_photo_on_a_laptop(monkeypatch) -> None:
+    """16 GiB and 8 workers: a 50 MP photo, worked on as gray in float32, fits; 30000² pixels do not."""
+    monkeypatch.setattr(budgets, "available_memory", lambda: 16 * GIB)
+    gray = BlockBudget(whole=whole_image_budget("auto", 8), itemsize=4).whole_image((5774, 8660))
+    assert gray.needs(8660 * 5774) <= gray.bytes < gray.needs(30000 * 30000)
+
+
+def test_a_whole_image_needs_what_a_tile_of_its_size_would() -> None:
+    """The working set of a block without halo, in the compute dtype, of the channels worked on."""
+    assert ImageBudget(1, pixel_bytes=12).needs(100) == working_set(100, 100, 12) == 100 * 12 * WORKING_COPIES
+    assert BlockBudget(whole=5 * MIB, itemsize=8).whole_image((3, 40, 50)) == ImageBudget(5 * MIB, 24)
+    assert BlockBudget(whole=5 * MIB, itemsize=4).whole_image((40, 50)) == ImageBudget(5 * MIB, 4)
+    assert BlockBudget().whole_image((40, 50)) is None  # not checked unless a plan says how much
+
+
+def test_available_memory_is_the_least_of_ram_cgroups_and_the_address_space_limit(tmp_path, monkeypatch) -> None:
+    import resource
+
+    physical = available_memory()
+    monkeypatch.setattr(budgets, "PROC_CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(budgets, "CGROUP_ROOT", tmp_path / "fs")
+    (tmp_path / "cgroup").write_text("4:memory:/batch/job_7\n1:cpu,cpuacct:/batch\n0::/job_7/step_0\n")
+    for where, name, text in [
+        ("job_7", "memory.max", f"{physical // 4}\n"),  # v2: the job's limit holds for its steps
+        ("job_7/step_0", "memory.max", "max\n"),
+        ("memory/batch", "memory.limit_in_bytes", f"{physical // 2}\n"),  # v1
+    ]:
+        (tmp_path / "fs" / where).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / where / name).write_text(text)
+    assert available_memory() == physical // 4
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (physical // 8, resource.RLIM_INFINITY))
+    assert available_memory() == physical // 8
+
+
+@pytest.mark.parametrize("size, text", [(96 * MIB, "96 MiB"), (GIB, "1.0 GiB"), (int(15.1 * GIB), "15.1 GiB")])
+def test_sizes_in_messages(size, text) -> None:
+    assert format_size(size) == text

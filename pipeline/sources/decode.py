@@ -2,36 +2,95 @@
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import cv2
 import imageio.v3 as iio
 import numpy as np
+import tifffile
+from PIL import Image
 
+from pipeline.budget import ImageBudget, format_size
 from pipeline.errors import InputError
-from pipeline.sources.frames import frame_pixels, read_frame, split_source
-from pipeline.sources.listing import IMAGE_SUFFIXES
-from pipeline.storage import is_remote, read_bytes
+from pipeline.sources.frames import TIFF_SUFFIXES, read_frame, split_source
+from pipeline.sources.listing import FILE, IMAGE_SUFFIXES, kind_of
+from pipeline.storage import is_remote, opened, read_bytes
 
 OPENCV_SUFFIXES = (".jpg", ".jpeg")
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What a header says an image holds: its first frame's size, and every frame's pixels."""
+
+    width: int
+    height: int
+    frames: int
+    pixels: int  # of all the frames counted
+
+    def __str__(self) -> str:
+        size = f"{self.width}x{self.height} pixels"
+        return size if self.frames == 1 else f"{self.frames} frames of {size}"
+
+
 def check_size(
-    source: str, max_pixels: int, storage_options: Mapping[str, Any] | None = None, *, data: bytes | None = None
+    source: str,
+    max_pixels: int,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    data: bytes | None = None,
+    budget: ImageBudget | None = None,
 ) -> None:
     """Refuse a decompression bomb (a small file declaring a huge image) before decoding it.
 
-    A whole file counts (all its pages), or one frame when only that frame is read.
+    A whole file counts (all its pages), or one frame when only that frame is read. With
+    ``budget`` (the image is read whole) it must also fit what one worker may hold.
     """
     path, frame = split_source(source)
-    declared = frame_pixels(path, frame, storage_options, data=data)
-    if declared > max_pixels:
+    declared = _declared(path, frame, storage_options, data=data)
+    if declared.pixels > max_pixels:
         raise InputError(
-            f"image {path!r} declares {declared:,} pixels, above input.max_pixels = {max_pixels:,}; "
+            f"image {path!r} declares {declared.pixels:,} pixels, above input.max_pixels = {max_pixels:,}; "
             f"raise the limit if the file is trusted",
             path,
         )
+    if budget is not None:
+        _check_memory(path, declared, budget)
+
+
+def _check_memory(path: str, declared: Declared, budget: ImageBudget) -> None:
+    needed = budget.needs(declared.pixels)
+    if needed > budget.bytes:
+        raise InputError(
+            f"image {path!r} declares {declared} (≈ {format_size(needed)} to decode and convert), more than a "
+            f"worker can hold (≈ {format_size(budget.bytes)}: execution.memory_budget / workers); raise "
+            f"execution.memory_budget, use fewer workers, or read it by tiles (TIFF only)",
+            path,
+        )
+
+
+def _declared(
+    path: str, frame: int | None, storage_options: Mapping[str, Any] | None = None, *, data: bytes | None = None
+) -> Declared:
+    """One frame (``frame``) or the whole file, from the header.
+
+    ``data``: the file's bytes, when a remote file has already been fetched whole.
+    """
+    try:
+        with opened(path, storage_options) if data is None else io.BytesIO(data) as source:
+            if path.lower().endswith(TIFF_SUFFIXES):
+                with tifffile.TiffFile(source) as tiff:
+                    pages = tiff.pages if frame is None else [tiff.pages[frame]]
+                    pixels = sum(page.imagewidth * page.imagelength for page in pages)
+                    return Declared(pages[0].imagewidth, pages[0].imagelength, len(pages), pixels)
+            with Image.open(source) as image:
+                frames = getattr(image, "n_frames", 1) if frame is None else 1
+                return Declared(image.width, image.height, frames, image.width * image.height * frames)
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
 
 
 def image_suffix(path: str) -> str | None:
@@ -41,25 +100,32 @@ def image_suffix(path: str) -> str | None:
 
 
 def decode(
-    source: str, *, max_pixels: int | None = None, storage_options: Mapping[str, Any] | None = None
+    source: str,
+    *,
+    max_pixels: int | None = None,
+    budget: ImageBudget | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Pixels of one file, channels last, and whether their colour order is BGR (OpenCV's).
 
     JPEG goes through OpenCV: the same libjpeg-turbo pixels as Pillow's, about 40% faster, and
     CMYK files come out as colour. Everything else, and the message for an unreadable JPEG,
-    comes from imageio. With ``max_pixels`` the header is checked first. A remote file is
+    comes from imageio. With ``max_pixels`` the header is checked first (and against ``budget``,
+    what one task may hold); only regular local files are opened. A remote file is
     fetched whole in one request and decoded from its bytes the same way. ``source`` is a file or
     one frame of one (``stack.tif#3``).
     """
     path, frame = split_source(source)
+    if not is_remote(path):
+        _refuse_special(path)
     if frame is not None:
         if max_pixels is not None:
-            check_size(source, max_pixels, storage_options)
+            check_size(source, max_pixels, storage_options, budget=budget)
         return read_frame(path, frame, storage_options), False
     if is_remote(path):
-        return _decode_bytes(path, _fetch(path, storage_options), max_pixels)
+        return _decode_bytes(path, _fetch(path, storage_options), max_pixels, budget)
     if max_pixels is not None:
-        check_size(path, max_pixels)
+        check_size(path, max_pixels, budget=budget)
     if path.lower().endswith(OPENCV_SUFFIXES) and _ends_like_jpeg(path):
         pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # UNCHANGED: no EXIF rotation, as imageio
         if pixels is not None:
@@ -71,6 +137,16 @@ def decode(
     return _one_frame(path, pixels), False
 
 
+def _refuse_special(path: str) -> None:
+    """Open regular files only: reading a named pipe (even one's header) would wait for a writer forever."""
+    try:
+        kind = kind_of(os.stat(path).st_mode)
+    except OSError as exc:
+        raise InputError.unreadable(path, exc) from None
+    if kind != FILE:
+        raise InputError(f"image {path!r} is not a regular file ({kind}); list image files only", path)
+
+
 def _fetch(path: str, storage_options: Mapping[str, Any] | None) -> bytes:
     try:
         return read_bytes(path, storage_options)
@@ -78,9 +154,11 @@ def _fetch(path: str, storage_options: Mapping[str, Any] | None) -> bytes:
         raise InputError.unreadable(path, exc) from None
 
 
-def _decode_bytes(path: str, data: bytes, max_pixels: int | None) -> tuple[np.ndarray, bool]:
+def _decode_bytes(
+    path: str, data: bytes, max_pixels: int | None, budget: ImageBudget | None
+) -> tuple[np.ndarray, bool]:
     if max_pixels is not None:
-        check_size(path, max_pixels, data=data)
+        check_size(path, max_pixels, data=data, budget=budget)
     if path.lower().endswith(OPENCV_SUFFIXES) and data[-2:] == b"\xff\xd9":
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if pixels is not None:

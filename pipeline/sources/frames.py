@@ -87,20 +87,3 @@ def read_frame(path: str, frame: int, storage_options: Options = None) -> np.nda
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 
-
-def frame_pixels(path: str, frame: int | None, storage_options: Options = None, *, data: bytes | None = None) -> int:
-    """Pixels of one frame (``frame``) or of the whole file, from the header: the bomb check's count.
-
-    ``data``: the file's bytes, when a remote file has already been fetched whole.
-    """
-    try:
-        with opened(path, storage_options) if data is None else io.BytesIO(data) as source:
-            if path.lower().endswith(TIFF_SUFFIXES):
-                with tifffile.TiffFile(source) as tiff:
-                    pages = tiff.pages if frame is None else [tiff.pages[frame]]
-                    return sum(int(np.prod(page.shape[:2])) for page in pages)
-            with Image.open(source) as image:
-                frames = getattr(image, "n_frames", 1) if frame is None else 1
-                return image.size[0] * image.size[1] * frames
-    except Exception as exc:
-        raise InputError.unreadable(path, exc) from None

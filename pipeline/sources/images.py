@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pipeline.budget import BlockBudget, slab_depth
+from pipeline.budget import BlockBudget, ImageBudget, slab_depth
 from pipeline.errors import InputError, ShapeMismatch
 from pipeline.pixels import Color, Scale, channels_after, check_depth, convert_pixels
 from pipeline.sources.decode import check_size, decode, image_suffix
@@ -55,6 +55,7 @@ class ImageSpec:
     color: Color
     reference: str
     max_pixels: int = DEFAULT_MAX_PIXELS
+    budget: ImageBudget | None = None  # what a task may hold to decode an image whole (checked from its header)
     raw_shape: tuple[int, ...] = ()  # as stored in the file: (y, x[, c]), or (z, y, x[, c]) for volumes
     tile: tuple[int, int] | None = None  # read by (y, x) tiles (huge TIFFs), or whole
     volume: bool = False  # each file a (z, y, x) stack, read by slabs of ``slab`` slices
@@ -131,19 +132,21 @@ def probe(
         )
     file, frame = split_source(path)
     frames = frame_count(file, options)
-    # Each frame is one image, read on its own: the pixel limit applies to one frame.
-    check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels, options)
     raw, stored = declared_header(path, options)
     shape = _converted_shape(path, raw, color)
     if recorded_tile != "unset":
         chosen = None if recorded_tile is None else (int(recorded_tile[0]), int(recorded_tile[1]))
     else:
         chosen = choose_tile(path, tile, shape, budget=budget)
+    # Each frame is one image, read on its own: the limits apply to one frame (and memory to whole reads).
+    decoding = budget.whole_image(shape) if chosen is None else None
+    check_size(path if frames == 1 or frame is not None else f"{file}#0", max_pixels, options, budget=decoding)
     return ImageSpec(
         shape=shape,
         color=color,
         reference=file,
         max_pixels=max_pixels,
+        budget=decoding,
         raw_shape=raw,
         tile=chosen,
         storage_options=options,
@@ -193,6 +196,7 @@ def stack_images(
         reference=spec.reference,
         out_dtype=dtype,
         max_pixels=spec.max_pixels,
+        budget=spec.budget,
         pad_value=spec.pad_value,
         storage_options=dict(spec.storage_options),
         frames=spec.frames,
@@ -264,6 +268,7 @@ def read_image(
     color: Color = "gray",
     dtype: str = "float32",
     max_pixels: int | None = None,
+    budget: ImageBudget | None = None,
     storage_options: Mapping[str, Any] | None = None,
     frames: int | None = None,
     reference: str = "",
@@ -282,7 +287,7 @@ def read_image(
     if frames is not None and not frame:
         check_frames(file, frames, reference, storage_options)
     try:
-        pixels, bgr = decode(source, max_pixels=max_pixels, storage_options=storage_options)
+        pixels, bgr = decode(source, max_pixels=max_pixels, budget=budget, storage_options=storage_options)
     except InputError:
         if frames is not None and frame:
             check_frames(file, frames, reference, storage_options)
@@ -300,6 +305,7 @@ def _read_block(
     reference: str,
     out_dtype: str,
     max_pixels: int,
+    budget: ImageBudget | None,
     pad_value: float | None,
     storage_options: dict[str, Any],
     frames: int,
@@ -308,7 +314,7 @@ def _read_block(
 ) -> np.ndarray:
     path = names.item()
     image = read_image(
-        path, color=color, dtype=out_dtype, max_pixels=max_pixels, storage_options=storage_options,
+        path, color=color, dtype=out_dtype, max_pixels=max_pixels, budget=budget, storage_options=storage_options,
         frames=frames, reference=reference, depth=depth, scale=scale,
     )
     if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
