@@ -110,7 +110,7 @@ def plan_convolution(
         # from dask's periodic halo: any rule will do, so pick the one every engine has.
         edge_mode, cval = "reflect", 0.0
     engine = choose_engine(dtype, kernel, edge_mode)
-    plan = plan_kernel(kernel, origin, engine=engine, strategy=convolution.strategy)
+    plan = plan_kernel(kernel, origin, engine=engine, dtype=dtype, strategy=convolution.strategy)
     return PlannedConvolution(convolution, plan, edge_mode, cval)
 
 
@@ -261,7 +261,7 @@ def _overlap_chain(array: da.Array, group: list[PlannedConvolution], *, haloed: 
     if whole:
         array = array.rechunk(whole)
         if wrap:  # no periodic halo along a whole axis: blocks must wrap by themselves
-            group = [_with_edge(planned, "wrap") for planned in group]
+            group = [_with_edge(planned, "wrap", array.dtype) for planned in group]
     options = dict(
         dtype=array.dtype,
         meta=np.empty((0,) * array.ndim, dtype=array.dtype),
@@ -278,9 +278,9 @@ def _overlap_chain(array: da.Array, group: list[PlannedConvolution], *, haloed: 
     return array.map_overlap(_correlate_chain, depth=depth, boundary="periodic" if wrap else "none", **options)
 
 
-def _with_edge(planned: PlannedConvolution, edge_mode: str) -> PlannedConvolution:
+def _with_edge(planned: PlannedConvolution, edge_mode: str, dtype: np.dtype) -> PlannedConvolution:
     plan = planned.plan  # OpenCV has no wrap border: scipy computes these blocks
-    replanned = plan_kernel(plan.weights, plan.origin, engine="scipy", strategy=planned.convolution.strategy)
+    replanned = plan_kernel(plan.weights, plan.origin, engine="scipy", dtype=dtype, strategy=planned.convolution.strategy)
     return PlannedConvolution(planned.convolution, replanned, edge_mode, planned.cval)
 
 
