@@ -15,26 +15,28 @@ OpenCV only correlates and names its borders differently; the table below maps s
 ``constant`` with a non-zero ``cval`` pads the block with ``cval`` explicitly (a separable pass
 would otherwise treat the cval as a sample of the previous pass) and crops the result.
 
-What is byte-reproducible. A job's tiles, slabs and chunks follow the memory budget, so a sample
-must not depend on the block it was computed in. ``direct`` and ``separable`` give the same bytes
-whatever the block's size and position (tested byte for byte against the whole image), so a job
-writes the same store on a laptop and on a node with more memory, with any scheduler:
+What is byte-reproducible. A job's tiles, slabs and chunks follow ``input.tile`` and the memory
+budget, so a sample must not depend on the block it was computed in. ``direct`` and ``separable``
+give the same bytes whatever the block's size and position (tested byte for byte against the whole
+image), so a job writes the same store with any tiling, budget or scheduler:
 
 * each sample is a sum over the kernel's taps in a fixed order, and the plan depends on the kernel,
-  the engine and the dtype only, never on the block (a block narrower than the kernel's reach goes
-  to scipy, but a chunk read with its halo is always wider: only an image smaller than the kernel,
-  whatever its tiling, does);
+  the engine and the dtype only, never on the block. A block that a kernel reaches past goes to
+  scipy, but a chunk read with its halo never is one: only an axis shorter than the kernel's reach,
+  however it is chunked;
 * OpenCV filters a row in SIMD vectors and its last ``width % lanes`` columns in a scalar loop that
   rounds differently: those columns are computed again in a strip that ends on whole vectors
-  (``_refilter_tail``);
+  (``opencv_filters.refilter_tail``);
 * OpenCV's ``filter2D`` turns into a DFT from ``opencv_dft_taps`` taps on: the cost model knows it,
-  so a plan that says direct (opencv) has fewer taps;
+  so a plan that says direct (opencv) has fewer taps (a forced ``direct`` with more runs on scipy);
 * OpenCV's ``boxFilter`` is not used: its running sums start at the block's first row and column,
-  so where they round (always in float64) a sample depends on where its block starts.
+  so where they round (in float64 always, in float32 over a wide range of values) a sample would
+  depend on where its block starts. A constant kernel is a rank-1 ``sepFilter2D``.
 
-``fft`` is not reproducible: the transform's size follows the block's, and so do the roundings
-(to a few ulp). ``KernelPlan.reproducible`` says which a plan is. Results are reproducible on one
-machine and OpenCV build; another instruction set (AVX2, AVX-512, NEON) may round differently.
+``fft`` is not reproducible (``KernelPlan.reproducible``): the transform's size follows the block's,
+and so do its roundings, by a few ulp (OpenCV transforms float32 blocks in float64, which hides it
+nearly always). Bytes are those of one machine and OpenCV build: another instruction set (AVX2,
+AVX-512, NEON) or library version may round differently.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pipeline.steps.opencv_filters import CV_BORDERS, CV_DTYPES, PlaneFilter, filter_along, opencv_dft_taps, refilter_tail
+from pipeline.steps.opencv_filters import (
+    CV_BORDERS, CV_DTYPES, PlaneFilter, filter_along, opencv_dft_taps, refilter_tail,
+)
 
 Strategy = Literal["direct", "separable", "fft"]
 STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")
@@ -56,7 +60,7 @@ RANK_TOLERANCE = 1e-9
 Engine = Literal["opencv", "scipy"]
 # Costs in "direct taps" of each engine, measured with one thread on float32 blocks.
 # OpenCV, 2048x2048: ≈ 0.25 ms per tap direct or separable (filter2D 3x3 ≈ 2.7 ms, sepFilter2D
-# 15+15 taps ≈ 7.6 ms), its DFT path ≈ 45 ms whatever the size → 180 taps.
+# 15+15 taps ≈ 7.6 ms), its DFT path (from opencv_dft_taps on) ≈ 45 ms whatever the size → 180 taps.
 # scipy, 64x256x256: ndimage.correlate ≈ 2.5 ms per tap; correlate1d ≈ 1.5 ms per tap plus ≈ 20 ms
 # per pass → 8 taps of overhead per axis; oaconvolve ≈ 250 ms → 100 taps.
 FFT_COST_IN_TAPS: dict[str, float] = {"opencv": 180.0, "scipy": 100.0}
@@ -160,12 +164,15 @@ def plan_kernel(
 
     The choice depends on the kernel, the engine and the blocks' ``dtype``, never on a block's size.
     ``auto`` weighs only what ``engine`` computes itself: where OpenCV cannot (filter2D is a DFT from
-    ``opencv_dft_taps`` on, and direct below), scipy's way is always dearer than another OpenCV
-    strategy. A forced strategy that OpenCV cannot honour runs on scipy, and the plan says so.
+    ``opencv_dft_taps`` on, and direct below), scipy's way is dearer than another OpenCV strategy
+    (2048² float32: ``ndimage.correlate`` 70 ms for 5x5, filter2D 4 ms; ``oaconvolve`` 280 ms, more
+    than 129 direct taps). A forced strategy that OpenCV cannot honour runs on scipy, as the plan says.
     """
     factors = separate(weights) or ()
     engines = {name: _engine_for(name, weights, engine, dtype) for name in STRATEGIES}
-    applicable = [name for name in STRATEGIES if (name != "separable" or factors) and (name != "fft" or weights.size > 1)]
+    applicable = [
+        name for name in STRATEGIES if (name != "separable" or factors) and (name != "fft" or weights.size > 1)
+    ]
     if strategy == "auto":
         own = [name for name in applicable if engines[name] == engine]
         chosen = min(own, key=lambda name: _cost(name, weights, len(factors), engine))
