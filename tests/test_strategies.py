@@ -260,3 +260,19 @@ def test_fft_agrees_to_a_few_ulp_and_says_it_is_not_reproducible(weights, dtype)
     for width in range(70, 130, 7):
         got = correlate_block(np.ascontiguousarray(image[:, 40 : 40 + width]), plan, edge_mode="reflect", cval=0.0)
         np.testing.assert_allclose(got[:, reach:-reach], whole[:, 40 + reach : 40 + width - reach], rtol=0, atol=16 * scale)
+
+
+@pytest.mark.parametrize("weights", [DENSE[5, 5][:3, :3], GAUSS15], ids=["direct 3x3", "separable 15x15"])
+def test_only_the_tail_of_a_row_is_copied(weights, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block of whole vectors (256 float32 = 16 of 64 bytes) is filtered in place; another one
+    copies a strip of its last columns only, not the block."""
+    import cv2
+
+    copies: list[tuple[int, ...]] = []
+    real = cv2.copyMakeBorder
+    monkeypatch.setattr(cv2, "copyMakeBorder", lambda source, *args, **kw: copies.append(source.shape) or real(source, *args, **kw))
+    plan = plan_kernel(weights, (0, 0), engine="opencv", dtype=F32)
+    for width in (256, 270):
+        correlate_block(RNG.normal(size=(64, width)).astype(np.float32), plan, edge_mode="reflect", cval=0.0)
+    (strip,) = copies  # the 270-wide block's: 14 columns past whole vectors and the kernel's reach
+    assert strip[0] == 64 and 14 < strip[1] <= 14 + weights.shape[1]
