@@ -29,12 +29,12 @@ CV_DTYPES = (np.float32, np.float64)
 # Columns per OpenCV call for passes along a leading axis: a band of a slab and its halo stays in L2
 # (8192 measured fastest on 1024² slices, 10% ahead of 16384 and 30% of 2048).
 OPENCV_COLUMNS = 1 << 13
-# OpenCV's row, column and 2-D filters run along a row in SIMD vectors and finish its last
-# `width % lanes` columns in a scalar loop that rounds differently. Measured on this build (OpenCV
-# 5.0, filters dispatched up to AVX2): comparing blocks of every width from 20 to 300 with the whole
-# image, 32 bytes (8 float32, 4 float64) is the smallest vector width after which every column
-# agrees byte for byte; 16 bytes is not (filter2D 3x3..7x7 float32). 64 bytes also covers builds
-# dispatching AVX-512, and costs nothing: only the tail is computed again.
+# Vector width for `refilter_tail`. Measured on this build (OpenCV 5.0, x86-64 with AVX-512; its
+# filters run AVX2 vectors): filtering blocks of every width from 20 to 300 and comparing with the
+# whole image (3x3, 5x5, 7x7 dense; 3- and 15-tap separable; float32 and float64), 32 bytes (8
+# float32, 4 float64) is the smallest width after which every column agrees byte for byte; 16 bytes
+# is not (float32 filter2D). 64 bytes also covers builds that dispatch AVX-512, and costs nothing
+# but a few more columns in the strip.
 LANE_BYTES = 64
 
 
