@@ -9,12 +9,14 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from helpers import assert_ok, read_store
 from pipeline.config import validate_config
 from pipeline.budget import BlockBudget
 from pipeline.errors import InputError
 from pipeline.plan import build_plan
 from pipeline.sources import tiled
 from pipeline.sources.images import probe
+from pipeline.steps.kernels import build_kernel
 
 RNG = np.random.default_rng(4)
 GAUSS = {"convolve": {"kernel": "gaussian", "params": {"sigma": 2.0}}}
@@ -190,3 +192,38 @@ def _edge() -> np.ndarray:
     from pipeline.steps.kernels import build_kernel
 
     return build_kernel("edge").weights
+
+
+DENSE_5X5 = np.random.default_rng(11).normal(size=(5, 5)).round(4)
+
+
+def test_any_tile_size_writes_the_same_bytes(tmp_path: Path, run_cli, write_config) -> None:
+    """The same job on a laptop and on a node with more memory: tiles of 256, 512, 896 (1000 rounded
+    down to file tiles) or the whole image must give the same float32 bytes. Separable (gaussian),
+    dense (OpenCV filter2D) and wrap (periodic halos at the seams) steps; widths that are not whole
+    SIMD vectors (the tiles with their halos) are where OpenCV rounded differently."""
+    pixels = RNG.integers(0, 65536, (1024, 1024), dtype=np.uint16)
+    (tmp_path / "huge").mkdir()
+    tifffile.imwrite(tmp_path / "huge" / "h.tif", pixels, tile=(128, 128))
+    gaussian = build_kernel("gaussian", {"sigma": 2.0, "truncate": 3.5}).weights  # 15 x 15
+    steps = [
+        {"convolve": {"kernel": "gaussian", "params": {"sigma": 2.0, "truncate": 3.5}}},
+        {"convolve": {"kernel": DENSE_5X5.tolist()}},
+        {"convolve": {"kernel": DENSE_5X5.tolist(), "boundary": "wrap"}},
+    ]
+    stores = {}
+    for tile in (256, 512, 1000, "whole"):
+        job = {
+            "input": {"paths": str(tmp_path / "huge"), "tile": tile},
+            "steps": steps,
+            "output": {"path": str(tmp_path / f"out-{tile}.zarr"), "dtype": "float32"},
+            "execution": {"scheduler": "threads"},
+        }
+        assert_ok(run_cli("run", write_config(job, f"job-{tile}.yaml")))
+        stores[tile], _, _ = read_store(tmp_path / f"out-{tile}.zarr")
+    expected = ndimage.convolve(ndimage.convolve(pixels.astype(np.float64), gaussian, mode="reflect"), DENSE_5X5, mode="reflect")
+    expected = ndimage.convolve(expected, DENSE_5X5, mode="wrap")
+    np.testing.assert_allclose(stores["whole"][0], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    for tile in (256, 512, 1000):
+        differing = np.argwhere(stores[tile] != stores["whole"])
+        assert differing.size == 0, f"tile {tile}: {len(differing)} values differ, e.g. at {differing[:3].tolist()}"

@@ -108,7 +108,7 @@ def plan_convolution(
         # from dask's periodic halo: any rule will do, so pick the one every engine has.
         edge_mode, cval = "reflect", 0.0
     engine = choose_engine(dtype, kernel, edge_mode)
-    plan = plan_kernel(kernel, origin, engine=engine, strategy=convolution.strategy)
+    plan = plan_kernel(kernel, origin, engine=engine, dtype=dtype, strategy=convolution.strategy)
     return PlannedConvolution(convolution, plan, edge_mode, cval)
 
 
@@ -143,14 +143,15 @@ class ConvolveStep(WindowedStep):
             planned = plan_convolution(self.convolution, ndim=ndim, spatial_ndim=spatial_ndim, dtype=np.dtype(dtype))
             if self.wraps and not periodic:
                 # no periodic halo (the axis is whole): blocks wrap by themselves; OpenCV has no wrap border
-                plan = plan_kernel(planned.plan.weights, planned.plan.origin, engine="scipy", strategy=self.convolution.strategy)
+                plan = plan_kernel(planned.plan.weights, planned.plan.origin, engine="scipy", dtype=np.dtype(dtype),
+                                   strategy=self.convolution.strategy)
                 planned = PlannedConvolution(self.convolution, plan, "wrap", self.cval)
             self._plans[key] = planned
         return self._plans[key]
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
         plan = self.planned(ndim, image.spatial_ndim, dtype, periodic=self.wraps).plan
-        return plan.describe(), getattr(plan, "reproducible", plan.strategy != "fft")
+        return plan.describe(), plan.reproducible
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
                    periodic: bool = False) -> np.ndarray:

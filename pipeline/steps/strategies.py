@@ -3,56 +3,69 @@
 Every strategy computes the same thing as ``scipy.ndimage.correlate(block, weights, mode, cval,
 origin)`` (the oracle), only faster:
 
-* ``direct`` — OpenCV ``filter2D`` for 2-D float blocks, ``scipy.ndimage.correlate`` otherwise;
+* ``direct`` — OpenCV ``filter2D`` for 2-D float blocks (one ``sepFilter2D`` pass for a kernel along
+  one axis), ``scipy.ndimage.correlate`` otherwise;
 * ``separable`` — an exact SVD rank test splits the kernel into ``r`` outer products of 1-D vectors;
   each is one 1-D pass per axis (OpenCV ``sepFilter2D`` in 2-D, ``scipy.ndimage.correlate1d`` in
-  N-D) and the ``r`` results are summed; a constant kernel (box) uses OpenCV's running-sum
-  ``boxFilter``, whose cost does not grow with the kernel;
-* ``fft`` — for large kernels that do not separate: OpenCV's DFT-based ``filter2D`` in 2-D (it
-  switches to the DFT for kernels of 11×11 and up), ``scipy.signal.oaconvolve`` (overlap-add) in N-D.
+  N-D) and the ``r`` results are summed;
+* ``fft`` — for large kernels that do not separate: OpenCV's DFT-based ``filter2D`` in 2-D,
+  ``scipy.signal.oaconvolve`` (overlap-add) in N-D.
 
 OpenCV only correlates and names its borders differently; the table below maps scipy's names.
 ``constant`` with a non-zero ``cval`` pads the block with ``cval`` explicitly (a separable pass
 would otherwise treat the cval as a sample of the previous pass) and crops the result.
+
+What is byte-reproducible. A job's tiles, slabs and chunks follow ``input.tile`` and the memory
+budget, so a sample must not depend on the block it was computed in. ``direct`` and ``separable``
+give the same bytes whatever the block's size and position (tested byte for byte against the whole
+image), so a job writes the same store with any tiling, budget or scheduler:
+
+* each sample is a sum over the kernel's taps in a fixed order, and the plan depends on the kernel,
+  the engine and the dtype only, never on the block. A block that a kernel reaches past goes to
+  scipy, but a chunk read with its halo never is one: only an axis shorter than the kernel's reach,
+  however it is chunked;
+* OpenCV filters a row in SIMD vectors and its last ``width % lanes`` columns in a scalar loop that
+  rounds differently: those columns are computed again in a strip that ends on whole vectors
+  (``opencv_filters.refilter_tail``);
+* OpenCV's ``filter2D`` turns into a DFT from ``opencv_dft_taps`` taps on: the cost model knows it,
+  so a plan that says direct (opencv) has fewer taps (a forced ``direct`` with more runs on scipy);
+* OpenCV's ``boxFilter`` is not used: its running sums start at the block's first row and column,
+  so where they round (in float64 always, in float32 over a wide range of values) a sample would
+  depend on where its block starts. A constant kernel is a rank-1 ``sepFilter2D``.
+
+``fft`` is not reproducible (``KernelPlan.reproducible``): the transform's size follows the block's,
+and so do its roundings, by a few ulp (OpenCV transforms float32 blocks in float64, which hides it
+nearly always). Bytes are those of one machine and OpenCV build: another instruction set (AVX2,
+AVX-512, NEON) or library version may round differently.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
+from pipeline.steps.opencv_filters import (
+    CV_BORDERS, CV_DTYPES, PlaneFilter, filter_along, opencv_dft_taps, refilter_tail,
+)
+
 Strategy = Literal["direct", "separable", "fft"]
 STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")
 
-# scipy.ndimage mode → OpenCV border; `wrap` has no OpenCV equivalent in filter2D.
-CV_BORDERS = {
-    "reflect": cv2.BORDER_REFLECT,  # d c b a | a b c d
-    "mirror": cv2.BORDER_REFLECT_101,  # d c b | a b c d
-    "nearest": cv2.BORDER_REPLICATE,
-    "constant": cv2.BORDER_CONSTANT,  # zero; non-zero cval is shifted out first
-}
-CV_DTYPES = (np.float32, np.float64)
 # Singular values below this fraction of the largest are rounding noise, not rank.
 RANK_TOLERANCE = 1e-9
 Engine = Literal["opencv", "scipy"]
 # Costs in "direct taps" of each engine, measured with one thread on float32 blocks.
 # OpenCV, 2048x2048: ≈ 0.25 ms per tap direct or separable (filter2D 3x3 ≈ 2.7 ms, sepFilter2D
-# 15+15 taps ≈ 7.6 ms), its DFT path ≈ 45 ms whatever the size → 180 taps.
+# 15+15 taps ≈ 7.6 ms), its DFT path (from opencv_dft_taps on) ≈ 45 ms whatever the size → 180 taps.
 # scipy, 64x256x256: ndimage.correlate ≈ 2.5 ms per tap; correlate1d ≈ 1.5 ms per tap plus ≈ 20 ms
 # per pass → 8 taps of overhead per axis; oaconvolve ≈ 250 ms → 100 taps.
 FFT_COST_IN_TAPS: dict[str, float] = {"opencv": 180.0, "scipy": 100.0}
-# OpenCV boxFilter, 2048x2048 float32: ≈ 7.5 ms for 31x31 (sepFilter2D ≈ 14.5 ms), ≈ 30 taps.
-BOX_COST_IN_TAPS = 30.0
 SEPARABLE_PASS_OVERHEAD: dict[str, float] = {"opencv": 0.0, "scipy": 8.0}
 MAX_SEPARABLE_RANK = 4
-# Columns per OpenCV call for passes along a leading axis: a band of a slab and its halo stays in L2
-# (8192 measured fastest on 1024² slices, 10% ahead of 16384 and 30% of 2048).
-OPENCV_COLUMNS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -62,32 +75,32 @@ class KernelPlan:
     weights: np.ndarray  # correlation orientation, as many dims as the block
     origin: tuple[int, ...]
     strategy: Strategy
-    engine: Engine
+    engine: Engine  # what really computes the strategy: a forced one OpenCV cannot do runs on scipy
     # separable: r terms, each one 1-D vector per axis (length-1 vectors on non-filtered axes)
     factors: tuple[tuple[np.ndarray, ...], ...] = ()
 
     @property
-    def box(self) -> bool:
-        """A separable constant kernel, which OpenCV filters with running sums."""
-        return self.strategy == "separable" and _is_box(self.weights, self.engine)
+    def reproducible(self) -> bool:
+        """Whether the result's bytes are independent of the block size (tile, slab, memory budget).
+
+        ``direct`` and ``separable`` compute each sample by the same operations wherever it lies in
+        whatever block, so tiling a job differently (another ``input.tile`` or memory budget, another
+        machine of the same kind) writes the same bytes. ``fft`` does not: the transform's size
+        follows the block's, and its roundings (a few ulp) with it.
+        """
+        return self.strategy != "fft"
 
     def cost_in_taps(self) -> float:
         """Estimated work per output sample, in kernel taps of the engine."""
         return _cost(self.strategy, self.weights, len(self.factors), self.engine)
 
     def describe(self) -> str:
-        return f"{self.strategy} ({self.engine}{' box' if self.box else ''})"
-
-
-def _is_box(weights: np.ndarray, engine: str) -> bool:
-    return engine == "opencv" and weights.size > 1 and bool(np.all(weights == weights.flat[0]))
+        return f"{self.strategy} ({self.engine})"
 
 
 def _cost(strategy: str, weights: np.ndarray, rank: int, engine: str) -> float:
     if strategy == "direct":
         return float(weights.size)
-    if strategy == "separable" and _is_box(weights, engine):
-        return min(BOX_COST_IN_TAPS, float(sum(m for m in weights.shape if m > 1)))
     if strategy == "separable":
         passes = [m for m in weights.shape if m > 1]
         return rank * (sum(passes) + SEPARABLE_PASS_OVERHEAD[engine] * len(passes))
@@ -145,18 +158,25 @@ def choose_engine(dtype: np.dtype, weights: np.ndarray, edge_mode: str) -> Engin
 
 
 def plan_kernel(
-    weights: np.ndarray, origin: tuple[int, ...], *, engine: Engine, strategy: str = "auto"
+    weights: np.ndarray, origin: tuple[int, ...], *, engine: Engine, dtype: np.dtype, strategy: str = "auto"
 ) -> KernelPlan:
-    """Pick the cheapest strategy for correlation ``weights`` on ``engine`` (or honour a forced one)."""
+    """Pick the cheapest strategy for correlation ``weights`` on ``engine`` (or honour a forced one).
+
+    The choice depends on the kernel, the engine and the blocks' ``dtype``, never on a block's size.
+    ``auto`` weighs only what ``engine`` computes itself: where OpenCV cannot (filter2D is a DFT from
+    ``opencv_dft_taps`` on, and direct below), scipy's way is dearer than another OpenCV strategy
+    (2048² float32: ``ndimage.correlate`` 70 ms for 5x5, filter2D 4 ms; ``oaconvolve`` 280 ms, more
+    than 129 direct taps). A forced strategy that OpenCV cannot honour runs on scipy, as the plan says.
+    """
     factors = separate(weights) or ()
-    candidates: dict[str, float] = {"direct": _cost("direct", weights, 0, engine)}
-    if factors:
-        candidates["separable"] = _cost("separable", weights, len(factors), engine)
-    if weights.size > 1:
-        candidates["fft"] = _cost("fft", weights, 0, engine)
+    engines = {name: _engine_for(name, weights, engine, dtype) for name in STRATEGIES}
+    applicable = [
+        name for name in STRATEGIES if (name != "separable" or factors) and (name != "fft" or weights.size > 1)
+    ]
     if strategy == "auto":
-        chosen = min(candidates, key=candidates.__getitem__)
-    elif strategy in candidates:
+        own = [name for name in applicable if engines[name] == engine]
+        chosen = min(own, key=lambda name: _cost(name, weights, len(factors), engine))
+    elif strategy in applicable:
         chosen = strategy
     else:  # a forced strategy that does not apply (separable for a kernel that does not split)
         chosen = "direct"
@@ -164,9 +184,20 @@ def plan_kernel(
         weights=weights,
         origin=origin,
         strategy=chosen,
-        engine=engine,
+        engine=engines[chosen],
         factors=factors if chosen == "separable" else (),
     )
+
+
+def _engine_for(strategy: str, weights: np.ndarray, engine: Engine, dtype: np.dtype) -> Engine:
+    """The engine that computes ``strategy`` truly: OpenCV's filter2D is direct or a DFT by its taps."""
+    if engine == "scipy" or strategy == "separable":
+        return engine
+    by_dft = weights.size >= opencv_dft_taps(dtype)
+    if strategy == "fft":
+        return engine if by_dft else "scipy"
+    # A kernel along one axis is one sepFilter2D pass, which never turns into a DFT.
+    return engine if not by_dft or len(_filtered_axes(weights)) == 1 else "scipy"
 
 
 def correlate_block(
@@ -202,9 +233,15 @@ def _opencv_can(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> bool:
         plan.engine == "opencv"
         and block.dtype.type in CV_DTYPES
         and edge_mode in CV_BORDERS
-        # OpenCV reflects only once; a kernel reaching past a whole block goes to scipy.
-        and all(m // 2 + abs(o) < n for m, o, n in zip(plan.weights.shape, plan.origin, block.shape))
+        and _within(_reach(plan), block.shape)
     )
+
+
+def _within(reach: Sequence[tuple[int, int]], shape: Sequence[int]) -> bool:
+    """Whether OpenCV's single reflection serves every reach: a kernel reaching past a whole block goes
+    to scipy. A chunk read with its halo (at least each kernel's reach) is longer than that, so only an
+    axis shorter than the kernel, however it is chunked, goes there."""
+    return all(max(before, after) < n for (before, after), n in zip(reach, shape))
 
 
 def _opencv(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
@@ -215,26 +252,34 @@ def _opencv(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
     # OpenCV's anchor is the kernel index over the output sample: scipy's centre m//2 plus origin.
     anchor = (weights.shape[1] // 2 + origin[1], weights.shape[0] // 2 + origin[0])
     border = CV_BORDERS[edge_mode]
-    dtype = block.dtype
+    filter_plane = _plane_filter(plan, weights, anchor, border, block.dtype)
     planes = np.ascontiguousarray(block).reshape((-1, *shape2d))
     out = np.empty_like(planes)
-    if plan.box:
-        value = float(weights.flat[0]) * weights.size  # boxFilter averages; rescale to the kernel's sum
-        for plane, target in zip(planes, out):
-            cv2.boxFilter(plane, -1, weights.shape[::-1], dst=target, anchor=anchor, normalize=True, borderType=border)
-            if value != 1.0:
-                np.multiply(target, dtype.type(value), out=target)
-    elif plan.strategy == "separable":
+    for plane, target in zip(planes, out):
+        filter_plane(plane, target)
+        refilter_tail(filter_plane, plane, target, (anchor[0], weights.shape[1] - 1 - anchor[0]), border)
+    return out.reshape(block.shape)
+
+
+def _plane_filter(
+    plan: KernelPlan, weights: np.ndarray, anchor: tuple[int, int], border: int, dtype: np.dtype
+) -> PlaneFilter:
+    """The plan's OpenCV calls on one 2-D plane."""
+    if plan.strategy == "separable":
         terms = [(term[-1].astype(dtype), term[-2].astype(dtype)) for term in plan.factors]
-        for plane, target in zip(planes, out):
-            cv2.sepFilter2D(plane, -1, *terms[0], dst=target, anchor=anchor, borderType=border)
-            for row, column in terms[1:]:
-                target += cv2.sepFilter2D(plane, -1, row, column, anchor=anchor, borderType=border)
+    elif plan.strategy == "direct" and 1 in weights.shape:  # along one axis: never filter2D's DFT
+        one = np.ones(1, dtype)
+        terms = [(weights[0].astype(dtype), one) if weights.shape[0] == 1 else (one, weights[:, 0].astype(dtype))]
     else:
         kernel = weights.astype(dtype)
-        for plane, target in zip(planes, out):
-            cv2.filter2D(plane, -1, kernel, dst=target, anchor=anchor, borderType=border)
-    return out.reshape(block.shape)
+        return lambda plane, target: cv2.filter2D(plane, -1, kernel, dst=target, anchor=anchor, borderType=border)
+
+    def passes(plane: np.ndarray, target: np.ndarray) -> None:
+        cv2.sepFilter2D(plane, -1, *terms[0], dst=target, anchor=anchor, borderType=border)
+        for row, column in terms[1:]:
+            target += cv2.sepFilter2D(plane, -1, row, column, anchor=anchor, borderType=border)
+
+    return passes
 
 
 def _scipy(block: np.ndarray, plan: KernelPlan, edge_mode: str, keep: tuple[slice, ...] | None) -> np.ndarray:
@@ -275,7 +320,7 @@ def _separable_term(
         block.ndim >= 3
         and block.dtype.type in CV_DTYPES
         and edge_mode in CV_BORDERS
-        and all(term[a].size // 2 + abs(origin[a]) < block.shape[a] for a in plane_axes)
+        and _within([_reach_of(term[a].size, origin[a]) for a in plane_axes], [block.shape[a] for a in plane_axes])
     )
     later = [use_opencv and axis in plane_axes for axis in range(block.ndim)]
     part = block[tuple(wanted if term[axis].size == 1 else slice(None) for axis, wanted in enumerate(keep))]
@@ -301,8 +346,8 @@ def _pass_along(
     """``correlate1d(block, vector, axis)[wanted along axis]``, computed on the samples it reads only."""
     size = block.shape[axis]
     start, stop, _ = wanted.indices(size)
-    before = vector.size // 2 + origin
-    low, high = max(0, start - before), min(size, stop + vector.size - 1 - before)
+    before, after = _reach_of(vector.size, origin)
+    low, high = max(0, start - before), min(size, stop + after)
     # A border rule at a real edge must see what it would see on the whole axis: wrap reads the far
     # edge, and the reflecting rules read up to a kernel's length in from the edge.
     if (edge_mode == "wrap" and (low == 0 or high == size)) or high - low < vector.size:
@@ -310,36 +355,10 @@ def _pass_along(
     sub = block[(slice(None),) * axis + (slice(low, high),)]
     wanted_rows = slice(start - low, stop - low)
     leading = axis < block.ndim - 2  # rows of whole planes: long enough to pay for OpenCV's calls
-    if leading and sub.dtype.type in CV_DTYPES and edge_mode in CV_BORDERS and vector.size // 2 + abs(origin) < high - low:
-        return _opencv_along(sub, vector, axis, before, edge_mode, wanted_rows)
+    if leading and sub.dtype.type in CV_DTYPES and edge_mode in CV_BORDERS and _within([(before, after)], [high - low]):
+        return filter_along(sub, vector, axis, before, edge_mode, wanted_rows)
     filtered = ndimage.correlate1d(sub, vector, axis=axis, mode=edge_mode, origin=origin)
     return filtered[(slice(None),) * axis + (wanted_rows,)]
-
-
-def _opencv_along(
-    block: np.ndarray, vector: np.ndarray, axis: int, anchor: int, edge_mode: str, rows: slice
-) -> np.ndarray:
-    """A 1-D correlation along ``axis``, its ``rows`` only, as OpenCV column filters.
-
-    The block is seen as matrices (``axis``, everything after it): along z of a C-ordered volume
-    each matrix row is a whole slice, and OpenCV's SIMD column filter runs about three times faster
-    than ``ndimage.correlate1d``. It goes through bands of columns small enough to stay in cache,
-    and only the wanted rows of each band are copied out.
-    """
-    block = np.ascontiguousarray(block)
-    matrices = block.reshape(math.prod(block.shape[:axis]), block.shape[axis], -1)
-    kept = range(block.shape[axis])[rows]
-    out = np.empty((matrices.shape[0], len(kept), matrices.shape[2]), dtype=block.dtype)
-    band = np.empty((matrices.shape[1], min(OPENCV_COLUMNS, matrices.shape[2])), dtype=block.dtype)
-    column, row = vector.astype(block.dtype).reshape(-1, 1), np.ones((1, 1), dtype=block.dtype)
-    for matrix, target in zip(matrices, out):
-        for first in range(0, matrix.shape[1], OPENCV_COLUMNS):
-            columns = slice(first, first + OPENCV_COLUMNS)
-            width = len(range(matrix.shape[1])[columns])
-            cv2.sepFilter2D(matrix[:, columns], -1, row, column, dst=band[:, :width], anchor=(0, anchor),
-                            borderType=CV_BORDERS[edge_mode])
-            target[:, columns] = band[rows, :width]
-    return out.reshape(*block.shape[:axis], len(kept), *block.shape[axis + 1 :])
 
 
 # numpy.pad's names for scipy.ndimage's boundary modes
@@ -353,4 +372,8 @@ def _pad(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
 
 def _reach(plan: KernelPlan) -> list[tuple[int, int]]:
     """Samples the kernel reads before and after the output sample, per axis."""
-    return [(m // 2 + o, m - 1 - (m // 2 + o)) for m, o in zip(plan.weights.shape, plan.origin)]
+    return [_reach_of(m, o) for m, o in zip(plan.weights.shape, plan.origin)]
+
+
+def _reach_of(size: int, origin: int) -> tuple[int, int]:
+    return size // 2 + origin, size - 1 - (size // 2 + origin)
