@@ -22,6 +22,7 @@ from dask.callbacks import Callback
 
 from pipeline.allocator import keep_freed_blocks
 from pipeline.errors import ConfigError
+from pipeline.threads import library_threads, limit_library_threads
 
 if TYPE_CHECKING:
     from pipeline.config import ExecutionConfig
@@ -45,27 +46,10 @@ def resolve_workers(workers: int | str) -> int:
     return (os.cpu_count() or 1) if workers == "auto" else int(workers)
 
 
-def limit_library_threads(threads: int) -> None:
-    """Cap the thread pools of the compiled libraries inside one dask worker.
-
-    Dask already runs one task per core; OpenCV and BLAS each starting a pool per task on top
-    of that would oversubscribe the cores (workers × library threads ≤ cores).
-    """
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(threads)
-    threadpool_limits(threads)
-
-
 def _set_up_process(threads: int) -> None:
     limit_library_threads(threads)
     keep_freed_blocks()
     zarr.config.set({"async.concurrency": ZARR_CHUNKS_AT_ONCE})
-
-
-def library_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 class TaskCounter(Callback):

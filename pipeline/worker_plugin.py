@@ -6,7 +6,7 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-from pipeline.execution import limit_library_threads
+from pipeline.threads import limit_library_threads
 
 
 class LimitLibraryThreads(WorkerPlugin):
