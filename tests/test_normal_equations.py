@@ -55,6 +55,7 @@ CASES = [  # (image shape, kernel, channels C, outputs K)
     ((31,), (4,), 3, 2),
     ((23, 31), (3, 7), 3, 2),
     ((20, 18), (4, 6), 1, 1),
+    ((12, 20), (1, 5), 2, 1),  # a row kernel on a 2-D image
     ((24, 24), (15, 15), 1, 1),
     ((6, 9), (5, 7), 2, 1),  # barely larger than the kernel
     ((9, 10, 11), (3, 3, 3), 3, 2),

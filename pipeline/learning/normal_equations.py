@@ -88,13 +88,17 @@ class NormalParts:
         return cls(np.zeros((unknowns, unknowns)), np.zeros((unknowns, outputs)), np.zeros(outputs),
                    np.zeros(outputs), 0, kernel, channels, bias)
 
+    @property
+    def layout(self) -> tuple[tuple[int, ...], int, bool, int]:
+        """(kernel_shape, channels, bias, outputs): what must agree for parts to add."""
+        return self.kernel_shape, self.channels, self.bias, self.outputs
+
     def __add__(self, other: NormalParts) -> NormalParts:
         if not isinstance(other, NormalParts):
             return NotImplemented
-        layout = (self.kernel_shape, self.channels, self.bias, self.outputs)
-        if layout != (other.kernel_shape, other.channels, other.bias, other.outputs):
+        if self.layout != other.layout:
             raise ValueError("cannot add normal equations of different layouts (kernel, channels, bias, "
-                             f"outputs): {layout} and {(other.kernel_shape, other.channels, other.bias, other.outputs)}")
+                             f"outputs): {self.layout} and {other.layout}")
         return NormalParts(self.gram + other.gram, self.cross + other.cross, self.y_sq + other.y_sq,
                            self.y_sum + other.y_sum, self.count + other.count, self.kernel_shape,
                            self.channels, self.bias)
@@ -185,37 +189,39 @@ def _add_band_term(lags: np.ndarray, x: np.ndarray, x_hat: np.ndarray, banded: t
     """Add the term of the subset ``banded`` of axes cut to their edge bands to the lag tables.
 
     ``lags[pair]`` has axes ``(a_i, d_i + m_i - 1)`` per spatial axis ``i``. Along a cut axis the term
-    depends on ``a_i`` through the band weights; along the others it is a correlation over the whole
+    depends on ``a_i`` through the cut-off sums; along the others it is a correlation over the whole
     tile, the same for every ``a_i`` (broadcast).
     """
-    rest = tuple(axis for axis in range(len(kernel)) if axis not in banded)
+    ndim = len(kernel)
+    rest = tuple(axis for axis in range(ndim) if axis not in banded)
     rest_shape = tuple(shape[axis] for axis in rest)
     rest_lags = [(1 - kernel[axis], kernel[axis]) for axis in rest]
-    u, near = x, np.pad(x, [(0, 0)] + [(kernel[a] - 1,) * 2 if a in banded else (0, 0) for a in range(len(kernel))])
+    rest_axes = tuple(1 + axis for axis in rest)  # of the (channel, *spatial) arrays
+    # Along each cut axis: the 2 (m - 1) edge samples x[e], and their partners x'[e + d] for every
+    # |d| < m, zero outside the tile, which lie within 3 (m - 1) samples of each end once padded.
+    edges = x
+    partners = np.pad(x, [(0, 0)] + [(kernel[axis] - 1,) * 2 if axis in banded else (0, 0) for axis in range(ndim)])
     for axis in banded:
-        m, v = kernel[axis], valid[axis]
-        # The 2(m - 1) edge samples; their partners x'[e + d] for |d| < m, zero outside the tile, lie
-        # within 3(m - 1) samples of each end of the padded tile.
-        u = np.take(u, np.r_[0:m - 1, v:v + m - 1], axis=1 + axis)
-        near = np.take(near, np.r_[0:3 * (m - 1), v:v + 3 * (m - 1)], axis=1 + axis)
-    rest_axes = tuple(1 + axis for axis in rest)
-    u_hat = spectra(u, rest_axes, rest_shape) if banded else x_hat
+        m, inner = kernel[axis], valid[axis]
+        edges = np.take(edges, np.r_[0:m - 1, inner:inner + m - 1], axis=1 + axis)
+        partners = np.take(partners, np.r_[0:3 * (m - 1), inner:inner + 3 * (m - 1)], axis=1 + axis)
+    edges_hat = spectra(edges, rest_axes, rest_shape) if banded else x_hat
     term_shape = tuple(n for axis, m in enumerate(kernel) for n in ((m,) if axis in banded else (1, 2 * m - 1)))
     # Whole-tile spectra are large: as many channel pairs at a time as fit in the budget.
-    group = max(1, PAIR_BUDGET_BYTES // (u_hat[0].nbytes or 1))
+    group = max(1, PAIR_BUDGET_BYTES // (edges_hat[0].nbytes or 1))
     groups = [np.array(pairs[i:i + group]).T for i in range(0, len(pairs), group)]
-    for shifts in itertools.product(*(range(2 * kernel[axis] - 1) for axis in banded)):
-        v = near
+    for shifts in itertools.product(*(range(2 * kernel[axis] - 1) for axis in banded)):  # d + m - 1
+        shifted = partners
         for axis, shift in zip(banded, shifts):
             m = kernel[axis]
-            v = np.take(v, np.r_[0:m - 1, 3 * (m - 1):4 * (m - 1)] + shift, axis=1 + axis)
-        v_hat = spectra(v, rest_axes, rest_shape) if banded else x_hat
+            shifted = np.take(shifted, np.r_[0:m - 1, 3 * (m - 1):4 * (m - 1)] + shift, axis=1 + axis)
+        shifted_hat = spectra(shifted, rest_axes, rest_shape) if banded else x_hat
         lag_of = dict(zip(banded, shifts))
-        index = tuple(i for axis in range(len(kernel))
+        index = tuple(i for axis in range(ndim)
                       for i in ((slice(None), lag_of[axis]) if axis in banded else (slice(None), slice(None))))
         first = 0
         for firsts, seconds in groups:
-            term = at_lags(np.conj(u_hat[firsts]) * v_hat[seconds], rest_axes, rest_shape, rest_lags)
+            term = at_lags(np.conj(edges_hat[firsts]) * shifted_hat[seconds], rest_axes, rest_shape, rest_lags)
             for axis in banded:
                 term = _cut_off(term, kernel[axis], 1 + axis)
             lags[(slice(first, first + len(firsts)), *index)] += term.reshape(len(firsts), *term_shape)
@@ -238,7 +244,7 @@ def _cut_off(edges: np.ndarray, m: int, axis: int) -> np.ndarray:
     a prefix and a suffix sum (cumulative sums, not a matrix product: no BLAS call per lag).
     """
     low, high = np.split(edges, 2, axis=axis)
-    zero = np.zeros_like(np.take(edges, [0], axis=axis))
+    zero = np.zeros(edges.shape[:axis] + (1,) + edges.shape[axis + 1:])
     prefix = np.concatenate([zero, np.cumsum(low, axis=axis)], axis=axis)
     suffix = np.concatenate([np.flip(np.cumsum(np.flip(high, axis), axis=axis), axis), zero], axis=axis)
     return -(prefix + suffix)
@@ -248,4 +254,5 @@ def _lag_index(kernel: tuple[int, ...]) -> tuple[np.ndarray, ...]:
     """Fancy index from lag tables ``(a_i, d_i + m_i - 1)`` to the Gram layout ``(*a, *b)``."""
     grid = np.indices(kernel + kernel)
     ndim = len(kernel)
-    return tuple(ix for axis, m in enumerate(kernel) for ix in (grid[axis], grid[ndim + axis] - grid[axis] + m - 1))
+    return tuple(index for axis, m in enumerate(kernel)
+                 for index in (grid[axis], grid[ndim + axis] - grid[axis] + m - 1))
