@@ -184,6 +184,7 @@ def test_initial_weights_are_seeded_and_bounded_like_pytorch():
         ((1, 1, 3, 3), None, "softplus", "activation must be one of"),
         ((1, 2, 3, 3), None, None, r"weights must be \(outputs, channels, \*kernel\)"),
         ((1, 1, 3, 3), np.zeros(2), None, r"bias must have one value per output, shape \(1,\)"),
+        ((1, 1, 0, 3), None, None, "kernel_shape must be one or more positive sizes"),
     ],
 )
 def test_bad_layers_are_refused(weights_shape, bias, activation, message):

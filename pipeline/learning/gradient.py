@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import expit
 
 from pipeline.learning.correlation import correlate_valid, fft_shape, spectra, window_products
-from pipeline.learning.tiles import block_pair
+from pipeline.learning.tiles import block_pair, kernel_extent
 
 
 def _identity(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def loss_and_gradient(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
     weights = np.asarray(weights, dtype=np.float64)
-    kernel = tuple(weights.shape[2:])
+    kernel = kernel_extent(weights.shape[2:])
     x, y = block_pair(x_block, y_block, kernel, valid_region)
     expected = (y.shape[0], x.shape[0], *kernel)
     if weights.shape != expected or weights.ndim != x.ndim + 1:
