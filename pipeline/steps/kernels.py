@@ -205,26 +205,29 @@ def _call_builtin(builtin: BuiltinKernel, params: dict[str, Any]) -> np.ndarray:
     return builtin.factory(**params)
 
 
-def check_matrix(matrix: Any, *, what: str) -> np.ndarray:
-    """Turn a nested list or array into a finite float64 kernel of 1 to 3 dimensions."""
+def check_matrix(matrix: Any, *, what: str, max_ndim: int = MAX_KERNEL_NDIM) -> np.ndarray:
+    """Turn a nested list or array into a finite float64 kernel of 1 to ``max_ndim`` dimensions.
+
+    (Layers' weights have up to 5: output and input channels, then the kernel's 1 to 3.)
+    """
     if isinstance(matrix, np.ndarray):
         _not_too_large(matrix.shape, what)
     else:
-        _check_nested(matrix, what)
+        _check_nested(matrix, what, max_ndim)
     try:
         weights = np.asarray(matrix, dtype=np.float64)
     except OverflowError:
         raise KernelError(f"{what} holds an integer too large for a float") from None
     if weights.ndim == 0 or weights.size == 0:
         raise KernelError(f"{what} is empty; give at least one number")
-    if weights.ndim > MAX_KERNEL_NDIM:
-        raise KernelError(f"{what} has {weights.ndim} dimensions; at most {MAX_KERNEL_NDIM} are supported")
+    if weights.ndim > max_ndim:
+        raise KernelError(f"{what} has {weights.ndim} dimensions; at most {max_ndim} are supported")
     if not np.all(np.isfinite(weights)):
         raise KernelError(f"{what} contains NaN or infinite values")
     return weights
 
 
-def _check_nested(matrix: Any, what: str) -> None:
+def _check_nested(matrix: Any, what: str, max_ndim: int = MAX_KERNEL_NDIM) -> None:
     """Nested lists that numpy can turn into a kernel: checked level by level (never recursing), the
     shape (from the first items) before any value, so that numpy never builds a huge or ragged array."""
     shape, first, seen = [], matrix, set()
@@ -232,8 +235,8 @@ def _check_nested(matrix: Any, what: str) -> None:
         seen.add(id(first))
         shape.append(len(first))
         first = first[0] if first else None
-    if len(shape) > MAX_KERNEL_NDIM:
-        raise KernelError(f"{what} has {len(shape)} dimensions; at most {MAX_KERNEL_NDIM} are supported")
+    if len(shape) > max_ndim:
+        raise KernelError(f"{what} has {len(shape)} dimensions; at most {max_ndim} are supported")
     _not_too_large(tuple(shape), what)
     ragged = KernelError(f"{what} must be a rectangular matrix of numbers (rows of equal length)")
     rows = [matrix]
@@ -252,7 +255,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
 
 
-def load_kernel_file(path: str) -> np.ndarray:
+def load_kernel_file(path: str, *, max_ndim: int = MAX_KERNEL_NDIM) -> np.ndarray:
     """Read a kernel from .npy (no pickles), .csv (comma separated) or .txt (whitespace separated)."""
     file = Path(path)
     if not file.is_file():
@@ -267,7 +270,7 @@ def load_kernel_file(path: str) -> np.ndarray:
             raise KernelError(f"kernel file {path!r} cannot be read: not a numeric matrix") from None
     if np.iscomplexobj(data) or data.dtype.kind not in "uif":
         raise KernelError(f"kernel file {path!r} holds {data.dtype} values; a kernel needs real numbers")
-    return check_matrix(data, what=f"kernel file {path!r}")
+    return check_matrix(data, what=f"kernel file {path!r}", max_ndim=max_ndim)
 
 
 def _read_npy(file: Path, path: str) -> np.ndarray:

@@ -41,15 +41,24 @@ class LayerStep(WindowedStep):
 
     def __init__(self, weights: np.ndarray, bias: np.ndarray | None, *, source: str, mode: str = "same",
                  boundary: str = "reflect", cval: float = 0.0, correlate: bool = True, stride: tuple[int, ...] = (1,),
-                 strategy: str = "auto") -> None:
-        self.weights = weights  # (K, C, *window), as given (correlation orientation when correlate)
+                 strategy: str = "auto", any_channels: bool = False) -> None:
+        self.any_channels = any_channels  # a built-in bank: on C channels it sees their mean
+        self._set_weights(weights)
         self.bias = bias
         self.source = source
         self.mode, self.boundary, self.cval, self.stride = mode, boundary, cval, tuple(stride)
         self.correlate, self.strategy = correlate, strategy
-        kernels = weights if correlate else weights[(slice(None), slice(None), *(slice(None, None, -1),) * (weights.ndim - 2))]
-        self._kernels = np.ascontiguousarray(kernels)
+
+    def _set_weights(self, weights: np.ndarray) -> None:
+        self.weights = weights  # (K, C, *window), as given (correlation orientation when correlate)
         self._plans: dict[str, BankPlan] = {}
+
+    @property
+    def _kernels(self) -> np.ndarray:
+        """The weights in correlation orientation (flipped for ``correlate: false``)."""
+        if self.correlate:
+            return self.weights
+        return np.ascontiguousarray(self.weights[(slice(None), slice(None), *(slice(None, None, -1),) * (self.weights.ndim - 2))])
 
     @property
     def name(self) -> str:
@@ -75,6 +84,8 @@ class LayerStep(WindowedStep):
     def check(self, image: ImageShape) -> None:
         super().check(image)
         channels = image.channels
+        if self.any_channels and self.weights.shape[1] != channels:  # the mean of the channels
+            self._set_weights(np.repeat(self.weights[:, :1], channels, axis=1) / channels)
         if self.weights.shape[1] != channels:
             raise KernelError(
                 f"weights of shape {list(self.weights.shape)} take {self.weights.shape[1]} input channels but the "
@@ -141,7 +152,7 @@ def build(spec: LayerSpec) -> LayerStep:
     if len(stride) != weights.ndim - 2:
         stride = (1,) * (weights.ndim - 2 - len(stride)) + stride
     return LayerStep(weights, bias, source=source, mode=spec.mode, boundary=spec.boundary, cval=spec.cval,
-                     correlate=spec.correlate, stride=stride, strategy=spec.strategy)
+                     correlate=spec.correlate, stride=stride, strategy=spec.strategy, any_channels=source in BANKS)
 
 
 def _load(spec: LayerSpec) -> tuple[np.ndarray, np.ndarray | None, str]:
