@@ -141,3 +141,50 @@ def test_a_tiled_valid_run_resumes_with_its_tiles(tmp_path: Path) -> None:
     for image, source in zip(stored, [*pixels, pixels[0]]):
         expected = ndimage.correlate(source.astype(np.float64), weights)[8:-8, 8:-8]
         np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-2)
+
+
+BANK = RNG.standard_normal((4, 1, 21, 21))
+
+
+def _layer_job(root: Path, store: str) -> Path:
+    np.save(root / "bank.npy", BANK)
+    config = root / f"{store}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"paths": str(root / "inputs")},
+                "steps": [
+                    {"layer": {"weights": str(root / "bank.npy"), "mode": "valid", "stride": 2, "strategy": "direct"}},
+                    {"activation": "relu"},
+                    {"pool": {"function": "max", "size": 2}},
+                ],
+                "output": {"path": str(root / store)},
+                "execution": {"scheduler": "sync", "batch_size": BATCH, "compute_dtype": "float64"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_a_layer_stack_resumes_appends_and_survives_kill(tmp_path: Path, start: Callable[..., Any]) -> None:
+    _images(tmp_path, IMAGES)
+    reference = cli("run", _layer_job(tmp_path, "reference.zarr"), cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    config = _layer_job(tmp_path, "killed.zarr")
+    store = tmp_path / "killed.zarr"
+    victim = start("run", config)
+    wait_until(victim, lambda: done_count(store) >= BATCH, f"{BATCH} images in the ledger")
+    kill(victim)
+    assert BATCH <= done_count(store) < IMAGES
+    for flags in ([], ["--resume"]):
+        rerun = cli("run", config, *flags, cwd=tmp_path)
+        assert rerun.returncode == 0, rerun.stderr
+    assert status(store) == "complete"
+    assert_same_bytes(result(store), result(tmp_path / "reference.zarr"))
+    assert result(store).shape == (IMAGES, 4, 19, 15)  # (96 - 20) / 2 = 38 → pooled 19; (80 - 20) / 2 = 30 → 15
+    _images(tmp_path, 2, first=IMAGES)
+    appended = cli("run", config, "--append", "--log-format", "json", cwd=tmp_path)
+    assert appended.returncode == 0, appended.stderr
+    assert events(appended.stdout)[-1]["processed"] == 2
+    assert_same_bytes(result(store)[:IMAGES], result(tmp_path / "reference.zarr"))
