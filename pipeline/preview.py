@@ -11,17 +11,22 @@ import numpy as np
 
 from pipeline.errors import InputError, OutputError
 from pipeline.sinks.export import to_displayable
+from pipeline.pixels import color_mode
 from pipeline.sinks.zarr_store import dimension_names, open_result
 from pipeline.sources.images import read_image
 from pipeline.storage import recorded_options
 
+MAX_CHANNEL_ROWS = 4
 BACKGROUND = 32  # dark grey around letterboxed cells and for sources that can no longer be read
 
 
 def contact_sheet(
     store: str, output: str, *, count: int = 4, cell: int = 256, storage_options: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write a PNG grid: row 1 the sources (as the run read them), row 2 the results, ``count`` columns.
+    """Write a PNG grid: row 1 the sources (as the run read them), then the results, ``count`` columns.
+
+    Results whose channels are feature maps (a layer's outputs, or any count but an image's 1, 3
+    or 4) get a row per channel, the first ``MAX_CHANNEL_ROWS`` of them; colour results one row.
 
     ``storage_options`` reach a store at a URL; remote sources are read with the input options the
     run recorded (its secrets were never recorded: they come from the environment again).
@@ -29,13 +34,16 @@ def contact_sheet(
     result = open_result(store, storage_options=storage_options)
     config = result.provenance.get("config", {})
     settings = config.get("input", {})
-    color = "opaque" if settings.get("color") == "keep" and settings.get("alpha") == "drop" else settings.get("color", "gray")
+    color = color_mode(settings.get("color", "gray"), settings.get("alpha"))
     source_options = recorded_options(config.get("input", {}).get("storage_options", {}))
-    volume = "z" in dimension_names(result.array)
+    axes = dimension_names(result.array)
+    volume = "z" in axes
     sources = result.sources[:count]
     if not sources:
         raise InputError(f"store {store!r} holds no images")
-    sheet = np.full((2 * cell, len(sources) * cell, 3), BACKGROUND, dtype=np.uint8)
+    maps = _feature_maps(result, axes)
+    rows = 1 + (min(maps, MAX_CHANNEL_ROWS) if maps else 1)
+    sheet = np.full((rows * cell, len(sources) * cell, 3), BACKGROUND, dtype=np.uint8)
     for column, source in enumerate(sources):
         try:
             original = read_image(source, color=color, dtype="float32", storage_options=source_options)
@@ -43,7 +51,9 @@ def contact_sheet(
             original = None  # moved or deleted since the run: its cell stays empty
         # Sources as they are (min to max); results between their 1st and 99th percentiles, so that
         # a few strong responses do not leave the rest of an edge or difference image flat grey.
-        for row, (image, stretch) in enumerate(((original, "minmax"), (result.array[column], "percentile"))):
+        stored = result.array[column]
+        results = [stored[channel] for channel in range(rows - 1)] if maps else [stored]
+        for row, (image, stretch) in enumerate(((original, "minmax"), *((r, "percentile") for r in results))):
             if image is not None:
                 _place(sheet, _displayable(image, volume, stretch), row, column, cell)
     target = Path(output)
@@ -53,6 +63,15 @@ def contact_sheet(
     except OSError as exc:
         raise OutputError(f"cannot write {output!r}: {exc.strerror or exc}") from None
     return target
+
+
+def _feature_maps(result: Any, axes: tuple[str, ...]) -> int:
+    """How many channels to show as separate maps: 0 for gray or colour images."""
+    if "c" not in axes:
+        return 0
+    channels = result.array.shape[axes.index("c")]
+    layered = any(step.get("step") == "layer" for step in result.provenance.get("steps", []))
+    return channels if layered or channels not in (1, 3, 4) else 0
 
 
 def _displayable(image: np.ndarray, volume: bool, stretch: str) -> np.ndarray:

@@ -52,3 +52,19 @@ def test_a_missing_source_leaves_its_cell_empty(store: Path, tmp_path: Path) -> 
 def test_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         contact_sheet(str(tmp_path / "nothing.zarr"), str(tmp_path / "sheet.png"))
+
+
+@pytest.mark.parametrize("bank, rows", [("sobel", 3), ("gabor", 5)])  # 2 maps; 8 maps of which the first 4
+def test_feature_maps_get_a_row_per_channel(small_images, tmp_path: Path, bank: str, rows: int) -> None:
+    import zarr
+
+    out = tmp_path / f"{bank}.zarr"
+    run(validate_config({"input": {"paths": str(small_images())}, "steps": [{"layer": {"weights": bank}}], "output": {"path": str(out)}}))
+    sheet = iio.imread(contact_sheet(str(out), str(tmp_path / "maps.png"), count=2, cell=64))
+    assert sheet.shape == (rows * 64, 128, 3)
+    maps = zarr.open_group(str(out), mode="r")["0"][0]
+    for channel in range(rows - 1):  # each row is that channel's own 1-99 percentile stretch
+        low, high = np.percentile(maps[channel].astype(np.float64), (1, 99))
+        stretched = np.rint((np.clip(maps[channel], low, high) - low) / (high - low) * 255)
+        cell = sheet[(channel + 1) * 64 + 8 : (channel + 1) * 64 + 56, 0:64, 0].astype(float)
+        assert np.abs(cell - stretched).max() <= 1
