@@ -321,3 +321,32 @@ def test_jobqueue_scheduler_without_dask_jobqueue(job: Job) -> None:
     assert failed.returncode == 2, failed.stderr
     assert "dask-jobqueue" in failed.stderr
     assert len([line for line in failed.stderr.splitlines() if line.strip()]) == 1, failed.stderr
+
+
+def test_a_layer_stack_on_the_cluster_matches_threads(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.ensure_workers(2)
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(6):
+        iio.imwrite(images / f"img{index}.png", np.random.default_rng(index).integers(0, 256, size=(40, 52, 3), dtype=np.uint8))
+    np.savez(tmp_path / "model.npz", **{"conv1.weight": np.random.default_rng(1).standard_normal((4, 3, 5, 5)),
+                                        "conv1.bias": np.arange(4.0)})
+    config = tmp_path / "layers.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"paths": str(images), "color": "keep"},
+                "steps": [{"layer": {"weights": str(tmp_path / "model.npz"), "name": "conv1"}}, {"activation": "relu"},
+                          {"pool": {"function": "max", "size": 2}}, {"layer": {"weights": "sobel", "mode": "valid"}}],
+                "output": {"path": str(tmp_path / "threads.zarr")},
+                "execution": {"batch_size": 2},
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert cli("run", config, cwd=tmp_path).returncode == 0
+    done = cli("run", config, "--scheduler", cluster.address, "--set", f"output.path={tmp_path / 'tcp.zarr'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    threads = zarr.open_group(str(tmp_path / "threads.zarr"), mode="r")["0"][:]
+    assert threads.shape == (6, 2, 18, 24)
+    assert np.array_equal(zarr.open_group(str(tmp_path / "tcp.zarr"), mode="r")["0"][:], threads)
