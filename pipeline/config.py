@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
     field_serializer,
     field_validator,
@@ -33,18 +29,29 @@ from pipeline.job_file import apply_override, expand_environment, read_yaml
 from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
 from pipeline.storage import local_or_url, redact_options, refuse_embedded_password, without_userinfo
-from pipeline.steps.convolve import Boundary, Mode
-from pipeline.steps.kernels import BUILTINS, KERNEL_FILE_SUFFIXES, build_kernel, check_matrix
+from pipeline.step_kinds import (  # noqa: F401 (the step models are part of the job file's models)
+    MAX_STEPS,
+    STEP_KINDS,
+    ActivationSpec,
+    ActivationStep,
+    ConvolveSpec,
+    ConvolveStep,
+    Frozen,
+    LayerSpec,
+    LayerStep,
+    NormalizeStep,
+    PoolSpec,
+    PoolStep,
+    PositiveCount,
+    StepConfig,
+    StepKind,
+    step_kind,
+)
 
 OutputDType = Literal["float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32"]
 Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
 SCHEDULER_NAMES = ("sync", "threads", "processes", "local", "slurm", "pbs", "sge")
-PositiveCount = Annotated[int, Field(gt=0, strict=True)]
 SpaceUnit = Literal[SPACE_UNITS]  # type: ignore[valid-type]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 STORAGE_OPTIONS_HELP = (
@@ -58,7 +65,7 @@ def _location(path: str) -> str:
     return local_or_url(refuse_embedded_password(path))
 
 
-class InputConfig(_Frozen):
+class InputConfig(Frozen):
     paths: Union[str, list[str]] = Field(
         description="glob, directory, single file, or a list of them; sorted naturally"
     )
@@ -118,148 +125,7 @@ class InputConfig(_Frozen):
         return redact_options(options)
 
 
-class ConvolveSpec(_Frozen):
-    kernel: Union[str, list[Any]] = Field(
-        description="built-in name, inline matrix (1-D to 3-D), or a .npy/.csv/.txt file"
-    )
-    params: dict[str, Union[int, float]] = Field(
-        default_factory=dict, description="parameters of a parametric built-in, e.g. {sigma: 2.0}"
-    )
-    mode: Mode = Field("same", description="same | valid (n-m+1) | full (n+m-1)")
-    boundary: Boundary = Field("reflect", description="values beyond the edge, for mode=same")
-    cval: float = Field(0.0, description="value beyond the edge for boundary=constant")
-    correlate: bool = Field(False, description="cross-correlate (kernel not flipped), as CNN layers do")
-    strategy: Literal["auto", "direct", "separable", "fft"] = Field(
-        "auto", description="how blocks are computed; auto picks the cheapest for the kernel (see `pipeline plan`)"
-    )
-
-    @field_validator("kernel")
-    @classmethod
-    def _kernel_exists(cls, value: str | list[Any]) -> str | list[Any]:
-        if isinstance(value, list):
-            check_matrix(value, what="inline kernel")
-        elif value not in BUILTINS and not value.lower().endswith(KERNEL_FILE_SUFFIXES):
-            build_kernel(value)  # raises the "unknown kernel ... did you mean" message
-        return value
-
-    @model_validator(mode="after")
-    def _kernel_builds(self) -> ConvolveSpec:
-        build_kernel(self.kernel, self.params)
-        return self
-
-
-class ConvolveStep(_Frozen):
-    convolve: ConvolveSpec
-
-
-class NormalizeStep(_Frozen):
-    normalize: Literal["minmax", "max"] = Field(
-        description="per image: minmax maps [min, max] to [0, 1]; max divides by the largest |value|"
-    )
-
-
-Pair = Union[PositiveCount, Annotated[list[PositiveCount], Field(min_length=2, max_length=2)]]
-# A bound on the work one job file asks for: 1000 steps over a small image still run in seconds.
-MAX_STEPS = 1000
-
-
-class LayerSpec(_Frozen):
-    weights: Union[str, list[Any]] = Field(
-        description="(K, C, kh, kw) bank — or (K, kh, kw) for gray input — as .npy, a named array of an .npz "
-        "(see name), an inline matrix, or a built-in bank (sobel, gabor, log, dog)"
-    )
-    bias: Union[None, str, list[float]] = Field(None, description="(K,) per output channel: .npy or inline; from the .npz with name")
-    name: Optional[str] = Field(None, description="in an .npz state dict: the layer whose NAME.weight and NAME.bias to use")
-    params: dict[str, Union[int, float, list[float]]] = Field(default_factory=dict, description="parameters of a built-in bank")
-    mode: Mode = Field("same", description="same | valid | full, as for convolve")
-    boundary: Boundary = Field("reflect", description="values beyond the edge, for mode=same")
-    cval: float = Field(0.0, description="value beyond the edge for boundary=constant")
-    correlate: bool = Field(True, description="cross-correlate, as CNN layers (and PyTorch's Conv2d) do; false flips")
-    stride: Pair = Field(1, description="keep every stride-th output (PyTorch's stride): a number or [y, x]")
-    strategy: Literal["auto", "direct", "gemm", "fft"] = Field(
-        "auto", description="how a bank is computed; auto picks the cheapest by the cost model (see `pipeline plan`)"
-    )
-
-
-class LayerStep(_Frozen):
-    layer: LayerSpec
-
-
-ActivationName = Literal["relu", "leaky_relu", "tanh", "sigmoid", "abs", "clip"]
-
-
-class ActivationSpec(_Frozen):
-    function: ActivationName = Field(description="relu | leaky_relu | tanh | sigmoid | abs | clip")
-    slope: float = Field(0.01, description="leaky_relu: the slope below 0")
-    min: Optional[float] = Field(None, description="clip: the smallest value kept")
-    max: Optional[float] = Field(None, description="clip: the largest value kept")
-
-    @model_validator(mode="after")
-    def _clip_has_bounds(self) -> ActivationSpec:
-        if self.function == "clip" and self.min is None and self.max is None:
-            raise ValueError("activation clip needs min, max or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"activation clip: min {self.min} is above max {self.max}")
-        return self
-
-
-class ActivationStep(_Frozen):
-    activation: Union[ActivationName, ActivationSpec] = Field(
-        description="a function name (relu, tanh, ...) or {function: leaky_relu, slope: 0.01}"
-    )
-
-
-class PoolSpec(_Frozen):
-    function: Literal["max", "mean", "min", "l2"] = Field("max", description="how each window is reduced")
-    size: Pair = Field(2, description="window size: a number or [y, x]")
-    stride: Optional[Pair] = Field(None, description="window step; defaults to size (non-overlapping)")
-    padding: Literal["valid", "same"] = Field(
-        "valid", description="valid drops the ragged edge (as MaxPool2d); same keeps ceil(n / stride) outputs"
-    )
-
-
-class PoolStep(_Frozen):
-    pool: PoolSpec
-
-
-@dataclass(frozen=True)
-class StepKind:
-    """One kind of step: the model of its YAML mapping, and the module whose ``build(spec)`` makes it."""
-
-    model: type[BaseModel]
-    module: str
-
-
-# The one table of step kinds: it drives the config models below, build_steps and so `validate`,
-# `plan`, provenance and the store's axes and chunks. A new step is a module and a row.
-STEP_KINDS: dict[str, StepKind] = {
-    "convolve": StepKind(ConvolveStep, "pipeline.steps.convolve"),
-    "layer": StepKind(LayerStep, "pipeline.steps.layer"),
-    "activation": StepKind(ActivationStep, "pipeline.steps.activation"),
-    "pool": StepKind(PoolStep, "pipeline.steps.pool"),
-    "normalize": StepKind(NormalizeStep, "pipeline.steps.normalize"),
-}
-
-
-def step_kind(value: Any) -> str | None:
-    """The kind of a step: its mapping's one key, or the model's field."""
-    if isinstance(value, dict):
-        keys = list(value)
-        return keys[0] if len(keys) == 1 and keys[0] in STEP_KINDS else None
-    return next((kind for kind in STEP_KINDS if hasattr(value, kind)), None)
-
-
-Step = Annotated[
-    Union[tuple(Annotated[kind.model, Tag(name)] for name, kind in STEP_KINDS.items())],  # type: ignore[valid-type]
-    Discriminator(
-        step_kind,
-        custom_error_type="step_kind",
-        custom_error_message="a step is a mapping with exactly one key: " + ", ".join(STEP_KINDS),
-    ),
-]
-
-
-class OutputConfig(_Frozen):
+class OutputConfig(Frozen):
     path: str = Field(description="Zarr store to create: a directory, or an fsspec URL (s3://bucket/x.zarr)")
     dtype: OutputDType = Field(
         "float32", description="integer outputs are rounded and clipped to the type's range, never wrapped"
@@ -302,7 +168,7 @@ class OutputConfig(_Frozen):
         return redact_options(options)
 
 
-class ExecutionConfig(_Frozen):
+class ExecutionConfig(Frozen):
     scheduler: str = Field(
         "threads",
         description="sync | threads | processes | local (a LocalCluster) | tcp://HOST:PORT | slurm | pbs | sge",
@@ -347,9 +213,9 @@ class ExecutionConfig(_Frozen):
         raise ValueError(f"unknown scheduler {value!r}; {hint}use one of {', '.join(SCHEDULER_NAMES)} or tcp://HOST:PORT")
 
 
-class PipelineConfig(_Frozen):
+class PipelineConfig(Frozen):
     input: InputConfig
-    steps: tuple[Step, ...] = Field(default=(), max_length=MAX_STEPS, description=f"applied in order; at most {MAX_STEPS}")
+    steps: tuple[StepConfig, ...] = Field(default=(), max_length=MAX_STEPS, description=f"applied in order; at most {MAX_STEPS}")
     output: OutputConfig
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

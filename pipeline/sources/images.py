@@ -13,7 +13,6 @@ from typing import Any, Literal, Mapping, Sequence
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
-import tifffile
 from PIL import Image
 
 from pipeline.budget import BlockBudget, ImageBudget, slab_depth

@@ -63,7 +63,7 @@ class ChainResult:
 
 def build_steps(configs: Sequence[BaseModel], *, image_axes: int = 1) -> list[Step]:
     """Steps from validated config models, each built by the module its kind names (config.STEP_KINDS)."""
-    from pipeline.config import STEP_KINDS, step_kind
+    from pipeline.step_kinds import STEP_KINDS, step_kind
 
     del image_axes  # normalize reduces over every axis but the image index; kept for callers
     steps = []

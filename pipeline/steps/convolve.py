@@ -32,7 +32,7 @@ from pipeline.steps.strategies import STRATEGIES, KernelPlan, choose_engine, cor
 from pipeline.steps.windowed import WindowedStep
 
 if TYPE_CHECKING:
-    from pipeline.config import ConvolveSpec
+    from pipeline.step_kinds import ConvolveSpec
 
 Mode = Literal["same", "valid", "full"]
 Boundary = Literal["reflect", "nearest", "mirror", "wrap", "constant"]

@@ -29,7 +29,7 @@ from pipeline.steps.kernels import check_matrix, load_kernel_file
 from pipeline.steps.windowed import WindowedStep
 
 if TYPE_CHECKING:
-    from pipeline.config import LayerSpec
+    from pipeline.step_kinds import LayerSpec
 
 # Weights with more values than this are recorded in provenance by their sha256, not in full.
 RECORDED_VALUES = 4096
