@@ -459,3 +459,41 @@ def preview(
 
 def main() -> None:
     app()
+
+
+@app.command()
+def learn(
+    config: ConfigArg,
+    set_: SetOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier fit in the output folder.")] = False,
+    progress: Annotated[
+        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Learn the kernel (or bank) that maps the inputs to the targets; write kernel.npy, job.yaml, report.json, kernel.png."""
+    from pipeline.events import Reporter
+    from pipeline.learn import learn as learn_kernel
+    from pipeline.learn_config import load_learn_config
+
+    terminal = sys.stderr.isatty()
+    reporter = Reporter(quiet=quiet, progress=terminal if progress is None else progress, lines=progress is None and not terminal)
+    with reported_errors(reporter), _terminated_like_interrupted():
+        overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
+        summary = learn_kernel(load_learn_config(config, overrides), reporter=reporter)
+    if quiet:
+        return
+    report = summary.report
+    quality = (
+        f"R² {', '.join(f'{v:.6f}' for v in report['r2'])}, RMSE {', '.join(f'{v:.3g}' for v in report['rmse'])}, "
+        f"condition {report['condition']:.3g}"
+        if summary.method == "lstsq"
+        else f"loss {report['final_mse']:.6g} after {counted(report['epochs'], 'epoch')}"
+    )
+    out.print(
+        f"learned a {'x'.join(map(str, report['kernel_shape'][2:]))} kernel "
+        f"({report['kernel_shape'][0]} out, {report['kernel_shape'][1]} in) from {counted(summary.pairs, 'pair')} "
+        f"(paired by {report['pairing']}, {summary.method}): {quality} in {summary.seconds:.1f} s → {summary.folder}",
+        highlight=False,
+    )
+    out.print(_format_matrix(summary.weights if summary.weights.ndim > 4 or summary.weights.shape[:2] != (1, 1) else summary.weights[0, 0]), highlight=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Optional, Union
+from typing import Annotated, Any, Iterable, Literal, Optional, TypeVar, Union
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,7 @@ from pipeline.step_kinds import (  # noqa: F401 (the step models are part of the
     step_kind,
 )
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 OutputDType = Literal["float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32"]
 Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
 SCHEDULER_NAMES = ("sync", "threads", "processes", "local", "slurm", "pbs", "sge")
@@ -253,12 +254,17 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config") -> PipelineConfig:
+    return validate_model(PipelineConfig, raw, source=source)
+
+
+def validate_model(model: type[ModelT], raw: dict[str, Any], *, source: str = "config") -> ModelT:
+    """``raw`` as ``model`` (a run's or a learn job's), or one ConfigError listing every problem."""
     try:
-        return PipelineConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         # A misspelt key also makes the key it meant missing: the unknown key is the news, so it comes first.
         errors = sorted(exc.errors(include_url=False), key=lambda error: error["type"] != "extra_forbidden")
-        problems = _merge_union_branches(_describe(error) for error in errors)
+        problems = _merge_union_branches(_describe(error, model) for error in errors)
         more = len(problems) - 1
         summary = problems[0] + (f" (and {more} more problem{'s' * (more > 1)}; run 'pipeline validate')" if more else "")
         raise ConfigError(f"{source}: {summary}", problems) from None
@@ -277,12 +283,12 @@ _MESSAGES = {
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], root: type[BaseModel] = BaseModel) -> str:
     loc = _clean_loc(error["loc"], error["type"])
     key = ".".join(str(part) for part in loc) or "(top level)"
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return f"{key}: unknown key{_suggest(loc)}"
+        return f"{key}: unknown key{_suggest(loc, root)}"
     if kind == "value_error":  # our validators' own messages (KernelError among them)
         message = str(ctx["error"])
     elif kind == "model_type":
@@ -338,9 +344,12 @@ def _either(messages: list[str]) -> str:
     return " or ".join(messages)
 
 
-def _suggest(loc: list[Any]) -> str:
+def _suggest(loc: list[Any], root: type[BaseModel]) -> str:
     parents = [part for part in loc[:-1] if isinstance(part, str)]
-    model = _MODELS_BY_PARENT.get(parents[-1] if parents else "")
+    model = _MODELS_BY_PARENT.get(parents[-1]) if parents else root
+    if parents and parents[-1] in getattr(root, "model_fields", {}) and parents[-1] not in _MODELS_BY_PARENT:
+        annotation = root.model_fields[parents[-1]].annotation  # a section of another job file (learn's kernel)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     if model is None:
         return ""
     valid = list(model.model_fields)

@@ -182,6 +182,10 @@ class Reporter:
             table.add_row(name, str(value))
         self._err.print(table)
 
+    def finish(self) -> None:
+        """The work is done: close the bar, print no run summary (the caller prints its own)."""
+        self._close_bar()
+
     def error(self, message: str, exit_code: int) -> None:
         self._close_bar()
         if self.log_format == "json":

@@ -83,6 +83,13 @@ class Executor:
             return None
         return self.client.dashboard_link
 
+    def results(self, *collections: Any) -> tuple[Any, ...]:
+        """Compute ``collections`` and return their values (small ones: a reduction's result)."""
+        if self.client is not None:
+            return tuple(self.client.gather(self.client.compute(list(collections))))
+        with dask.config.set({"scheduler": _local_get(self.scheduler), "num_workers": self.workers}):
+            return dask.compute(*collections)
+
     def compute(self, *collections: Any, on_progress: Callable[[float], None] | None = None) -> None:
         """Compute ``collections``; ``on_progress`` receives fractions of the work as it finishes."""
         if self.client is not None:
