@@ -26,10 +26,13 @@ import numpy as np
 from pipeline.errors import ConfigError, InputError, OutputError
 from pipeline.events import Reporter
 from pipeline.execution import open_executor
+from pipeline.config import InputConfig
 from pipeline.learn_config import LearnConfig
 from pipeline.learning import Adam, NormalParts, SGD, accumulate, init_weights, loss_and_gradient, solve, tile_window
+from pipeline.pixels import convert_pixels
 from pipeline.sources.images import read_image
 from pipeline.sources.listing import list_images
+from pipeline.sources.volume import read_slices, stack_shape
 from pipeline.storage import absolute
 from pipeline.steps.strategies import NUMPY_PAD_MODES
 
@@ -78,10 +81,7 @@ def pair_sources(config: LearnConfig) -> tuple[list[Pair], str]:
 
 def read_pair(pair: Pair, config: LearnConfig) -> tuple[np.ndarray, np.ndarray]:
     """x (C, *spatial) and y (K, *spatial) in float64; a valid-sized target is placed on the input's grid."""
-    x = _channels(read_image(pair.input, color=config.inputs.color_mode, dtype="float64", scale=config.inputs.scale,
-                             storage_options=config.inputs.storage_options), config.inputs.color_mode)
-    y = _channels(read_image(pair.target, color=config.targets.color_mode, dtype="float64", scale=config.targets.scale,
-                             storage_options=config.targets.storage_options), config.targets.color_mode)
+    x, y = _read(pair.input, config.inputs), _read(pair.target, config.targets)
     kernel = tuple(config.kernel.shape)
     spatial = x.shape[1:]
     if len(kernel) != len(spatial):
@@ -107,8 +107,14 @@ def read_pair(pair: Pair, config: LearnConfig) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _channels(image: np.ndarray, color: str) -> np.ndarray:
-    return image[np.newaxis] if color == "gray" else image
+def _read(path: str, settings: InputConfig) -> np.ndarray:
+    """One image (C, y, x) — or one volume (1, z, y, x) with ``layout: volume`` — in float64."""
+    if settings.layout == "volume":
+        depth = stack_shape(path)[0]
+        slices = [convert_pixels(plane, color="gray", dtype="float64", scale=settings.scale) for plane in read_slices(path, 0, depth)]
+        return np.stack(slices)[np.newaxis]
+    image = read_image(path, color=settings.color_mode, dtype="float64", scale=settings.scale, storage_options=settings.storage_options)
+    return image[np.newaxis] if settings.color_mode == "gray" else image
 
 
 def _window(x: np.ndarray, kernel: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]:
@@ -228,11 +234,24 @@ def _descend(config: LearnConfig, pairs: list[Pair], shape: tuple[int, ...], exe
             reporter.advance(len(chunk))
         losses.append(epoch_loss / max(positions, 1))
         _batch_line(reporter, epoch * len(pairs), len(pairs), len(pairs) * training.epochs, began)
-        if len(losses) > 1 and losses[-2] - losses[-1] < training.tolerance * losses[-2]:
+        if _converged(losses, training.tolerance):
             break
     fit = {"loss": losses, "epochs": len(losses), "final_mse": losses[-1], "rmse": [math.sqrt(losses[-1])],
            "learning_rate": training.learning_rate, "seed": training.seed, "activation": config.kernel.activation}
     return weights, bias, fit
+
+
+PATIENCE = 10  # epochs without a better loss before a descent stops
+
+
+def _converged(losses: list[float], tolerance: float) -> bool:
+    """No epoch of the last ``PATIENCE`` beat the best before them by more than ``tolerance`` of it (or the fit is exact)."""
+    if losses[-1] == 0.0:
+        return True
+    if len(losses) <= PATIENCE:
+        return False
+    before = min(losses[:-PATIENCE])
+    return min(losses[-PATIENCE:]) > before * (1 - tolerance)
 
 
 def _batch_line(reporter: Reporter, start: int, images: int, total: int, began: float) -> None:

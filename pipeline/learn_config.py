@@ -43,7 +43,9 @@ class Training(Frozen):
     learning_rate: float = Field(0.01, gt=0, description="the optimizer's step size")
     batch: PositiveCount = Field(4, description="image pairs per mini-batch")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
-    tolerance: float = Field(1e-10, ge=0, description="stop when an epoch improves the loss by less than this fraction")
+    tolerance: float = Field(
+        1e-6, ge=0, description="stop when 10 epochs in a row do not beat the best loss before them by this fraction"
+    )
     seed: int = Field(0, description="the initial kernel and the order of the pairs: the same seed gives the same kernel")
 
 

@@ -1,0 +1,197 @@
+"""`pipeline learn` through the CLI: kernels recovered from pairs written to disk, the round trip through
+`pipeline run`, numpy.linalg.lstsq on the explicit design matrix, gradient descent, and bad pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+import zarr
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import ndimage, signal
+
+from helpers import assert_error, assert_ok
+
+RNG = np.random.default_rng(12)
+EDGE = np.array([[1.0, 1, 1], [1, -8, 1], [1, 1, 1]])
+
+
+def _photos(count: int = 5, shape: tuple[int, ...] = (40, 44), channels: int = 0) -> list[np.ndarray]:
+    """Photo-like random images: smooth structure plus fine texture (every frequency present), float64."""
+    full = (channels, *shape) if channels else shape
+    sigma = (0, 1.5, 1.5) if channels else 1.5
+    return [ndimage.gaussian_filter(RNG.standard_normal(full), sigma) * 50 + RNG.standard_normal(full) * 5 + 100
+            for _ in range(count)]
+
+
+def _write_pairs(root: Path, inputs: list[np.ndarray], targets: list[np.ndarray], first: int = 0) -> None:
+    for folder in ("inputs", "targets"):
+        (root / folder).mkdir(exist_ok=True)
+    for index, (x, y) in enumerate(zip(inputs, targets), start=first):
+        tifffile.imwrite(root / "inputs" / f"p{index:02d}.tif", x.astype(np.float64), photometric="minisblack")
+        tifffile.imwrite(root / "targets" / f"p{index:02d}.tif", np.asarray(y, dtype=np.float64), photometric="minisblack")
+
+
+def _job(write_config, root: Path, kernel: dict[str, Any], *, method: str = "lstsq", color: str = "gray",
+         training: dict | None = None, **extra: Any) -> Path:
+    raw = {"inputs": {"paths": str(root / "inputs"), "color": color}, "targets": {"paths": str(root / "targets"), "color": color},
+           "kernel": kernel, "method": method, "output": {"path": str(root / "fit")}, **extra}
+    if training:
+        raw["training"] = training
+    return write_config(raw, "learn.yaml")
+
+
+def _valid(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return signal.correlate(x, kernel, mode="valid")
+
+
+def _fit(root: Path) -> tuple[np.ndarray, dict]:
+    return np.load(root / "fit" / "kernel.npy"), json.loads((root / "fit" / "report.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [EDGE, np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]), RNG.standard_normal((5, 5)), RNG.standard_normal((3, 7)),
+     ndimage.gaussian_filter(np.pad([[1.0]], 7), 2.0)],
+    ids=["edge", "sobel", "random-5x5", "3x7", "gaussian-15x15"],
+)
+def test_lstsq_recovers_the_kernel_of_filtered_photos(tmp_path: Path, write_config, run_cli, kernel: np.ndarray) -> None:
+    inputs = _photos(4, (48, 52))
+    _write_pairs(tmp_path, inputs, [_valid(x, kernel) for x in inputs])
+    result = run_cli("learn", _job(write_config, tmp_path, {"shape": list(kernel.shape)}))
+    assert_ok(result)
+    learned, report = _fit(tmp_path)
+    np.testing.assert_allclose(learned, kernel, rtol=1e-6, atol=1e-6 * np.abs(kernel).max())
+    assert report["pairing"] == "names" and report["rank"] == kernel.size and report["r2"][0] > 1 - 1e-9
+
+
+def test_a_3d_kernel_on_volumes_and_a_bias(tmp_path: Path, write_config, run_cli) -> None:
+    kernel = RNG.standard_normal((3, 3, 3))
+    inputs = [ndimage.gaussian_filter(RNG.standard_normal((9, 20, 22)), 1.0) * 50 for _ in range(3)]
+    _write_pairs(tmp_path, inputs, [_valid(x, kernel) + 7.5 for x in inputs])
+    assert_ok(run_cli("learn", _volume_job(write_config, tmp_path)))
+    learned, report = _fit(tmp_path)
+    np.testing.assert_allclose(learned[0, 0], kernel, rtol=1e-6, atol=1e-6)  # with a bias: a layer's bank
+    np.testing.assert_allclose(np.load(tmp_path / "fit" / "bias.npy"), [7.5], rtol=1e-6)
+
+
+def _volume_job(write_config, root: Path) -> Path:
+    volume = {"paths": str(root / "inputs"), "layout": "volume"}
+    return write_config({"inputs": volume, "targets": {**volume, "paths": str(root / "targets")},
+                         "kernel": {"shape": [3, 3, 3], "bias": True}, "output": {"path": str(root / "fit")}}, "learn.yaml")
+
+
+def test_a_bank_of_2_outputs_from_3_channels(tmp_path: Path, write_config, run_cli) -> None:
+    weights = RNG.standard_normal((2, 3, 3, 3))
+    inputs = _photos(3, (30, 34), channels=3)
+    targets = [np.stack([sum(_valid(x[c], weights[k, c]) for c in range(3)) for k in range(2)]) for x in inputs]
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "targets").mkdir()
+    for index, (x, y) in enumerate(zip(inputs, targets)):  # channels last, as images store them
+        tifffile.imwrite(tmp_path / "inputs" / f"p{index}.tif", np.moveaxis(x, 0, -1).astype(np.float32), planarconfig="contig")
+        tifffile.imwrite(tmp_path / "targets" / f"p{index}.tif", np.moveaxis(y, 0, -1).astype(np.float64), planarconfig="contig")
+    job = _job(write_config, tmp_path, {"shape": [3, 3], "channels": [3, 2]}, color="keep")
+    assert_ok(run_cli("learn", job))
+    learned, report = _fit(tmp_path)
+    assert learned.shape == (2, 3, 3, 3) and report["kernel_shape"] == [2, 3, 3, 3]
+    np.testing.assert_allclose(learned, weights, rtol=1e-4, atol=1e-4)  # float32 inputs
+    steps = yaml.safe_load((tmp_path / "fit" / "job.yaml").read_text())["steps"]
+    assert list(steps[0]) == ["layer"] and steps[0]["layer"]["correlate"] is True
+
+
+def test_with_noise_lstsq_equals_numpy_on_the_design_matrix(tmp_path: Path, write_config, run_cli) -> None:
+    inputs = _photos(3, (16, 18))
+    targets = [_valid(x, RNG.standard_normal((3, 3))) + RNG.normal(0, 5.0, (14, 16)) for x in inputs]
+    _write_pairs(tmp_path, inputs, targets)
+    design = np.concatenate([sliding_window_view(x, (3, 3)).reshape(-1, 9) for x in inputs])
+    design = np.hstack([design, np.ones((len(design), 1))])
+    expected, *_ = np.linalg.lstsq(design, np.concatenate([y.ravel() for y in targets]), rcond=None)
+    for scheduler, workers in (("sync", 1), ("threads", 2), ("processes", 2)):
+        job = _job(write_config, tmp_path, {"shape": [3, 3], "bias": True}, execution={"scheduler": scheduler, "workers": workers},
+                   output={"path": str(tmp_path / "fit"), "overwrite": True})
+        assert_ok(run_cli("learn", job))
+        learned, _ = _fit(tmp_path)
+        bias = np.load(tmp_path / "fit" / "bias.npy")
+        np.testing.assert_allclose(np.append(learned[0, 0].ravel(), bias), expected, rtol=1e-8, err_msg=scheduler)
+
+
+def test_the_written_job_reproduces_the_targets_on_held_out_images(tmp_path: Path, write_config, run_cli) -> None:
+    kernel = RNG.standard_normal((5, 5))
+    inputs = _photos(5, (40, 40))
+    _write_pairs(tmp_path, inputs[:3], [_valid(x, kernel) for x in inputs[:3]])
+    assert_ok(run_cli("learn", _job(write_config, tmp_path, {"shape": [5, 5]})))
+    held_out = tmp_path / "held-out"
+    held_out.mkdir()
+    for index, x in enumerate(inputs[3:]):
+        tifffile.imwrite(held_out / f"h{index}.tif", x, photometric="minisblack")
+    assert_ok(run_cli("run", tmp_path / "fit" / "job.yaml", "--set", f"input.paths={held_out}"))
+    result = zarr.open_group(str(tmp_path / "fit" / "result.zarr"), mode="r")["0"][:]
+    for image, x in zip(result, inputs[3:]):
+        np.testing.assert_allclose(image, _valid(x, kernel), rtol=1e-5, atol=1e-5 * 100)
+    assert (tmp_path / "fit" / "kernel.png").stat().st_size > 0
+
+
+def test_adam_converges_to_the_lstsq_kernel_and_learns_behind_a_relu(tmp_path: Path, write_config, run_cli) -> None:
+    kernel = np.array([[0.5, -1.0, 0.25], [1.0, 0.0, -0.5], [0.25, 0.5, -0.75]])
+    inputs = [RNG.standard_normal((24, 26)) for _ in range(4)]  # well conditioned: descent gets there quickly
+    _write_pairs(tmp_path, inputs, [_valid(x, kernel) for x in inputs])
+    training = {"epochs": 400, "learning_rate": 0.05, "batch": 2, "seed": 3, "tolerance": 0.0}
+    assert_ok(run_cli("learn", _job(write_config, tmp_path, {"shape": [3, 3]}, method="adam", training=training)))
+    learned, report = _fit(tmp_path)
+    np.testing.assert_allclose(learned, kernel, atol=1e-3)  # one channel to one: kernel.npy is the 3x3 kernel
+    assert report["loss"][-1] < report["loss"][0] / 1e4
+    relu = tmp_path / "relu"
+    relu.mkdir()
+    _write_pairs(relu, inputs, [np.maximum(_valid(x, kernel), 0) for x in inputs])
+    job = _job(write_config, relu, {"shape": [3, 3], "activation": "relu"}, method="adam", training=training)
+    assert_ok(run_cli("learn", job))
+    np.testing.assert_allclose(np.load(relu / "fit" / "kernel.npy")[0, 0], kernel, atol=1e-2)
+    first = np.load(relu / "fit" / "kernel.npy")
+    assert_ok(run_cli("learn", job, "--overwrite"))
+    assert np.array_equal(np.load(relu / "fit" / "kernel.npy"), first)  # the same seed: the same bits
+
+
+@pytest.mark.parametrize("problem", ["counts", "shapes", "kernel-too-large", "nan", "flat", "channels", "activation-lstsq"])
+def test_bad_pairs_get_one_line(tmp_path: Path, write_config, run_cli, problem: str) -> None:
+    inputs = _photos(3, (20, 22))
+    targets = [_valid(x, EDGE) for x in inputs]
+    kernel: dict[str, Any] = {"shape": [3, 3]}
+    method, code, fragments = "lstsq", 3, ()
+    if problem == "counts":
+        _write_pairs(tmp_path, inputs, targets[:2])
+        tifffile.imwrite(tmp_path / "inputs" / "zz.tif", inputs[0])
+        fragments = ("3 input files but 2 target files", "zz.tif")
+    elif problem == "shapes":
+        _write_pairs(tmp_path, inputs, [t[:-2] for t in targets])
+        fragments = ("has shape [16, 20] but its input", "the valid size [18, 20]")
+    elif problem == "kernel-too-large":
+        _write_pairs(tmp_path, inputs, targets)
+        kernel, code, fragments = {"shape": [25, 3]}, 2, ("larger than the image [20, 22]",)
+    elif problem == "nan":
+        targets[1][3, 3] = np.nan
+        _write_pairs(tmp_path, inputs, targets)
+        fragments = ("holds NaN",)
+    elif problem == "flat":
+        flat = [np.full((20, 22), 3.0) for _ in inputs]
+        _write_pairs(tmp_path, flat, [_valid(x, EDGE) for x in flat])
+        fragments = ("cannot determine the kernel", "rank 1 of 9")
+    elif problem == "channels":
+        _write_pairs(tmp_path, inputs, targets)
+        kernel, code, fragments = {"shape": [3, 3], "channels": [3, 2]}, 2, ("kernel.channels [3, 2] but the inputs have 1 channels",)
+    else:
+        _write_pairs(tmp_path, inputs, targets)
+        kernel, code, fragments = {"shape": [3, 3], "activation": "relu"}, 2, ("least squares cannot fit", "sgd or adam")
+    assert_error(run_cli("learn", _job(write_config, tmp_path, kernel, method=method)), code, *fragments)
+
+
+def test_order_pairing_refuses_other_counts(tmp_path: Path, write_config, run_cli) -> None:
+    inputs = _photos(3, (20, 22))
+    _write_pairs(tmp_path, inputs, [_valid(x, EDGE) for x in inputs])
+    (tmp_path / "targets" / "p02.tif").unlink()
+    job = _job(write_config, tmp_path, {"shape": [3, 3]}, pairing="order")
+    assert_error(run_cli("learn", job), 3, "3 input files but 2 target files", "paired by sorted order")
