@@ -219,10 +219,14 @@ def validate(
 ) -> None:
     """Check a job file and its inputs' headers: print every problem, or a short summary if it is valid."""
     from pipeline.config import load_config
+    from pipeline.job_file import read_yaml
     from pipeline.sources.headers import survey_inputs
     from pipeline.steps.chain import build_steps
 
     try:
+        if "targets" in read_yaml(config):  # a learn job: inputs and targets
+            _validate_learn(config, _overrides(set_))
+            return
         cfg = load_config(config, _overrides(set_))
     except ConfigError as exc:
         for problem in exc.problems:
@@ -241,6 +245,19 @@ def validate(
         f"{config}: valid: {counted(survey.total, 'input file')} ({survey.summary()}); {steps}; output {cfg.output.path}",
         highlight=False,
     )
+
+
+def _validate_learn(config: Path, overrides: list[str]) -> None:
+    """A learn job file: its models, and the pairing of its collections (headers are read when it runs)."""
+    from pipeline.learn import pair_sources
+    from pipeline.learn_config import load_learn_config
+
+    cfg = load_learn_config(config, overrides)
+    with reported_errors():
+        pairs, how = pair_sources(cfg)
+    shape = "x".join(map(str, cfg.kernel.shape))
+    out.print(f"{config}: valid learn job: {counted(len(pairs), 'pair')} (paired by {how}); {shape} kernel by {cfg.method}; "
+              f"output {cfg.output.path}", highlight=False)
 
 
 @app.command()

@@ -195,3 +195,24 @@ def test_order_pairing_refuses_other_counts(tmp_path: Path, write_config, run_cl
     (tmp_path / "targets" / "p02.tif").unlink()
     job = _job(write_config, tmp_path, {"shape": [3, 3]}, pairing="order")
     assert_error(run_cli("learn", job), 3, "3 input files but 2 target files", "paired by sorted order")
+
+
+def test_the_bundled_example_learns_the_seeds_edge_kernel_back(repo_root: Path, tmp_path: Path, run_cli, monkeypatch) -> None:
+    """configs/edge-targets.yaml makes the targets, configs/learn-edges.yaml learns them back (the README's example)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "samples").symlink_to(repo_root / "data" / "samples")
+    monkeypatch.chdir(tmp_path)
+    configs = repo_root / "configs"
+    assert_ok(run_cli("run", configs / "edge-targets.yaml"))
+    assert_ok(run_cli("export", "out/edge-targets.zarr", "out/edge-targets", "--format", "tiff"))
+    checked = run_cli("validate", configs / "learn-edges.yaml")
+    assert_ok(checked)
+    assert "valid learn job: 8 pairs (paired by order)" in checked.stdout
+    learned = run_cli("learn", configs / "learn-edges.yaml")
+    assert_ok(learned)
+    assert "learned a 3x3 kernel (1 out, 1 in) from 8 pairs" in learned.stdout
+    np.testing.assert_allclose(np.load("out/learned-edges/kernel.npy"), EDGE, atol=1e-5)
+    assert_ok(run_cli("run", "out/learned-edges/job.yaml"))
+    applied = zarr.open_group("out/learned-edges/result.zarr", mode="r")["0"][:]
+    targets = zarr.open_group("out/edge-targets.zarr", mode="r")["0"][:]
+    np.testing.assert_allclose(applied, targets, rtol=1e-5, atol=1e-5 * np.abs(targets).max())
