@@ -9,16 +9,14 @@ by C.
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
 from pipeline.errors import KernelError
-from pipeline.steps.kernels import gaussian
+from pipeline.steps.kernels import BuiltinKernel, gaussian
 
 # Correlation orientation: [-1, 0, 1] responds to values rising along the axis (+d/dx).
 _SMOOTH = np.array([1.0, 2.0, 1.0])
@@ -84,24 +82,13 @@ def dog(*, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0), ratio: float = 1.6) -> n
     return _centred(kernels)
 
 
-@dataclass(frozen=True)
-class BuiltinBank:
-    name: str
-    description: str
-    factory: Callable[..., np.ndarray]
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return {name: p.default for name, p in inspect.signature(self.factory).parameters.items()}
-
-
-BANKS: dict[str, BuiltinBank] = {
+BANKS: dict[str, BuiltinKernel] = {  # a bank is a built-in whose factory makes (K, 1, kh, kw)
     bank.name: bank
     for bank in (
-        BuiltinBank("sobel", "x and y Sobel derivatives (2 channels)", sobel),
-        BuiltinBank("gabor", "real Gabor filters: orientations × wavelengths", gabor),
-        BuiltinBank("log", "Laplacian of Gaussian per sigma", log),
-        BuiltinBank("dog", "difference of Gaussians per sigma", dog),
+        BuiltinKernel("sobel", "x and y Sobel derivatives (2 channels)", sobel),
+        BuiltinKernel("gabor", "real Gabor filters: orientations × wavelengths", gabor),
+        BuiltinKernel("log", "Laplacian of Gaussian per sigma", log),
+        BuiltinKernel("dog", "difference of Gaussians per sigma", dog),
     )
 }
 
