@@ -107,7 +107,8 @@ def test_gemm_forced_on_volumes_falls_back_to_direct(rng) -> None:
 @pytest.mark.parametrize(
     "out_channels, channels, side, expected",
     [
-        (8, 1, 3, "direct (opencv)"),
+        (2, 1, 3, "direct (opencv)"),
+        (8, 1, 3, "gemm (blas)"),
         (16, 3, 5, "gemm (blas)"),
         (16, 16, 3, "gemm (blas)"),
         (4, 1, 15, "gemm (blas)"),
@@ -122,9 +123,20 @@ def test_the_cost_model_picks_the_fastest_measured_strategy(rng, out_channels, c
     assert plan.cost() == min(plan_bank(weights, bias, dtype=np.float32, strategy=s).cost() for s in BANK_STRATEGIES)
 
 
-@pytest.mark.parametrize("kernel, expected", [((3, 3, 3), "direct"), ((15, 15, 15), "fft")])
-def test_the_cost_model_on_volumes(rng, kernel, expected) -> None:
-    assert plan_bank(random_bank(rng, 2, 2, kernel)[0], dtype=np.float32).strategy == expected
+def test_a_bank_of_separable_kernels_goes_direct() -> None:
+    # eight gaussians of 15×15: 30 taps each as two 1-D passes, against gemm's 225 multiply-adds
+    x = np.arange(-7, 8)
+    gaussians = np.stack([np.outer(g, g) for g in (np.exp(-(x**2) / (2 * s**2)) for s in np.linspace(1, 3, 8))])
+    plan = plan_bank(gaussians[:, None], dtype=np.float32)
+    assert plan.describe() == "direct (opencv)"
+    assert {pair.strategy for row in plan.pairs for pair in row} == {"separable"}
+
+
+@pytest.mark.parametrize(
+    "channels, kernel, expected", [(1, (1, 3, 3), "direct (opencv)"), (2, (5, 5, 5), "fft (scipy)")]
+)
+def test_the_cost_model_on_volumes(rng, channels, kernel, expected) -> None:
+    assert plan_bank(random_bank(rng, channels, channels, kernel)[0], dtype=np.float32).describe() == expected
 
 
 def test_plan_properties(rng) -> None:

@@ -57,25 +57,24 @@ GEMM_BAND_PIXELS = 1 << 15
 # reads in the same cache sets (measured 1.5× slower at a width of 2048).
 GEMM_ROW_PAD_BYTES = 64
 
-# --- cost model: CPU seconds per output position (all K channels) on one thread, keyed by the
-# item size (4: float32, 8: float64), for 2048² blocks (64×256×256 for volumes). Fitted by
-# `python benchmarks/bank_engines.py --constants` (non-negative least squares of each strategy's
-# measured time on 7 to 9 banks against the terms below; see the script) on the 2-core AMD EPYC
-# (AVX-512) this was written on, numpy's OpenBLAS 0.3.31 with its SkylakeX kernels, OpenCV 5.0.
-# direct: per tap of each pair's single-kernel plan (strategies' cost_in_taps), per engine; per pair
-# for adding its result into its output channel.
-TAP_SECONDS = {4: {"opencv": 4.3e-11, "scipy": 3.5e-10}, 8: {"opencv": 4.9e-11, "scipy": 4.4e-10}}
-ADD_SECONDS = {4: 4.0e-10, 8: 1.1e-9}
-# gemm: per lowered value (C·kw per pixel), per BLAS flop (output channels rounded up to the
-# GEMM_CHANNEL_GROUP OpenBLAS computes together), per output value stored with its bias.
-LOWER_SECONDS = {4: 5.4e-10, 8: 5.4e-10}
-GEMM_FLOP_SECONDS = {4: 3.4e-12, 8: 1.8e-11}
-STORE_SECONDS = {4: 4.8e-10, 8: 2.1e-9}
+# --- cost model: CPU seconds per output position (all K channels) on one thread, 2048² blocks
+# (64×256×256 for volumes), per item size (4: float32, 8: float64) and strategy, one constant per
+# term of cost_terms():
+#   direct  per tap of each pair's single-kernel plan (strategies' cost_in_taps) on OpenCV, on scipy;
+#           per pair (its result added into its output channel); per output channel (first write)
+#   gemm    per output position (BLAS calls, bands); per lowered value (C·kw); per BLAS flop (output
+#           channels rounded up to the GEMM_CHANNEL_GROUP OpenBLAS computes together); per output value
+#   fft     per transform of one channel (C forward, K inverse); per pair (the kernel's spectrum and
+#           its multiply-add into the output's spectrum)
+# Fitted by `python benchmarks/bank_engines.py --constants` (non-negative least squares of relative
+# errors, each strategy timed on 10 to 12 banks; see the script) on the 2-core AMD EPYC (AVX-512)
+# this was written on, numpy's OpenBLAS 0.3.31 with its SkylakeX kernels, OpenCV 5.0, scipy 1.17.
+COST_CONSTANTS = {
+    4: {"direct": (3.8e-11, 3.6e-10, 3.1e-10, 1.6e-10), "gemm": (0.0, 2.2e-10, 7.3e-12, 3.8e-10), "fft": (4.4e-9, 3.2e-9)},
+    8: {"direct": (5.4e-11, 4.8e-10, 1.4e-9, 0.0), "gemm": (5.7e-10, 5.6e-10, 1.6e-11, 6.7e-10), "fft": (1.1e-8, 6.3e-9)},
+}
 GEMM_CHANNEL_GROUP = 4
-# fft: per transform of one channel (C forward, K inverse); per (k, c) pair for the kernel's
-# spectrum and its multiply-add into the output's spectrum.
-FFT_SECONDS = {4: 4.4e-9, 8: 1.0e-8}
-FFT_PAIR_SECONDS = {4: 2.6e-9, 8: 6.0e-9}
+ENGINES = ("opencv", "scipy")
 # OpenCV's filter2D switches to a DFT (whose bytes depend on the block size) from these many taps.
 OPENCV_DFT_TAPS = {4: 130, 8: 50}
 
@@ -218,23 +217,20 @@ def _check_block(block: np.ndarray, plan: BankPlan) -> None:
 
 def _costs(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, float]:
     """Estimated seconds per output position of every strategy that can run the bank."""
-    return {name: float(np.dot(terms, constants)) for name, (terms, constants) in cost_terms(weights, pairs, dtype).items()}
+    constants = COST_CONSTANTS[np.dtype(dtype).itemsize]
+    return {name: float(np.dot(terms, constants[name])) for name, terms in cost_terms(weights, pairs, dtype).items()}
 
 
-def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, tuple[list[float], list[float]]]:
-    """Per strategy that can run the bank: the cost model's terms and the constants they are priced at."""
+def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, list[float]]:
+    """The cost model's terms of every strategy that can run the bank (see COST_CONSTANTS)."""
     out_channels, channels, *kernel = weights.shape
-    item = np.dtype(dtype).itemsize
-    taps = {engine: sum(p.cost_in_taps() for row in pairs for p in row if p.engine == engine) for engine in TAP_SECONDS[item]}
-    terms = {"direct": ([*taps.values(), out_channels * channels], [*TAP_SECONDS[item].values(), ADD_SECONDS[item]])}
+    taps = [sum(p.cost_in_taps() for row in pairs for p in row if p.engine == engine) for engine in ENGINES]
+    terms = {"direct": [*taps, out_channels * channels, out_channels]}
     if len(kernel) <= 2:
         grouped = -(-out_channels // GEMM_CHANNEL_GROUP) * GEMM_CHANNEL_GROUP
-        terms["gemm"] = (
-            [channels * kernel[-1], 2 * grouped * channels * math.prod(kernel), out_channels],
-            [LOWER_SECONDS[item], GEMM_FLOP_SECONDS[item], STORE_SECONDS[item]],
-        )
+        terms["gemm"] = [1, channels * kernel[-1], 2 * grouped * channels * math.prod(kernel), out_channels]
     if math.prod(kernel) > 1:
-        terms["fft"] = ([channels + out_channels, out_channels * channels], [FFT_SECONDS[item], FFT_PAIR_SECONDS[item]])
+        terms["fft"] = [channels + out_channels, out_channels * channels]
     return terms
 
 
