@@ -15,9 +15,11 @@ sgemm on the same shapes — (K × C·kh·kw) @ (C·kh·kw × 65536) — which i
 would run at, and the cost model's estimate of each strategy. Library threads are capped with
 threadpoolctl and cv2.setNumThreads, as the pipeline caps them in each task.
 
-``--constants`` fits the cost model's constants instead: each strategy runs on a set of banks at one
-thread, and non-negative least squares fits the seconds per output pixel to the model's terms
-(bank.py ``_costs``); it prints the constants and each bank's measured and fitted time.
+``--constants`` fits the cost model's constants (bank.py ``COST_CONSTANTS``) instead: each strategy
+runs on 7 to 12 banks at one thread, timed in CPU seconds (less disturbed by other processes than
+wall time), and non-negative least squares fits the seconds per output position to the model's
+terms (``bank.cost_terms``), weighting relative errors; it prints the constants and each bank's
+measured and fitted time.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _block(channels: int, spatial: tuple[int, ...], dtype, rng) -> np.ndarray:
 
 def _plans(out_channels: int, channels: int, kernel: tuple[int, ...], dtype, rng) -> dict[str, bank.BankPlan]:
     weights, bias = rng.standard_normal((out_channels, channels, *kernel)), rng.standard_normal(out_channels)
-    return {strategy: bank.plan_bank(weights, bias, dtype=dtype, strategy=strategy) for strategy in bank.BANK_STRATEGIES}
+    return {s: bank.plan_bank(weights, bias, dtype=dtype, strategy=s) for s in bank.BANK_STRATEGIES}
 
 
 def _best(functions: dict[str, callable], repeats: int, clock=time.perf_counter) -> dict[str, float]:
@@ -100,7 +102,8 @@ def run_cases(threads: int, repeats: int) -> None:
 # Banks the constants are fitted on, per strategy: (K, C, kernel); 2-D on 2048², 3-D on 64×256×256.
 FIT_BANKS = {
     "direct": [(1, 1, (3, 3)), (1, 1, (5, 5)), (4, 1, (3, 3)), (2, 3, (5, 5)), (8, 1, (3, 3)), (4, 4, (3, 3)),
-               (2, 1, (15, 15)), (16, 3, (5, 5)), (16, 1, (3, 3)), (2, 8, (3, 3)), (2, 2, (3, 3, 3)), (1, 2, (5, 5, 5))],
+               (2, 1, (15, 15)), (16, 3, (5, 5)), (16, 1, (3, 3)), (2, 8, (3, 3)), (2, 2, (3, 3, 3)),
+               (1, 2, (5, 5, 5))],
     "gemm": [(2, 1, (3, 3)), (4, 1, (3, 3)), (8, 1, (3, 3)), (16, 1, (5, 5)), (2, 8, (3, 3)), (16, 3, (5, 5)),
              (16, 16, (3, 3)), (4, 1, (15, 15)), (32, 8, (3, 3)), (8, 3, (7, 7)), (64, 16, (3, 3))],
     "fft": [(1, 1, (15, 15)), (4, 1, (15, 15)), (3, 3, (15, 15)), (8, 3, (31, 31)), (2, 2, (21, 21)),
@@ -139,7 +142,8 @@ def fit_constants(repeats: int) -> None:
             print(f"  {strategy:>6} ({', '.join(NAMES[strategy])}): ({', '.join(f'{v:.2g}' for v in constants)})")
             for (out_channels, channels, kernel), row, seconds in zip(banks, rows, measured):
                 shape = "×".join(map(str, kernel))
-                print(f"         {channels}→{out_channels} {shape}: measured {seconds:.3g}, fitted {np.dot(row, constants):.3g}")
+                fitted = np.dot(row, constants)
+                print(f"         {channels}→{out_channels} {shape}: measured {seconds:.3g}, fitted {fitted:.3g}")
 
 
 def main() -> None:

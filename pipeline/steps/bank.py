@@ -18,17 +18,17 @@ bias[k]`` (the oracle; origin 0, scipy's centring for even sizes). Three strateg
 Every strategy pads the block once with the border rule (``np.pad``, which reflects again and again
 like scipy when the kernel outreaches the block) except ``direct``, whose pairs handle their borders.
 
-Reproducibility. A pipeline computes an image in tiles whose sizes differ from run to run, so a
-pixel must get the same bytes whatever block it is computed in. Sums per pixel in a fixed order
-(``direct``) have that property; BLAS does not: OpenBLAS changes its reduction order with the shape
-of the call (small-matrix kernels, tails), with the thread count, and — with its Haswell kernels,
-which this machine's environment selects — with a pixel's position inside one call (the first and
-last 8 rows of each 320-row panel use two accumulators instead of one). ``gemm`` therefore makes
-every call the same shape (``GEMM_TILE`` pixels of one row, ``GEMM_TILE`` being fixed), lines the
-tiles up with the IMAGE's columns (``start`` says where the block begins; a partial tile at a block
-edge is computed whole over zeros), runs BLAS on one thread per call and spreads bands of rows over
-as many Python threads as BLAS was allowed. ``fft`` depends on the block size and is not
-reproducible.
+Reproducibility. A pipeline computes an image in blocks whose sizes differ from run to run and from
+machine to machine, so a pixel must get the same bytes whatever block it is computed in. Sums in a
+fixed order per pixel (``direct``'s taps and passes; not OpenCV's DFT and running-sum box filters,
+see ``BankPlan.reproducible``) have that property; BLAS does not: OpenBLAS
+changes its reduction order with the shape of a call, with its thread count, and — with the Haswell
+kernels it runs when OPENBLAS_CORETYPE=Haswell, as in this project's test environment — with a
+pixel's position inside one call (rows at the edges of its panels use two accumulators instead of
+one). So ``gemm`` makes every call the same shape (``GEMM_TILE`` pixels of one output row), lines
+the tiles up with the IMAGE's columns (``start`` says where the block begins; a partial tile at a
+block edge is computed whole over zeros), caps BLAS at one thread and runs bands of rows on as many
+Python threads as BLAS was allowed. ``fft``'s transform size follows the block: not reproducible.
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ GEMM_ROW_PAD_BYTES = 64
 # errors, each strategy timed on 10 to 12 banks; see the script) on the 2-core AMD EPYC (AVX-512)
 # this was written on, numpy's OpenBLAS 0.3.31 with its SkylakeX kernels, OpenCV 5.0, scipy 1.17.
 COST_CONSTANTS = {
-    4: {"direct": (3.8e-11, 3.6e-10, 3.1e-10, 1.6e-10), "gemm": (0.0, 2.2e-10, 7.3e-12, 3.8e-10), "fft": (4.4e-9, 3.2e-9)},
-    8: {"direct": (5.4e-11, 4.8e-10, 1.4e-9, 0.0), "gemm": (5.7e-10, 5.6e-10, 1.6e-11, 6.7e-10), "fft": (1.1e-8, 6.3e-9)},
+    4: {"direct": (3.8e-11, 3.6e-10, 3.1e-10, 1.6e-10), "gemm": (0.0, 2.2e-10, 7.3e-12, 3.8e-10),
+        "fft": (4.4e-9, 3.2e-9)},
+    8: {"direct": (5.4e-11, 4.8e-10, 1.4e-9, 0.0), "gemm": (5.7e-10, 5.6e-10, 1.6e-11, 6.7e-10),
+        "fft": (1.1e-8, 6.3e-9)},
 }
 GEMM_CHANNEL_GROUP = 4
 ENGINES = ("opencv", "scipy")
@@ -98,7 +100,8 @@ class BankPlan:
 
     @property
     def reproducible(self) -> bool:
-        """Whether a pixel's bytes are the same whatever block (size, position) it is computed in."""
+        """Whether a pixel's bytes are the same whatever block it is computed in (for gemm: when
+        correlate_bank is told where each block starts)."""
         if self.strategy == "direct":
             return all(_pair_reproducible(pair, self.dtype) for row in self.pairs for pair in row)
         return self.strategy == "gemm"
@@ -235,9 +238,11 @@ def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, list[fl
 
 
 def _pair_reproducible(pair: KernelPlan, dtype: np.dtype) -> bool:
-    if pair.engine == "scipy":
-        return pair.strategy != "fft"  # oaconvolve's blocks follow the block size
-    return pair.strategy == "separable" or pair.weights.size < OPENCV_DFT_TAPS[np.dtype(dtype).itemsize]
+    """Whether a single-kernel plan's bytes are independent of the block it runs on: not through a
+    DFT (scipy's overlap-add, OpenCV's filter2D from OPENCV_DFT_TAPS taps) nor running sums (box)."""
+    if pair.box or (pair.strategy == "fft" and pair.engine == "scipy"):
+        return False
+    return pair.engine == "scipy" or pair.strategy == "separable" or pair.weights.size < OPENCV_DFT_TAPS[dtype.itemsize]
 
 
 # --- strategies -------------------------------------------------------------------------------
@@ -308,11 +313,7 @@ def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, star
     tiles = -(-(lead + width) // GEMM_TILE)
     row = tiles * GEMM_TILE + GEMM_ROW_PAD_BYTES // item
     rows = max(1, min(height, GEMM_BAND_PIXELS // row))
-    # Columns ordered (dy, c, dx) like the lowered rows. One output channel would make numpy call
-    # gemv, whose reduction order follows the data's alignment in memory: pad it to two.
-    matrix = weights.transpose(0, 2, 1, 3).reshape(out_channels, -1).astype(dtype)
-    if out_channels == 1:
-        matrix = np.concatenate([matrix, np.zeros_like(matrix)])
+    matrix = weights.transpose(0, 2, 1, 3).reshape(out_channels, -1).astype(dtype)  # (dy, c, dx) columns
     shift = None if bias is None else bias.astype(dtype)[:, None, None]
     result = np.empty((out_channels, height, width), dtype=dtype)
     bands = range(0, height, rows)
@@ -320,14 +321,14 @@ def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, star
     def run(worker: int, workers: int) -> None:
         # zeros: the columns outside the block stay 0 (finite) for every band
         lowered = np.zeros((rows + kh - 1, channels, kw, row), dtype=dtype)
-        product = np.empty((len(matrix), rows, row), dtype=dtype)
+        product = np.empty((out_channels, rows, row), dtype=dtype)
         # output row r, tile t reads rows (dy, c, dx) = lowered[r + dy, c, dx, tile]: one stride
         patches = as_strided(
             lowered, shape=(rows, tiles, kh * channels * kw, GEMM_TILE),
             strides=(channels * kw * row * item, GEMM_TILE * item, row * item, item),
         )
         out = as_strided(
-            product, shape=(rows, tiles, len(matrix), GEMM_TILE),
+            product, shape=(rows, tiles, out_channels, GEMM_TILE),
             strides=(row * item, GEMM_TILE * item, rows * row * item, item),
         )
         for y0 in bands[worker::workers]:
@@ -336,7 +337,7 @@ def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, star
                 source = padded[:, y0 : y0 + n + kh - 1, dx : dx + width]
                 lowered[: n + kh - 1, :, dx, lead : lead + width] = source.transpose(1, 0, 2)
             np.matmul(matrix, patches[:n], out=out[:n])
-            kept = product[:out_channels, :n, lead : lead + width]
+            kept = product[:, :n, lead : lead + width]
             if shift is None:
                 result[:, y0 : y0 + n] = kept
             else:
