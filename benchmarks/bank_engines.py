@@ -9,11 +9,13 @@ this command only; the kernel threadpoolctl reports is printed first.
 
 Every case is one float32 block of 2048² pixels plus the kernel's halo and C channels, random
 values, random weights and bias; each strategy is forced in turn and timed (best of R runs,
-strategies interleaved so that a busy machine slows them alike). GFLOP/s counts the multiply-adds
-of a direct correlation, 2·K·C·kh·kw per output pixel, whatever the strategy does. Next to them:
-sgemm on the same shapes — (K × C·kh·kw) @ (C·kh·kw × 65536) — which is what a perfect im2col
-would run at, and the cost model's estimate of each strategy. Library threads are capped with
-threadpoolctl and cv2.setNumThreads, as the pipeline caps them in each task.
+strategies interleaved so that a busy machine slows them alike; at one thread in CPU seconds too,
+which other processes disturb less). GFLOP/s counts the multiply-adds of a direct correlation,
+2·K·C·kh·kw per output pixel, whatever the strategy does; "% sgemm" compares it with sgemm on the
+same shapes — (K × C·kh·kw) @ (C·kh·kw × 65536), what a perfect im2col would run at — and each
+table's header gives sgemm on 65536×75 @ 75×16; "model s" is the cost model's estimate. Library
+threads are capped with threadpoolctl and cv2.setNumThreads, as the pipeline caps them per task,
+and freed blocks are kept for reuse (pipeline.allocator), as in its workers.
 
 ``--constants`` fits the cost model's constants (bank.py ``COST_CONSTANTS``) instead: each strategy
 runs on 7 to 12 banks at one thread, timed in CPU seconds (less disturbed by other processes than
@@ -30,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -53,7 +56,7 @@ def _plans(out_channels: int, channels: int, kernel: tuple[int, ...], dtype, rng
     return {s: bank.plan_bank(weights, bias, dtype=dtype, strategy=s) for s in bank.BANK_STRATEGIES}
 
 
-def _best(functions: dict[str, callable], repeats: int, clock=time.perf_counter) -> dict[str, float]:
+def _best(functions: dict[str, Callable[[], object]], repeats: int, clock=time.perf_counter) -> dict[str, float]:
     """Best time of each function over ``repeats`` rounds, the functions interleaved in each round."""
     best = dict.fromkeys(functions, math.inf)
     for _ in range(repeats):

@@ -41,6 +41,7 @@ from functools import cache
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from scipy import fft
 
 from pipeline.errors import KernelError
 from pipeline.steps.strategies import NUMPY_PAD_MODES, KernelPlan, choose_engine, correlate_block, plan_kernel
@@ -62,8 +63,9 @@ GEMM_ROW_PAD_BYTES = 64
 # term of cost_terms():
 #   direct  per tap of each pair's single-kernel plan (strategies' cost_in_taps) on OpenCV, on scipy;
 #           per pair (its result added into its output channel); per output channel (first write)
-#   gemm    per output position (BLAS calls, bands); per lowered value (C·kw); per BLAS flop (output
-#           channels rounded up to the GEMM_CHANNEL_GROUP OpenBLAS computes together); per output value
+#   gemm    per output position (BLAS calls, bands); per lowered value (C·kw); per BLAS flop, output
+#           channels rounded up to a multiple of GEMM_CHANNEL_GROUP (a 256-pixel call with 5 to 8
+#           channels costs about what one with 8 does, 1 to 4 about what 4 do); per output value
 #   fft     per transform of one channel (C forward, K inverse); per pair (the kernel's spectrum and
 #           its multiply-add into the output's spectrum)
 # Fitted by `python benchmarks/bank_engines.py --constants` (non-negative least squares of relative
@@ -139,7 +141,10 @@ def plan_bank(weights, bias=None, *, dtype, strategy: str = "auto") -> BankPlan:
         for row in weights
     )
     costs = _costs(weights, pairs, dtype)
-    chosen = min(costs, key=costs.__getitem__) if strategy == "auto" else strategy if strategy in costs else "direct"
+    if strategy == "auto":
+        chosen = min(costs, key=costs.__getitem__)
+    else:
+        chosen = strategy if strategy in costs else "direct"
     engine = {"direct": pairs[0][0].engine, "gemm": "blas", "fft": "scipy"}[chosen]
     return BankPlan(weights, bias, chosen, engine, dtype, pairs if chosen == "direct" else ())
 
@@ -272,8 +277,6 @@ def _direct(block: np.ndarray, plan: BankPlan, edge_mode: str, cval: float) -> n
 def _fft(padded: np.ndarray, plan: BankPlan, spatial: tuple[int, ...]) -> np.ndarray:
     """Circular correlation on a fast transform size at least the padded block's: nothing wraps
     into the samples kept, which read at most ``m - 1`` samples past themselves."""
-    from scipy import fft
-
     shape = tuple(fft.next_fast_len(n, real=True) for n in padded.shape[1:])
     axes = tuple(range(1, padded.ndim))
     spectra = fft.rfftn(padded, s=shape, axes=axes, workers=1)
@@ -288,16 +291,13 @@ def _fft(padded: np.ndarray, plan: BankPlan, spatial: tuple[int, ...]) -> np.nda
                 np.multiply(spectra[c], term, out=total)
             else:
                 total += spectra[c] * term
-        out[k] = fft.irfftn(total, s=shape, workers=1)[kept]
-        if plan.bias is not None:
-            out[k] += padded.dtype.type(plan.bias[k])
+        same = fft.irfftn(total, s=shape, workers=1)[kept]
+        np.add(same, padded.dtype.type(0 if plan.bias is None else plan.bias[k]), out=out[k])
     return out
 
 
 def _spectrum(kernel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``rfftn(kernel, s=shape)``, transforming along x only the kernel's own rows (the rest are zero)."""
-    from scipy import fft
-
     spectrum = fft.rfft(kernel, n=shape[-1], axis=-1, workers=1)
     for axis in range(kernel.ndim - 1):
         spectrum = fft.fft(spectrum, n=shape[axis], axis=axis, workers=1)
@@ -314,7 +314,7 @@ def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, star
     row = tiles * GEMM_TILE + GEMM_ROW_PAD_BYTES // item
     rows = max(1, min(height, GEMM_BAND_PIXELS // row))
     matrix = weights.transpose(0, 2, 1, 3).reshape(out_channels, -1).astype(dtype)  # (dy, c, dx) columns
-    shift = None if bias is None else bias.astype(dtype)[:, None, None]
+    shift = (np.zeros(out_channels) if bias is None else bias).astype(dtype)[:, None, None]
     result = np.empty((out_channels, height, width), dtype=dtype)
     bands = range(0, height, rows)
 
@@ -337,11 +337,7 @@ def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, star
                 source = padded[:, y0 : y0 + n + kh - 1, dx : dx + width]
                 lowered[: n + kh - 1, :, dx, lead : lead + width] = source.transpose(1, 0, 2)
             np.matmul(matrix, patches[:n], out=out[:n])
-            kept = product[:, :n, lead : lead + width]
-            if shift is None:
-                result[:, y0 : y0 + n] = kept
-            else:
-                np.add(kept, shift, out=result[:, y0 : y0 + n])
+            np.add(product[:, :n, lead : lead + width], shift, out=result[:, y0 : y0 + n])
 
     with _ONE_BLAS_THREAD as allowed:
         workers = min(allowed, len(bands))
