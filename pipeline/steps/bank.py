@@ -1,0 +1,389 @@
+"""A bank of kernels on one in-memory block, as a CNN layer computes it, picked by cost.
+
+The weights have PyTorch's ``ConvNd.weight`` layout ``(K, C, *kernel)``: output channel ``k`` of a
+block ``(C, *spatial)`` is ``sum_c scipy.ndimage.correlate(block[c], weights[k, c], mode, cval) +
+bias[k]`` (the oracle; origin 0, scipy's centring for even sizes). Three strategies compute it:
+
+* ``direct`` — one single-kernel plan per ``(k, c)`` pair (``strategies.plan_kernel``: OpenCV
+  ``filter2D``, separable passes, running-sum boxes, scipy in N-D), summed per output channel.
+  Cheapest for small banks.
+* ``gemm`` (1-D and 2-D kernels) — the layer as one matrix product per row of output, the MEC
+  lowering: each input row is copied ``kw`` times, shifted by ``dx``, into a band buffer laid out
+  ``(row, c, dx, x)``; the ``kh·C·kw`` rows the outputs of row ``y`` read then sit at one stride,
+  so ``weights (K, kh·C·kw) @ band[y] (kh·C·kw, x)`` is a BLAS call on a view, no im2col matrix.
+  It copies ``C·kw`` values per pixel instead of im2col's ``C·kh·kw``. Cheapest for dense banks.
+* ``fft`` — each input channel transformed once, multiplied by the ``K×C`` kernel spectra and
+  summed over ``c``, one inverse per output channel (scipy.fft, one worker). For large kernels.
+
+Every strategy pads the block once with the border rule (``np.pad``, which reflects again and again
+like scipy when the kernel outreaches the block) except ``direct``, whose pairs handle their borders.
+
+Reproducibility. A pipeline computes an image in blocks whose sizes differ from run to run and from
+machine to machine, so a pixel must get the same bytes whatever block it is computed in. Sums in a
+fixed order per pixel (``direct``'s taps and passes; not OpenCV's DFT and running-sum box filters,
+see ``BankPlan.reproducible``) have that property; BLAS does not: OpenBLAS
+changes its reduction order with the shape of a call, with its thread count, and — with the Haswell
+kernels it runs when OPENBLAS_CORETYPE=Haswell, as in this project's test environment — with a
+pixel's position inside one call (rows at the edges of its panels use two accumulators instead of
+one). So ``gemm`` makes every call the same shape (``GEMM_TILE`` pixels of one output row), lines
+the tiles up with the IMAGE's columns (``start`` says where the block begins; a partial tile at a
+block edge is computed whole over zeros), caps BLAS at one thread and runs bands of rows on as many
+Python threads as BLAS was allowed. ``fft``'s transform size follows the block: not reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+from scipy import fft
+
+from pipeline.errors import KernelError
+from pipeline.steps.strategies import NUMPY_PAD_MODES, KernelPlan, choose_engine, correlate_block, plan_kernel
+
+BANK_STRATEGIES: tuple[str, ...] = ("direct", "gemm", "fft")
+FLOAT_DTYPES = (np.float32, np.float64)
+
+# Pixels of one output row per BLAS call, lined up with the image's columns: fixed, so that a
+# pixel's place in its call never depends on the block (see the module docstring).
+GEMM_TILE = 256
+# Output pixels per band of rows: bounds the lowered buffer (C·kw values per pixel plus kh - 1 rows).
+GEMM_BAND_PIXELS = 1 << 15
+# Bytes added to each lowered row: a power-of-two row stride puts all kh·C·kw rows a BLAS call
+# reads in the same cache sets (measured 1.5× slower at a width of 2048).
+GEMM_ROW_PAD_BYTES = 64
+
+# --- cost model: CPU seconds per output position (all K channels) on one thread, 2048² blocks
+# (64×256×256 for volumes), per item size (4: float32, 8: float64) and strategy, one constant per
+# term of cost_terms():
+#   direct  per tap of each pair's single-kernel plan (strategies' cost_in_taps) on OpenCV, on scipy;
+#           per pair (its result added into its output channel); per output channel (first write)
+#   gemm    per output position (BLAS calls, bands); per lowered value (C·kw); per BLAS flop, output
+#           channels rounded up to a multiple of GEMM_CHANNEL_GROUP (a 256-pixel call with 5 to 8
+#           channels costs about what one with 8 does, 1 to 4 about what 4 do); per output value
+#   fft     per transform of one channel (C forward, K inverse); per pair (the kernel's spectrum and
+#           its multiply-add into the output's spectrum)
+# Fitted by `python benchmarks/bank_engines.py --constants` (non-negative least squares of relative
+# errors, each strategy timed on 10 to 12 banks; see the script) on the 2-core AMD EPYC (AVX-512)
+# this was written on, numpy's OpenBLAS 0.3.31 with its SkylakeX kernels, OpenCV 5.0, scipy 1.17.
+COST_CONSTANTS = {
+    4: {"direct": (3.8e-11, 3.6e-10, 3.1e-10, 1.6e-10), "gemm": (0.0, 2.2e-10, 7.3e-12, 3.8e-10),
+        "fft": (4.4e-9, 3.2e-9)},
+    8: {"direct": (5.4e-11, 4.8e-10, 1.4e-9, 0.0), "gemm": (5.7e-10, 5.6e-10, 1.6e-11, 6.7e-10),
+        "fft": (1.1e-8, 6.3e-9)},
+}
+GEMM_CHANNEL_GROUP = 4
+ENGINES = ("opencv", "scipy")
+# OpenCV's filter2D switches to a DFT (whose bytes depend on the block size) from these many taps.
+OPENCV_DFT_TAPS = {4: 130, 8: 50}
+
+
+@dataclass(frozen=True)
+class BankPlan:
+    """A bank of kernels ready for blocks: weights, bias and the chosen strategy and engine."""
+
+    weights: np.ndarray  # (K, C, *kernel) float64, correlation orientation
+    bias: np.ndarray | None  # (K,) float64
+    strategy: str  # "direct" | "gemm" | "fft"
+    engine: str  # "opencv" | "scipy" (direct), "blas" (gemm), "scipy" (fft)
+    dtype: np.dtype  # of the blocks it was planned for
+    # direct: one single-kernel plan per (k, c) pair
+    pairs: tuple[tuple[KernelPlan, ...], ...] = field(default=(), repr=False)
+
+    @property
+    def reach(self) -> tuple[int, ...]:
+        """Samples of halo a ``same`` block needs per kernel axis."""
+        return tuple(m // 2 for m in self.weights.shape[2:])
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether a pixel's bytes are the same whatever block it is computed in (for gemm: when
+        correlate_bank is told where each block starts)."""
+        if self.strategy == "direct":
+            return all(_pair_reproducible(pair, self.dtype) for row in self.pairs for pair in row)
+        return self.strategy == "gemm"
+
+    def describe(self) -> str:
+        return f"{self.strategy} ({self.engine})"
+
+    def cost(self) -> float:
+        """Estimated seconds per output position (all K channels) on one thread."""
+        return _costs(self.weights, self.pairs, self.dtype)[self.strategy]
+
+
+def plan_bank(weights, bias=None, *, dtype, strategy: str = "auto") -> BankPlan:
+    """Check a bank and pick the cheapest strategy for blocks of ``dtype`` (or honour a forced one).
+
+    ``weights`` is ``(K, C, *kernel)`` with 1 to 3 kernel axes, correlation orientation; ``bias``
+    one value per output channel. A forced strategy that cannot run the bank (``gemm`` on 3-D
+    kernels) falls back to ``direct``, as ``strategies.plan_kernel`` does; ``describe()`` says so.
+
+    Examples
+    --------
+    >>> plan = plan_bank(np.ones((16, 3, 5, 5)), dtype=np.float32)
+    >>> plan.describe(), plan.reach
+    ('gemm (blas)', (2, 2))
+    """
+    weights = _checked_weights(weights)
+    bias = _checked_bias(bias, weights.shape[0])
+    dtype = np.dtype(dtype)
+    if dtype.type not in FLOAT_DTYPES:
+        raise KernelError(f"a kernel bank runs on float32 or float64 blocks; got {dtype}")
+    if strategy not in ("auto", *BANK_STRATEGIES):
+        raise KernelError(f"bank strategy must be auto or one of {', '.join(BANK_STRATEGIES)}; got {strategy!r}")
+    pairs = tuple(
+        tuple(plan_kernel(kernel, (0,) * kernel.ndim, engine=choose_engine(dtype, kernel, "reflect")) for kernel in row)
+        for row in weights
+    )
+    costs = _costs(weights, pairs, dtype)
+    if strategy == "auto":
+        chosen = min(costs, key=costs.__getitem__)
+    else:
+        chosen = strategy if strategy in costs else "direct"
+    engine = {"direct": pairs[0][0].engine, "gemm": "blas", "fft": "scipy"}[chosen]
+    return BankPlan(weights, bias, chosen, engine, dtype, pairs if chosen == "direct" else ())
+
+
+def correlate_bank(
+    block: np.ndarray, plan: BankPlan, *, edge_mode: str = "reflect", cval: float = 0.0, start: tuple[int, ...] = ()
+) -> np.ndarray:
+    """``sum_c scipy.ndimage.correlate(block[c], plan.weights[k, c], mode=edge_mode, cval=cval) + bias[k]``.
+
+    ``block`` is ``(C, *spatial)`` float32 or float64; the result ``(K, *spatial)`` has its dtype.
+    ``start`` is the index of the block's first sample in the whole image (default: the origin);
+    ``gemm`` lines its BLAS calls up with the image's columns with it, so that a pixel's bytes do
+    not depend on where the image was cut into blocks.
+    """
+    _check_block(block, plan)
+    if edge_mode not in NUMPY_PAD_MODES:
+        raise KernelError(f"edge mode must be one of {', '.join(NUMPY_PAD_MODES)}; got {edge_mode!r}")
+    if plan.strategy == "direct":
+        return _direct(block, plan, edge_mode, cval)
+    padded = _pad(block, plan.weights.shape[2:], edge_mode, cval)
+    if plan.strategy == "fft":
+        return _fft(padded, plan, block.shape[1:])
+    if block.ndim == 2:  # 1-D kernels: rows of a one-row image
+        start = (0, *start[-1:])
+        return _gemm(padded[:, None], plan.weights[:, :, None], plan.bias, start)[:, 0]
+    return _gemm(padded, plan.weights, plan.bias, start)
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def _checked_weights(weights) -> np.ndarray:
+    weights = np.asarray(weights, dtype=np.float64)
+    if not 3 <= weights.ndim <= 5:
+        raise KernelError(
+            f"layer weights have shape {weights.shape}; they need 3 to 5 dimensions, (out_channels, "
+            "in_channels, *kernel) as PyTorch's Conv1d/Conv2d/Conv3d weight"
+        )
+    if weights.size == 0:
+        raise KernelError(f"layer weights of shape {weights.shape} are empty; every dimension needs at least 1")
+    if not np.isfinite(weights).all():
+        raise KernelError("layer weights contain NaN or infinite values")
+    return np.ascontiguousarray(weights)
+
+
+def _checked_bias(bias, out_channels: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    bias = np.asarray(bias, dtype=np.float64)
+    if bias.shape != (out_channels,):
+        raise KernelError(
+            f"layer bias has shape {bias.shape} but the weights have {out_channels} output channels; "
+            f"give one bias per output channel, shape ({out_channels},)"
+        )
+    if not np.isfinite(bias).all():
+        raise KernelError("layer bias contains NaN or infinite values")
+    return bias
+
+
+def _check_block(block: np.ndarray, plan: BankPlan) -> None:
+    channels, spatial = plan.weights.shape[1], plan.weights.ndim - 2
+    if block.dtype.type not in FLOAT_DTYPES:
+        raise KernelError(f"a kernel bank runs on float32 or float64 blocks; got {block.dtype}")
+    if block.ndim != spatial + 1:
+        raise KernelError(
+            f"block has shape {block.shape} but the bank's kernels are {spatial}-D: it needs "
+            f"(channels, {', '.join('zyx'[-spatial:])})"
+        )
+    if block.shape[0] != channels:
+        raise KernelError(
+            f"block has {block.shape[0]} channels but the layer's weights {plan.weights.shape} take "
+            f"{channels} input channels; give images with {channels} channels or weights for {block.shape[0]}"
+        )
+
+
+# --- cost model -------------------------------------------------------------------------------
+
+
+def _costs(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, float]:
+    """Estimated seconds per output position of every strategy that can run the bank."""
+    constants = COST_CONSTANTS[np.dtype(dtype).itemsize]
+    return {name: float(np.dot(terms, constants[name])) for name, terms in cost_terms(weights, pairs, dtype).items()}
+
+
+def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, list[float]]:
+    """The cost model's terms of every strategy that can run the bank (see COST_CONSTANTS)."""
+    out_channels, channels, *kernel = weights.shape
+    taps = [sum(p.cost_in_taps() for row in pairs for p in row if p.engine == engine) for engine in ENGINES]
+    terms = {"direct": [*taps, out_channels * channels, out_channels]}
+    if len(kernel) <= 2:
+        grouped = -(-out_channels // GEMM_CHANNEL_GROUP) * GEMM_CHANNEL_GROUP
+        terms["gemm"] = [1, channels * kernel[-1], 2 * grouped * channels * math.prod(kernel), out_channels]
+    if math.prod(kernel) > 1:
+        terms["fft"] = [channels + out_channels, out_channels * channels]
+    return terms
+
+
+def _pair_reproducible(pair: KernelPlan, dtype: np.dtype) -> bool:
+    """Whether a single-kernel plan's bytes are independent of the block it runs on: not through a
+    DFT (scipy's overlap-add, OpenCV's filter2D from OPENCV_DFT_TAPS taps) nor running sums (box)."""
+    if pair.box or (pair.strategy == "fft" and pair.engine == "scipy"):
+        return False
+    return pair.engine == "scipy" or pair.strategy == "separable" or pair.weights.size < OPENCV_DFT_TAPS[dtype.itemsize]
+
+
+# --- strategies -------------------------------------------------------------------------------
+
+
+def _pad(block: np.ndarray, kernel: tuple[int, ...], edge_mode: str, cval: float) -> np.ndarray:
+    """The block extended by what the kernel reads beyond it (scipy's centring), with the border rule."""
+    widths = [(0, 0)] + [(m // 2, m - 1 - m // 2) for m in kernel]
+    extra = {"constant_values": cval} if edge_mode == "constant" else {}
+    return np.pad(block, widths, mode=NUMPY_PAD_MODES[edge_mode], **extra)
+
+
+def _direct(block: np.ndarray, plan: BankPlan, edge_mode: str, cval: float) -> np.ndarray:
+    out = np.empty((len(plan.pairs), *block.shape[1:]), dtype=block.dtype)
+    for k, row in enumerate(plan.pairs):
+        for c, pair in enumerate(row):
+            part = correlate_block(block[c], pair, edge_mode=edge_mode, cval=cval)
+            if c > 0:
+                np.add(out[k], part, out=out[k])
+            elif plan.bias is None:
+                np.copyto(out[k], part)
+            else:  # the bias rides on the first copy rather than costing a pass of its own
+                np.add(part, block.dtype.type(plan.bias[k]), out=out[k])
+    return out
+
+
+def _fft(padded: np.ndarray, plan: BankPlan, spatial: tuple[int, ...]) -> np.ndarray:
+    """Circular correlation on a fast transform size at least the padded block's: nothing wraps
+    into the samples kept, which read at most ``m - 1`` samples past themselves."""
+    shape = tuple(fft.next_fast_len(n, real=True) for n in padded.shape[1:])
+    axes = tuple(range(1, padded.ndim))
+    spectra = fft.rfftn(padded, s=shape, axes=axes, workers=1)
+    kept = tuple(slice(0, n) for n in spatial)
+    out = np.empty((plan.weights.shape[0], *spatial), dtype=padded.dtype)
+    total = np.empty_like(spectra[0])
+    for k, row in enumerate(plan.weights):
+        for c, kernel in enumerate(row):
+            # correlation is the product with the kernel's conjugate spectrum
+            term = _spectrum(kernel.astype(padded.dtype), shape).conj()
+            if c == 0:
+                np.multiply(spectra[c], term, out=total)
+            else:
+                total += spectra[c] * term
+        same = fft.irfftn(total, s=shape, workers=1)[kept]
+        np.add(same, padded.dtype.type(0 if plan.bias is None else plan.bias[k]), out=out[k])
+    return out
+
+
+def _spectrum(kernel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``rfftn(kernel, s=shape)``, transforming along x only the kernel's own rows (the rest are zero)."""
+    spectrum = fft.rfft(kernel, n=shape[-1], axis=-1, workers=1)
+    for axis in range(kernel.ndim - 1):
+        spectrum = fft.fft(spectrum, n=shape[axis], axis=axis, workers=1)
+    return spectrum
+
+
+def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, start: tuple[int, ...]) -> np.ndarray:
+    """MEC lowering + one fixed-shape BLAS call per ``GEMM_TILE`` pixels of an output row."""
+    out_channels, channels, kh, kw = weights.shape
+    dtype, item = padded.dtype, padded.itemsize
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    lead = (start[-1] if start else 0) % GEMM_TILE  # the block's first column inside its tile
+    tiles = -(-(lead + width) // GEMM_TILE)
+    row = tiles * GEMM_TILE + GEMM_ROW_PAD_BYTES // item
+    rows = max(1, min(height, GEMM_BAND_PIXELS // row))
+    matrix = weights.transpose(0, 2, 1, 3).reshape(out_channels, -1).astype(dtype)  # (dy, c, dx) columns
+    shift = (np.zeros(out_channels) if bias is None else bias).astype(dtype)[:, None, None]
+    result = np.empty((out_channels, height, width), dtype=dtype)
+    bands = range(0, height, rows)
+
+    def run(worker: int, workers: int) -> None:
+        # zeros: the columns outside the block stay 0 (finite) for every band
+        lowered = np.zeros((rows + kh - 1, channels, kw, row), dtype=dtype)
+        product = np.empty((out_channels, rows, row), dtype=dtype)
+        # output row r, tile t reads rows (dy, c, dx) = lowered[r + dy, c, dx, tile]: one stride
+        patches = as_strided(
+            lowered, shape=(rows, tiles, kh * channels * kw, GEMM_TILE),
+            strides=(channels * kw * row * item, GEMM_TILE * item, row * item, item),
+        )
+        out = as_strided(
+            product, shape=(rows, tiles, out_channels, GEMM_TILE),
+            strides=(row * item, GEMM_TILE * item, rows * row * item, item),
+        )
+        for y0 in bands[worker::workers]:
+            n = min(rows, height - y0)
+            for dx in range(kw):
+                source = padded[:, y0 : y0 + n + kh - 1, dx : dx + width]
+                lowered[: n + kh - 1, :, dx, lead : lead + width] = source.transpose(1, 0, 2)
+            np.matmul(matrix, patches[:n], out=out[:n])
+            np.add(product[:, :n, lead : lead + width], shift, out=result[:, y0 : y0 + n])
+
+    with _ONE_BLAS_THREAD as allowed:
+        workers = min(allowed, len(bands))
+        if workers == 1:
+            run(0, 1)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run, range(workers), [workers] * workers))
+    return result
+
+
+class _OneBlasThread:
+    """Caps BLAS at one thread while any gemm runs, and says how many threads it was allowed.
+
+    OpenBLAS splits a call over its threads in a way that changes its results, so each call runs
+    on one; gemm runs as many bands at once instead. Concurrent gemm tasks share one cap (counted),
+    so that none lifts it while another still relies on it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._allowed = 1
+        self._limiter = None
+
+    def __enter__(self) -> int:
+        with self._lock:
+            if self._users == 0:
+                controller = _blas_controller()
+                self._allowed = max([info["num_threads"] for info in controller.info()] or [1])
+                self._limiter = controller.limit(limits=1) if self._allowed > 1 else None
+            self._users += 1
+            return self._allowed
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._limiter is not None:
+                self._limiter.restore_original_limits()
+
+
+@cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
