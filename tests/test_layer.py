@@ -162,20 +162,23 @@ def test_an_npz_without_the_named_array_lists_what_it_has(photos: Path, tmp_path
                  "has no array 'conv2.weight'", "conv1.weight, fc.weight")
 
 
-def test_tiles_give_the_whole_images_bytes_through_a_layer_stack(tmp_path: Path, write_config, run_cli) -> None:
+@pytest.mark.parametrize("strategy", ["auto", "direct", "gemm"])
+def test_tiles_give_the_whole_images_bytes_through_a_layer_stack(tmp_path: Path, write_config, run_cli, strategy: str) -> None:
     folder = tmp_path / "huge"
     folder.mkdir()
     tifffile.imwrite(folder / "a.tif", RNG.integers(0, 65536, (600, 520), dtype=np.uint16), tile=(64, 64))
-    np.save(tmp_path / "w.npy", RNG.standard_normal((3, 5, 5)))
-    steps = [{"layer": {"weights": str(tmp_path / "w.npy")}}, {"activation": "relu"}, {"pool": {"function": "max", "size": 2}}]
+    np.save(tmp_path / "w.npy", RNG.standard_normal((16, 5, 5)))  # a bank as dense as CNN layers have
+    steps = [{"layer": {"weights": str(tmp_path / "w.npy"), "strategy": strategy}}, {"activation": "relu"},
+             {"pool": {"function": "max", "size": 2}}]
     stores = {}
-    for tile in ("whole", 128, 256):
+    for tile in ("whole", 128, 192, 256):
         out = tmp_path / f"t{tile}.zarr"
         config = write_config({"input": {"paths": str(folder), "tile": tile}, "steps": steps, "output": {"path": str(out)}}, f"{tile}.yaml")
         assert_ok(run_cli("run", config))
         stores[tile] = read_store(out)[0]
-    assert stores["whole"].shape == (1, 3, 300, 260)
-    assert np.array_equal(stores[128], stores["whole"]) and np.array_equal(stores[256], stores["whole"])
+    assert stores["whole"].shape == (1, 16, 300, 260)
+    for tile in (128, 192, 256):
+        assert np.array_equal(stores[tile], stores["whole"]), tile
 
 
 def test_slabs_give_the_whole_volumes_bytes_through_a_3d_layer(tmp_path: Path, write_config, run_cli) -> None:

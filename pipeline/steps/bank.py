@@ -79,8 +79,6 @@ COST_CONSTANTS = {
 }
 GEMM_CHANNEL_GROUP = 4
 ENGINES = ("opencv", "scipy")
-# OpenCV's filter2D switches to a DFT (whose bytes depend on the block size) from these many taps.
-OPENCV_DFT_TAPS = {4: 130, 8: 50}
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ class BankPlan:
         """Whether a pixel's bytes are the same whatever block it is computed in (for gemm: when
         correlate_bank is told where each block starts)."""
         if self.strategy == "direct":
-            return all(_pair_reproducible(pair, self.dtype) for row in self.pairs for pair in row)
+            return all(pair.reproducible for row in self.pairs for pair in row)  # strategies.py knows its DFTs
         return self.strategy == "gemm"
 
     def describe(self) -> str:
@@ -137,7 +135,7 @@ def plan_bank(weights, bias=None, *, dtype, strategy: str = "auto") -> BankPlan:
     if strategy not in ("auto", *BANK_STRATEGIES):
         raise KernelError(f"bank strategy must be auto or one of {', '.join(BANK_STRATEGIES)}; got {strategy!r}")
     pairs = tuple(
-        tuple(plan_kernel(kernel, (0,) * kernel.ndim, engine=choose_engine(dtype, kernel, "reflect")) for kernel in row)
+        tuple(plan_kernel(kernel, (0,) * kernel.ndim, engine=choose_engine(dtype, kernel, "reflect"), dtype=dtype) for kernel in row)
         for row in weights
     )
     costs = _costs(weights, pairs, dtype)
@@ -240,14 +238,6 @@ def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, list[fl
     if math.prod(kernel) > 1:
         terms["fft"] = [channels + out_channels, out_channels * channels]
     return terms
-
-
-def _pair_reproducible(pair: KernelPlan, dtype: np.dtype) -> bool:
-    """Whether a single-kernel plan's bytes are independent of the block it runs on: not through a
-    DFT (scipy's overlap-add, OpenCV's filter2D from OPENCV_DFT_TAPS taps) nor running sums (box)."""
-    if pair.box or (pair.strategy == "fft" and pair.engine == "scipy"):
-        return False
-    return pair.engine == "scipy" or pair.strategy == "separable" or pair.weights.size < OPENCV_DFT_TAPS[dtype.itemsize]
 
 
 # --- strategies -------------------------------------------------------------------------------

@@ -212,14 +212,20 @@ def overlapped_pass_array(array: da.Array, steps: Sequence[Step], image: ImageSh
 
 
 def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape, keep: tuple[slice, ...] | None = None,
-                periodic: bool = False) -> np.ndarray:
-    """The steps in turn; the last neighbourhood step returns only ``keep``, the rest runs on that."""
+                periodic: bool = False, origin: tuple[int, ...] | None = None, block_info: dict | None = None) -> np.ndarray:
+    """The steps in turn; the last neighbourhood step returns only ``keep``, the rest runs on that.
+
+    ``origin`` is where the block's first sample lies in the image (spatial axes): engines whose
+    bytes depend on how their work is cut (BLAS) line it up with the image, whatever the tiling.
+    """
+    if origin is None and block_info is not None:
+        origin = tuple(start for start, _ in block_info[None]["array-location"][-image.spatial_ndim:])
     last = max((i for i, step in enumerate(steps) if step.fusion == "neighbourhood"), default=-1)
     if last < 0 and keep is not None:
         block = block[keep]
     for index, step in enumerate(steps):
         if step.fusion == "neighbourhood":
-            block = step.block(block, image, keep=keep if index == last else None, periodic=periodic)
+            block = step.block(block, image, keep=keep if index == last else None, periodic=periodic, origin=origin)
         else:
             block = step.block(block, image)
         image = step.output(image)
@@ -234,8 +240,10 @@ def _pass_haloed(
     ``wrapped``: the halo came from the far side at the array's edges too; ``periodic``: the steps
     may rely on it instead of wrapping by themselves (no axis of the pass was taken whole).
     """
-    keep = _own_samples(halo, block_info[None]["array-location"], wrapped)
-    return _pass_block(block, keep=keep, periodic=periodic, **options)
+    location = block_info[None]["array-location"]
+    keep = _own_samples(halo, location, wrapped)
+    origin = tuple(start - own.start for (start, _), own in zip(location, keep))
+    return _pass_block(block, keep=keep, periodic=periodic, origin=origin[-options["image"].spatial_ndim:], **options)
 
 
 def _own_samples(halo: dict[int, int], location: Sequence[tuple[int, int]], periodic: bool) -> tuple[slice, ...]:

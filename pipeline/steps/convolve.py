@@ -154,7 +154,7 @@ class ConvolveStep(WindowedStep):
         return plan.describe(), plan.reproducible
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
-                   periodic: bool = False) -> np.ndarray:
+                   periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
         planned = self.planned(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic)
         return correlate_block(block, planned.plan, edge_mode=planned.edge_mode, cval=planned.cval, keep=keep)
 

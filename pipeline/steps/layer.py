@@ -109,11 +109,16 @@ class LayerStep(WindowedStep):
         return plan.describe(), plan.reproducible
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
-                   periodic: bool = False) -> np.ndarray:
-        """Each image of the block (image, C, *spatial) through the bank; ``keep`` cut from the result."""
+                   periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
+        """Each image of the block (image, C, *spatial) through the bank; ``keep`` cut from the result.
+
+        ``origin`` lines the bank's BLAS calls up with the image, so tiles give the whole image's bytes.
+        """
         edge = "reflect" if periodic or self.mode != "same" else self.boundary
         cval = self.cval if edge == "constant" else 0.0
-        out = np.stack([correlate_bank(one, self.plan(block.dtype), edge_mode=edge, cval=cval) for one in block])
+        start = tuple(origin[-len(self.window):]) if origin else ()
+        plan = self.plan(block.dtype)
+        out = np.stack([correlate_bank(one, plan, edge_mode=edge, cval=cval, start=start) for one in block])
         if keep is None:
             return out
         return out[(keep[0], slice(None), *keep[2:])]

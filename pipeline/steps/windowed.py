@@ -40,11 +40,12 @@ class WindowedStep(Step):
 
     @abstractmethod
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
-                   periodic: bool = False) -> np.ndarray:
+                   periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
         """The same-sized correlation of a block of images (leading image axis), ``keep`` of it.
 
         Under the step's border rule for ``same``; for ``valid``/``full`` under any rule (what it
-        touches is cropped). ``periodic``: the block's halo came from the far side (``wrap``).
+        touches is cropped). ``periodic``: the block's halo came from the far side (``wrap``);
+        ``origin``: where the block's first sample lies in the image.
         """
 
     @property
@@ -88,16 +89,16 @@ class WindowedStep(Step):
         return KernelError(message)
 
     def block(self, block: np.ndarray, image: ImageShape, keep: tuple[slice, ...] | None = None,
-              periodic: bool = False) -> np.ndarray:
+              periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
         """The step on a whole block: pad for ``full``, the same-sized correlation, crop, stride."""
         spatial = len(self.window)
         lead = block.ndim - spatial
         if self.mode == "same":
-            out = self.same_block(block, image, keep=keep, periodic=periodic)
+            out = self.same_block(block, image, keep=keep, periodic=periodic, origin=origin)
         else:
             if self.mode == "full":
                 block = np.pad(block, ((0, 0),) * lead + tuple((m - 1, m - 1) for m in self.window))
-            out = self.same_block(block, image)
+            out = self.same_block(block, image, origin=origin)
             out = out[(Ellipsis, *(slice(m // 2, m // 2 + n - m + 1) for n, m in zip(block.shape[lead:], self.window)))]
         return out[(Ellipsis, *(slice(None, None, s) for s in self.stride))] if any(s > 1 for s in self.stride) else out
 
@@ -155,8 +156,8 @@ class _Filtering(WindowedStep):
         return ImageShape((*filtered.shape[: len(filtered.shape) - len(self.window)], *image.shape[-len(self.window):]), filtered.axes)
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
-                   periodic: bool = False) -> np.ndarray:
-        return self.step.same_block(block, image, keep=keep)
+                   periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
+        return self.step.same_block(block, image, keep=keep, origin=origin)
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
         return self.step.strategy_of(ndim, image, dtype)
