@@ -51,9 +51,9 @@ def _block(channels: int, spatial: tuple[int, ...], dtype, rng) -> np.ndarray:
     return rng.uniform(-1, 1, (channels, *spatial)).astype(dtype)
 
 
-def _plans(out_channels: int, channels: int, kernel: tuple[int, ...], dtype, rng) -> dict[str, bank.BankPlan]:
+def _plans(out_channels: int, channels: int, kernel: tuple[int, ...], dtype, rng) -> dict[str, bank.BankStrategy]:
     weights, bias = rng.standard_normal((out_channels, channels, *kernel)), rng.standard_normal(out_channels)
-    return {s: bank.plan_bank(weights, bias, dtype=dtype, strategy=s) for s in bank.BANK_STRATEGIES}
+    return {s: bank.choose_bank_strategy(weights, bias, dtype=dtype, strategy=s) for s in bank.BANK_STRATEGIES}
 
 
 def _best(functions: dict[str, Callable[[], object]], repeats: int, clock=time.perf_counter) -> dict[str, float]:
@@ -90,7 +90,7 @@ def run_cases(threads: int, repeats: int) -> None:
         pixels = block.shape[1] * block.shape[2]
         flops = 2 * out_channels * channels * m * m * pixels
         runs = max(1, repeats // 2) if out_channels * channels * m * m > 10_000 else repeats  # seconds a run
-        chosen = bank.plan_bank(plans["direct"].weights, plans["direct"].bias, dtype=np.float32).strategy
+        chosen = bank.choose_bank_strategy(plans["direct"].weights, plans["direct"].bias, dtype=np.float32).strategy
         name = f"{channels}→{out_channels} {m}×{m}"
         for clock_name, clock in clocks.items():
             seconds = _best({s: (lambda p=p: bank.correlate_bank(block, p)) for s, p in plans.items()}, runs, clock)

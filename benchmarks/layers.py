@@ -72,12 +72,12 @@ def bank_rate() -> dict:
     from threadpoolctl import threadpool_limits
     import cv2
 
-    from pipeline.steps.bank import correlate_bank, plan_bank
+    from pipeline.steps.bank import correlate_bank, choose_bank_strategy
 
     rng = np.random.default_rng(0)
     block = rng.standard_normal((3, 2052, 2052)).astype(np.float32)
     weights = rng.standard_normal((16, 3, 5, 5))
-    plan = plan_bank(weights, np.zeros(16), dtype=np.dtype("float32"))
+    plan = choose_bank_strategy(weights, np.zeros(16), dtype=np.dtype("float32"))
     flops = 2 * 16 * 3 * 25 * 2048 * 2048
     cv2.setNumThreads(1)
     with threadpool_limits(1):

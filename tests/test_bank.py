@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
-from pipeline.steps.bank import BANK_STRATEGIES, correlate_bank, plan_bank
+from pipeline.steps.bank import BANK_STRATEGIES, correlate_bank, choose_bank_strategy
 
 BORDERS = ("reflect", "nearest", "mirror", "wrap", "constant")
 CVAL = 0.5
@@ -53,7 +53,7 @@ def random_bank(rng, out_channels: int, channels: int, kernel: tuple[int, ...]):
 def test_every_strategy_matches_scipy(rng, strategy, dtype, mode, kernel, out_channels, channels) -> None:
     weights, bias = random_bank(rng, out_channels, channels, kernel)
     block = rng.uniform(-1, 1, (channels, 23, 31)).astype(dtype)
-    plan = plan_bank(weights, bias, dtype=dtype, strategy=strategy)
+    plan = choose_bank_strategy(weights, bias, dtype=dtype, strategy=strategy)
     assert plan.strategy == strategy
     assert_matches_oracle(correlate_bank(block, plan, edge_mode=mode, cval=CVAL), block, weights, bias, mode)
 
@@ -66,7 +66,7 @@ def test_gemm_over_several_tiles_and_bands(rng, dtype, threads, start) -> None:
     weights, bias = random_bank(rng, 5, 3, (3, 4))
     block = rng.uniform(-1, 1, (3, 100, 600)).astype(dtype)
     with threadpool_limits(threads):
-        got = correlate_bank(block, plan_bank(weights, bias, dtype=dtype, strategy="gemm"), start=start)
+        got = correlate_bank(block, choose_bank_strategy(weights, bias, dtype=dtype, strategy="gemm"), start=start)
     assert_matches_oracle(got, block, weights, bias, "reflect")
 
 
@@ -75,7 +75,7 @@ def test_gemm_over_several_tiles_and_bands(rng, dtype, threads, start) -> None:
 def test_kernels_longer_than_the_block(rng, strategy, mode) -> None:
     weights, bias = random_bank(rng, 2, 2, (9, 6))
     block = rng.uniform(-1, 1, (2, 3, 4))
-    plan = plan_bank(weights, bias, dtype=np.float64, strategy=strategy)
+    plan = choose_bank_strategy(weights, bias, dtype=np.float64, strategy=strategy)
     got = correlate_bank(block, plan, edge_mode=mode, cval=CVAL)
     assert_matches_oracle(got, block, weights, bias, mode)
 
@@ -84,7 +84,7 @@ def test_kernels_longer_than_the_block(rng, strategy, mode) -> None:
 def test_without_bias_and_on_a_strided_block(rng, strategy) -> None:
     weights, _ = random_bank(rng, 3, 2, (3, 3))
     block = rng.uniform(-1, 1, (2, 40, 30)).astype(np.float32)[:, ::-2, 1::2]  # not contiguous
-    got = correlate_bank(block, plan_bank(weights, dtype=np.float32, strategy=strategy))
+    got = correlate_bank(block, choose_bank_strategy(weights, dtype=np.float32, strategy=strategy))
     assert_matches_oracle(got, block, weights, None, "reflect")
 
 
@@ -93,7 +93,7 @@ def test_without_bias_and_on_a_strided_block(rng, strategy) -> None:
 def test_one_dimensional_banks(rng, strategy, mode) -> None:
     weights, bias = random_bank(rng, 3, 2, (5,))
     block = rng.uniform(-1, 1, (2, 300))
-    plan = plan_bank(weights, bias, dtype=np.float64, strategy=strategy)
+    plan = choose_bank_strategy(weights, bias, dtype=np.float64, strategy=strategy)
     got = correlate_bank(block, plan, edge_mode=mode, cval=CVAL)
     assert_matches_oracle(got, block, weights, bias, mode)
 
@@ -105,13 +105,13 @@ def test_one_dimensional_banks(rng, strategy, mode) -> None:
 def test_volume_banks(rng, strategy, dtype, mode, kernel) -> None:
     weights, bias = random_bank(rng, 2, 3, kernel)
     block = rng.uniform(-1, 1, (3, 7, 12, 10)).astype(dtype)
-    plan = plan_bank(weights, bias, dtype=dtype, strategy=strategy)
+    plan = choose_bank_strategy(weights, bias, dtype=dtype, strategy=strategy)
     assert plan.reach == tuple(m // 2 for m in kernel)
     assert_matches_oracle(correlate_bank(block, plan, edge_mode=mode, cval=CVAL), block, weights, bias, mode)
 
 
 def test_gemm_forced_on_volumes_falls_back_to_direct(rng) -> None:
-    plan = plan_bank(random_bank(rng, 2, 1, (3, 3, 3))[0], dtype=np.float32, strategy="gemm")
+    plan = choose_bank_strategy(random_bank(rng, 2, 1, (3, 3, 3))[0], dtype=np.float32, strategy="gemm")
     assert plan.strategy == "direct" and plan.describe() == "direct (scipy)"
 
 
@@ -132,16 +132,16 @@ def test_gemm_forced_on_volumes_falls_back_to_direct(rng) -> None:
 def test_the_cost_model_picks_the_fastest_measured_strategy(rng, out_channels, channels, side, expected) -> None:
     # what benchmarks/bank_engines.py measured fastest on one thread for float32 2048² blocks
     weights, bias = random_bank(rng, out_channels, channels, (side, side))
-    plan = plan_bank(weights, bias, dtype=np.float32)
+    plan = choose_bank_strategy(weights, bias, dtype=np.float32)
     assert plan.describe() == expected
-    assert plan.cost() == min(plan_bank(weights, bias, dtype=np.float32, strategy=s).cost() for s in BANK_STRATEGIES)
+    assert plan.cost() == min(choose_bank_strategy(weights, bias, dtype=np.float32, strategy=s).cost() for s in BANK_STRATEGIES)
 
 
 def test_a_bank_of_separable_kernels_goes_direct() -> None:
     # eight gaussians of 15×15: 30 taps each as two 1-D passes, against gemm's 225 multiply-adds
     x = np.arange(-7, 8)
     gaussians = np.stack([np.outer(g, g) for g in (np.exp(-(x**2) / (2 * s**2)) for s in np.linspace(1, 3, 8))])
-    plan = plan_bank(gaussians[:, None], dtype=np.float32)
+    plan = choose_bank_strategy(gaussians[:, None], dtype=np.float32)
     assert plan.describe() == "direct (opencv)"
     assert {pair.strategy for row in plan.pairs for pair in row} == {"separable"}
 
@@ -150,12 +150,12 @@ def test_a_bank_of_separable_kernels_goes_direct() -> None:
     "channels, kernel, expected", [(1, (1, 3, 3), "direct (opencv)"), (2, (5, 5, 5), "fft (scipy)")]
 )
 def test_the_cost_model_on_volumes(rng, channels, kernel, expected) -> None:
-    assert plan_bank(random_bank(rng, channels, channels, kernel)[0], dtype=np.float32).describe() == expected
+    assert choose_bank_strategy(random_bank(rng, channels, channels, kernel)[0], dtype=np.float32).describe() == expected
 
 
 def test_plan_properties(rng) -> None:
     weights, bias = random_bank(rng, 4, 2, (4, 5))
-    plans = {s: plan_bank(weights, bias, dtype=np.float32, strategy=s) for s in BANK_STRATEGIES}
+    plans = {s: choose_bank_strategy(weights, bias, dtype=np.float32, strategy=s) for s in BANK_STRATEGIES}
     assert {s: p.describe() for s, p in plans.items()} == {
         "direct": "direct (opencv)", "gemm": "gemm (blas)", "fft": "fft (scipy)"
     }
@@ -199,7 +199,7 @@ def tiled_differences(plan, image: np.ndarray, threads: int = 1) -> list[tuple[i
 @pytest.mark.parametrize("out_channels, channels, side", [(16, 3, 5), (1, 1, 3), (4, 2, 4), (16, 16, 3)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bytes_do_not_depend_on_the_block(rng, strategy, dtype, out_channels, channels, side, threads) -> None:
-    plan = plan_bank(*random_bank(rng, out_channels, channels, (side, side)), dtype=dtype, strategy=strategy)
+    plan = choose_bank_strategy(*random_bank(rng, out_channels, channels, (side, side)), dtype=dtype, strategy=strategy)
     assert plan.reproducible
     image = rng.uniform(-1, 1, (channels, 150, 600)).astype(dtype)
     assert tiled_differences(plan, image, threads) == []
@@ -215,7 +215,7 @@ def test_bytes_do_not_depend_on_the_block(rng, strategy, dtype, out_channels, ch
 )
 def test_plans_that_say_they_are_not_reproducible_are_not(rng, strategy, dtype, weights) -> None:
     # (boxes are separable passes now, reproducible: OpenCV's running-sum boxFilter is not used)
-    plan = plan_bank(weights, dtype=dtype, strategy=strategy)
+    plan = choose_bank_strategy(weights, dtype=dtype, strategy=strategy)
     assert not plan.reproducible
     assert tiled_differences(plan, rng.uniform(-1, 1, (1, 150, 600)).astype(dtype)) != []
 
@@ -226,7 +226,7 @@ def test_plans_that_say_they_are_not_reproducible_are_not(rng, strategy, dtype, 
 @pytest.mark.parametrize("shape", [(3, 3), (9,), (1, 1, 1, 1, 1, 1)])
 def test_weights_of_the_wrong_rank(shape) -> None:
     with pytest.raises(ValueError, match=r"need 3 to 5 dimensions, \(out_channels, in_channels, \*kernel\)"):
-        plan_bank(np.ones(shape), dtype=np.float32)
+        choose_bank_strategy(np.ones(shape), dtype=np.float32)
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ def test_weights_of_the_wrong_rank(shape) -> None:
 )
 def test_bad_banks(weights, bias, message) -> None:
     with pytest.raises(ValueError, match=message):
-        plan_bank(weights, bias, dtype=np.float32)
+        choose_bank_strategy(weights, bias, dtype=np.float32)
 
 
 @pytest.mark.parametrize(
@@ -251,12 +251,12 @@ def test_bad_banks(weights, bias, message) -> None:
 )
 def test_bad_plan_options(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        plan_bank(np.ones((2, 1, 3, 3)), **{"dtype": np.float32, **kwargs})
+        choose_bank_strategy(np.ones((2, 1, 3, 3)), **{"dtype": np.float32, **kwargs})
 
 
 @pytest.mark.parametrize("strategy", BANK_STRATEGIES)
 def test_a_block_with_other_channels_names_both_counts(strategy) -> None:
-    plan = plan_bank(np.ones((8, 3, 3, 3)), dtype=np.float32, strategy=strategy)
+    plan = choose_bank_strategy(np.ones((8, 3, 3, 3)), dtype=np.float32, strategy=strategy)
     with pytest.raises(ValueError, match=r"block has 1 channels but the layer's weights \(8, 3, 3, 3\) take 3 input"):
         correlate_bank(np.zeros((1, 10, 10), np.float32), plan)
 
@@ -272,5 +272,5 @@ def test_a_block_with_other_channels_names_both_counts(strategy) -> None:
 )
 def test_bad_blocks(block, options, message) -> None:
     with pytest.raises(ValueError, match=message):
-        correlate_bank(block, plan_bank(np.ones((2, 3, 3, 3)), dtype=np.float32), **options)
+        correlate_bank(block, choose_bank_strategy(np.ones((2, 3, 3, 3)), dtype=np.float32), **options)
 

@@ -17,7 +17,7 @@ from scipy import ndimage, signal
 
 from pipeline.errors import KernelError
 from pipeline.steps.chain import convolve
-from pipeline.steps.convolve import Convolution, plan_convolution
+from pipeline.steps.convolve import Convolution, bind_convolution
 from pipeline.steps.kernels import BUILTINS, build_kernel
 
 # Written out rather than imported, so a mode or boundary dropped from the package is noticed.
@@ -310,7 +310,7 @@ def test_chunking_never_changes_the_result(data: st.DataObject, name: str, mode:
     options = dict(mode=mode, boundary=boundary, cval=CVAL, correlate=correlate, strategy=strategy)
     one, two = (convolve(data.draw(chunked(x)), kernel, **options) for _ in range(2))
     a, b = dask.compute(one, two, scheduler="sync")
-    plan = plan_convolution(Convolution(kernel, **options), ndim=x.ndim, spatial_ndim=2, dtype=x.dtype).plan
+    plan = bind_convolution(Convolution(kernel, **options), ndim=x.ndim, spatial_ndim=2, dtype=x.dtype).kernel
     if plan.reproducible:  # byte for byte: a sample is computed alike in any block
         np.testing.assert_array_equal(a, b, err_msg=plan.describe())
     else:  # an FFT's roundings follow its transform's size, which is the block's

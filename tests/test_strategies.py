@@ -11,7 +11,7 @@ from scipy import ndimage
 from pipeline.steps import strategies
 from pipeline.steps.kernels import build_kernel
 from pipeline.steps.opencv_filters import opencv_dft_taps
-from pipeline.steps.strategies import STRATEGIES, choose_engine, correlate_block, plan_kernel, separate
+from pipeline.steps.strategies import STRATEGIES, choose_engine, correlate_block, choose_strategy, separate
 
 RNG = np.random.default_rng(31)
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -36,9 +36,9 @@ RANK = {(2, 9): _rank(2, 9), (4, 11): _rank(4, 11), (5, 11): _rank(5, 11), (2, 5
 
 
 def _plan(weights: np.ndarray, dtype, *, strategy: str = "auto", edge_mode: str = "reflect"):
-    """Plan as ``plan_convolution`` does, for blocks with the kernel's dimensions."""
+    """Plan as ``bind_convolution`` does, for blocks with the kernel's dimensions."""
     engine = choose_engine(dtype, weights, edge_mode)
-    return plan_kernel(weights, (0,) * weights.ndim, engine=engine, dtype=dtype, strategy=strategy)
+    return choose_strategy(weights, (0,) * weights.ndim, engine=engine, dtype=dtype, strategy=strategy)
 
 
 # --- the cost model ---------------------------------------------------------------------------
@@ -143,7 +143,7 @@ BORDERS = [("reflect", 0.0), ("nearest", 0.0), ("mirror", 0.0), ("wrap", 0.0), (
 @pytest.mark.parametrize("engine", ["opencv", "scipy"])
 def test_every_engine_and_strategy_is_scipys_correlate(engine: str, strategy: str, dtype, kernel: str) -> None:
     weights, origin = ORACLE_KERNELS[kernel]
-    plan = plan_kernel(weights, origin, engine=engine, dtype=dtype, strategy=strategy)
+    plan = choose_strategy(weights, origin, engine=engine, dtype=dtype, strategy=strategy)
     assert plan.strategy == strategy or (strategy == "separable" and separate(weights) is None)
     # a block larger than the kernel, and one it reaches past (scipy's way there)
     for shape in [(37, 61), (4, 5)]:
@@ -214,7 +214,7 @@ def _differing_blocks(plan, dtype, mode: str, cval: float) -> list[str]:
 
 @pytest.mark.parametrize("weights, dtype, strategy, engine", [r[1:] for r in REPRODUCIBLE], ids=[r[0] for r in REPRODUCIBLE])
 def test_a_sample_has_the_same_bytes_in_any_block(weights, dtype, strategy: str, engine: str) -> None:
-    plan = plan_kernel(weights, (0, 0), engine=engine, dtype=dtype, strategy=strategy)
+    plan = choose_strategy(weights, (0, 0), engine=engine, dtype=dtype, strategy=strategy)
     assert plan.reproducible and plan.strategy == (strategy if strategy != "auto" else plan.strategy)
     for mode, cval in BORDERS:
         differing = _differing_blocks(plan, dtype, mode, cval)
@@ -226,7 +226,7 @@ def test_without_the_tail_strip_opencvs_scalar_tail_shows(weights, monkeypatch: 
     """What the strip is for: OpenCV's filter2D rounds the last columns of a row otherwise (without
     fused multiply-adds: integer weights like edge's would hide it), so a sample would depend on the
     width of its block. If this fails, this OpenCV build's tail rounds as its vectors do."""
-    plan = plan_kernel(weights, (0, 0), engine="opencv", dtype=F32)
+    plan = choose_strategy(weights, (0, 0), engine="opencv", dtype=F32)
     monkeypatch.setattr(strategies, "refilter_tail", lambda *args: None)
     assert _differing_blocks(plan, F32, "reflect", 0.0)
 
@@ -271,7 +271,7 @@ def test_only_the_tail_of_a_row_is_copied(weights, monkeypatch: pytest.MonkeyPat
     copies: list[tuple[int, ...]] = []
     real = cv2.copyMakeBorder
     monkeypatch.setattr(cv2, "copyMakeBorder", lambda source, *args, **kw: copies.append(source.shape) or real(source, *args, **kw))
-    plan = plan_kernel(weights, (0, 0), engine="opencv", dtype=F32)
+    plan = choose_strategy(weights, (0, 0), engine="opencv", dtype=F32)
     for width in (256, 270):
         correlate_block(RNG.normal(size=(64, width)).astype(np.float32), plan, edge_mode="reflect", cval=0.0)
     (strip,) = copies  # the 270-wide block's: 14 columns past whole vectors and the kernel's reach

@@ -163,7 +163,7 @@ def test_any_memory_budget_gives_the_same_bytes(stacks: Path, kernel: str, param
 
 
 def test_fft_results_follow_the_slabs_to_a_few_ulp_and_the_plan_says_so(stacks: Path) -> None:
-    from pipeline.steps.convolve import Convolution, plan_convolution
+    from pipeline.steps.convolve import Convolution, bind_convolution
 
     steps = [{"convolve": {**GAUSS_3D["convolve"], "strategy": "fft"}}]
     results = {}
@@ -172,6 +172,6 @@ def test_fft_results_follow_the_slabs_to_a_few_ulp_and_the_plan_says_so(stacks: 
         assert plan.stages[0].strategies == ("fft (scipy)",)
         results[depth] = plan.result().compute(scheduler="sync")
     weights = build_kernel("gaussian", {"sigma": 1.0, "ndim": 3}).weights
-    planned = plan_convolution(Convolution(weights, strategy="fft"), ndim=4, spatial_ndim=3, dtype=np.dtype("float32"))
-    assert not planned.plan.reproducible
+    planned = bind_convolution(Convolution(weights, strategy="fft"), ndim=4, spatial_ndim=3, dtype=np.dtype("float32"))
+    assert not planned.kernel.reproducible
     np.testing.assert_allclose(results[2], results[9], rtol=0, atol=8 * np.finfo(np.float32).eps * np.abs(results[9]).max())

@@ -4,7 +4,7 @@ The weights have PyTorch's ``ConvNd.weight`` layout ``(K, C, *kernel)``: output 
 block ``(C, *spatial)`` is ``sum_c scipy.ndimage.correlate(block[c], weights[k, c], mode, cval) +
 bias[k]`` (the oracle; origin 0, scipy's centring for even sizes). Three strategies compute it:
 
-* ``direct`` — one single-kernel plan per ``(k, c)`` pair (``strategies.plan_kernel``: OpenCV
+* ``direct`` — one single-kernel plan per ``(k, c)`` pair (``strategies.choose_strategy``: OpenCV
   ``filter2D``, separable passes, running-sum boxes, scipy in N-D), summed per output channel.
   Cheapest for small banks.
 * ``gemm`` (1-D and 2-D kernels) — the layer as one matrix product per row of output, the MEC
@@ -21,7 +21,7 @@ like scipy when the kernel outreaches the block) except ``direct``, whose pairs 
 Reproducibility. A pipeline computes an image in blocks whose sizes differ from run to run and from
 machine to machine, so a pixel must get the same bytes whatever block it is computed in. Sums in a
 fixed order per pixel (``direct``'s taps and passes; not OpenCV's DFT and running-sum box filters,
-see ``BankPlan.reproducible``) have that property; BLAS does not: OpenBLAS
+see ``BankStrategy.reproducible``) have that property; BLAS does not: OpenBLAS
 changes its reduction order with the shape of a call, with its thread count, and — with the Haswell
 kernels it runs when OPENBLAS_CORETYPE=Haswell, as in this project's test environment — with a
 pixel's position inside one call (rows at the edges of its panels use two accumulators instead of
@@ -44,7 +44,7 @@ from numpy.lib.stride_tricks import as_strided
 from scipy import fft
 
 from pipeline.errors import KernelError
-from pipeline.steps.strategies import NUMPY_PAD_MODES, KernelPlan, choose_engine, correlate_block, plan_kernel
+from pipeline.steps.strategies import NUMPY_PAD_MODES, KernelStrategy, choose_engine, correlate_block, choose_strategy
 
 BANK_STRATEGIES: tuple[str, ...] = ("direct", "gemm", "fft")
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -82,7 +82,7 @@ ENGINES = ("opencv", "scipy")
 
 
 @dataclass(frozen=True)
-class BankPlan:
+class BankStrategy:
     """A bank of kernels ready for blocks: weights, bias and the chosen strategy and engine."""
 
     weights: np.ndarray  # (K, C, *kernel) float64, correlation orientation
@@ -91,7 +91,7 @@ class BankPlan:
     engine: str  # "opencv" | "scipy" (direct), "blas" (gemm), "scipy" (fft)
     dtype: np.dtype  # of the blocks it was planned for
     # direct: one single-kernel plan per (k, c) pair
-    pairs: tuple[tuple[KernelPlan, ...], ...] = field(default=(), repr=False)
+    pairs: tuple[tuple[KernelStrategy, ...], ...] = field(default=(), repr=False)
 
     @property
     def reach(self) -> tuple[int, ...]:
@@ -114,16 +114,16 @@ class BankPlan:
         return _costs(self.weights, self.pairs, self.dtype)[self.strategy]
 
 
-def plan_bank(weights, bias=None, *, dtype, strategy: str = "auto") -> BankPlan:
+def choose_bank_strategy(weights, bias=None, *, dtype, strategy: str = "auto") -> BankStrategy:
     """Check a bank and pick the cheapest strategy for blocks of ``dtype`` (or honour a forced one).
 
     ``weights`` is ``(K, C, *kernel)`` with 1 to 3 kernel axes, correlation orientation; ``bias``
     one value per output channel. A forced strategy that cannot run the bank (``gemm`` on 3-D
-    kernels) falls back to ``direct``, as ``strategies.plan_kernel`` does; ``describe()`` says so.
+    kernels) falls back to ``direct``, as ``strategies.choose_strategy`` does; ``describe()`` says so.
 
     Examples
     --------
-    >>> plan = plan_bank(np.ones((16, 3, 5, 5)), dtype=np.float32)
+    >>> plan = choose_bank_strategy(np.ones((16, 3, 5, 5)), dtype=np.float32)
     >>> plan.describe(), plan.reach
     ('gemm (blas)', (2, 2))
     """
@@ -135,7 +135,7 @@ def plan_bank(weights, bias=None, *, dtype, strategy: str = "auto") -> BankPlan:
     if strategy not in ("auto", *BANK_STRATEGIES):
         raise KernelError(f"bank strategy must be auto or one of {', '.join(BANK_STRATEGIES)}; got {strategy!r}")
     pairs = tuple(
-        tuple(plan_kernel(kernel, (0,) * kernel.ndim, engine=choose_engine(dtype, kernel, "reflect"), dtype=dtype) for kernel in row)
+        tuple(choose_strategy(kernel, (0,) * kernel.ndim, engine=choose_engine(dtype, kernel, "reflect"), dtype=dtype) for kernel in row)
         for row in weights
     )
     costs = _costs(weights, pairs, dtype)
@@ -144,11 +144,11 @@ def plan_bank(weights, bias=None, *, dtype, strategy: str = "auto") -> BankPlan:
     else:
         chosen = strategy if strategy in costs else "direct"
     engine = {"direct": pairs[0][0].engine, "gemm": "blas", "fft": "scipy"}[chosen]
-    return BankPlan(weights, bias, chosen, engine, dtype, pairs if chosen == "direct" else ())
+    return BankStrategy(weights, bias, chosen, engine, dtype, pairs if chosen == "direct" else ())
 
 
 def correlate_bank(
-    block: np.ndarray, plan: BankPlan, *, edge_mode: str = "reflect", cval: float = 0.0, start: tuple[int, ...] = ()
+    block: np.ndarray, plan: BankStrategy, *, edge_mode: str = "reflect", cval: float = 0.0, start: tuple[int, ...] = ()
 ) -> np.ndarray:
     """``sum_c scipy.ndimage.correlate(block[c], plan.weights[k, c], mode=edge_mode, cval=cval) + bias[k]``.
 
@@ -202,7 +202,7 @@ def _checked_bias(bias, out_channels: int) -> np.ndarray | None:
     return bias
 
 
-def _check_block(block: np.ndarray, plan: BankPlan) -> None:
+def _check_block(block: np.ndarray, plan: BankStrategy) -> None:
     channels, spatial = plan.weights.shape[1], plan.weights.ndim - 2
     if block.dtype.type not in FLOAT_DTYPES:
         raise KernelError(f"a kernel bank runs on float32 or float64 blocks; got {block.dtype}")
@@ -250,7 +250,7 @@ def _pad(block: np.ndarray, kernel: tuple[int, ...], edge_mode: str, cval: float
     return np.pad(block, widths, mode=NUMPY_PAD_MODES[edge_mode], **extra)
 
 
-def _direct(block: np.ndarray, plan: BankPlan, edge_mode: str, cval: float) -> np.ndarray:
+def _direct(block: np.ndarray, plan: BankStrategy, edge_mode: str, cval: float) -> np.ndarray:
     out = np.empty((len(plan.pairs), *block.shape[1:]), dtype=block.dtype)
     for k, row in enumerate(plan.pairs):
         for c, pair in enumerate(row):
@@ -264,7 +264,7 @@ def _direct(block: np.ndarray, plan: BankPlan, edge_mode: str, cval: float) -> n
     return out
 
 
-def _fft(padded: np.ndarray, plan: BankPlan, spatial: tuple[int, ...]) -> np.ndarray:
+def _fft(padded: np.ndarray, plan: BankStrategy, spatial: tuple[int, ...]) -> np.ndarray:
     """Circular correlation on a fast transform size at least the padded block's: nothing wraps
     into the samples kept, which read at most ``m - 1`` samples past themselves."""
     shape = tuple(fft.next_fast_len(n, real=True) for n in padded.shape[1:])

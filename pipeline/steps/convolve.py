@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.errors import KernelError
 from pipeline.steps.base import ImageShape
 from pipeline.steps.kernels import build_kernel
-from pipeline.steps.strategies import STRATEGIES, KernelPlan, choose_engine, correlate_block, plan_kernel
+from pipeline.steps.strategies import STRATEGIES, KernelStrategy, choose_engine, correlate_block, choose_strategy
 from pipeline.steps.windowed import WindowedStep
 
 if TYPE_CHECKING:
@@ -83,22 +83,22 @@ class Convolution:
 
 
 @dataclass(frozen=True)
-class PlannedConvolution:
-    """A convolution bound to an array's dimensions and dtype: the per-block plan and border rule."""
+class BoundConvolution:
+    """A convolution bound to an array's dimensions and dtype: the kernel's strategy and the border rule."""
 
     convolution: Convolution
-    plan: KernelPlan
+    kernel: KernelStrategy
     edge_mode: str  # the border rule blocks apply; `wrap` is served by dask's periodic halo instead
     cval: float
 
     @property
     def reach(self) -> tuple[int, ...]:
-        return tuple(m // 2 for m in self.plan.weights.shape)
+        return tuple(m // 2 for m in self.kernel.weights.shape)
 
 
-def plan_convolution(
+def bind_convolution(
     convolution: Convolution, *, ndim: int, spatial_ndim: int, dtype: np.dtype
-) -> PlannedConvolution:
+) -> BoundConvolution:
     kernel = _expand_kernel(np.asarray(convolution.weights, dtype=np.float64), ndim, spatial_ndim)
     kernel, origin = _correlation_form(kernel, correlate=convolution.correlate, mode=convolution.mode)
     if convolution.mode == "same" and convolution.boundary != "wrap":
@@ -108,8 +108,8 @@ def plan_convolution(
         # from dask's periodic halo: any rule will do, so pick the one every engine has.
         edge_mode, cval = "reflect", 0.0
     engine = choose_engine(dtype, kernel, edge_mode)
-    plan = plan_kernel(kernel, origin, engine=engine, dtype=dtype, strategy=convolution.strategy)
-    return PlannedConvolution(convolution, plan, edge_mode, cval)
+    plan = choose_strategy(kernel, origin, engine=engine, dtype=dtype, strategy=convolution.strategy)
+    return BoundConvolution(convolution, plan, edge_mode, cval)
 
 
 class ConvolveStep(WindowedStep):
@@ -123,7 +123,7 @@ class ConvolveStep(WindowedStep):
         self._provenance = provenance or {"step": "convolve", "kernel": {"source": source, "shape": list(np.shape(convolution.weights))}}
         self.mode, self.boundary, self.cval = convolution.mode, convolution.boundary, convolution.cval
         self.stride = (1,)
-        self._plans: dict[tuple[Any, ...], PlannedConvolution] = {}  # per block ndim, dtype and halo kind
+        self._plans: dict[tuple[Any, ...], BoundConvolution] = {}  # per block ndim, dtype and halo kind
 
     @property
     def name(self) -> str:
@@ -136,27 +136,27 @@ class ConvolveStep(WindowedStep):
     def window(self) -> tuple[int, ...]:
         return tuple(np.shape(self.convolution.weights))
 
-    def planned(self, ndim: int, spatial_ndim: int, dtype: np.dtype, *, periodic: bool = False) -> PlannedConvolution:
-        """The kernel planned for blocks of ``ndim`` axes (``periodic``: a dask halo serves ``wrap``)."""
+    def bound(self, ndim: int, spatial_ndim: int, dtype: np.dtype, *, periodic: bool = False) -> BoundConvolution:
+        """The kernel bound for blocks of ``ndim`` axes (``periodic``: a dask halo serves ``wrap``)."""
         key = (ndim, spatial_ndim, np.dtype(dtype).str, periodic)
         if key not in self._plans:
-            planned = plan_convolution(self.convolution, ndim=ndim, spatial_ndim=spatial_ndim, dtype=np.dtype(dtype))
+            bound = bind_convolution(self.convolution, ndim=ndim, spatial_ndim=spatial_ndim, dtype=np.dtype(dtype))
             if self.wraps and not periodic:
                 # no periodic halo (the axis is whole): blocks wrap by themselves; OpenCV has no wrap border
-                plan = plan_kernel(planned.plan.weights, planned.plan.origin, engine="scipy", dtype=np.dtype(dtype),
+                plan = choose_strategy(bound.kernel.weights, bound.kernel.origin, engine="scipy", dtype=np.dtype(dtype),
                                    strategy=self.convolution.strategy)
-                planned = PlannedConvolution(self.convolution, plan, "wrap", self.cval)
-            self._plans[key] = planned
+                bound = BoundConvolution(self.convolution, plan, "wrap", self.cval)
+            self._plans[key] = bound
         return self._plans[key]
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
-        plan = self.planned(ndim, image.spatial_ndim, dtype, periodic=self.wraps).plan
+        plan = self.bound(ndim, image.spatial_ndim, dtype, periodic=self.wraps).kernel
         return plan.describe(), plan.reproducible
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
                    periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
-        planned = self.planned(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic)
-        return correlate_block(block, planned.plan, edge_mode=planned.edge_mode, cval=planned.cval, keep=keep)
+        bound = self.bound(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic)
+        return correlate_block(block, bound.kernel, edge_mode=bound.edge_mode, cval=bound.cval, keep=keep)
 
     def value_range(self, low: float, high: float) -> tuple[float, float]:
         outside = {"full": 0.0, "same": self.cval if self.boundary == "constant" else None}.get(self.mode)

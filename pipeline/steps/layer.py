@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import KernelError
-from pipeline.steps.bank import BankPlan, correlate_bank, plan_bank
+from pipeline.steps.bank import BankStrategy, correlate_bank, choose_bank_strategy
 from pipeline.steps.banks import BANKS, build_bank
 from pipeline.steps.base import ImageShape
 from pipeline.steps.convolve import kernel_range
@@ -51,7 +51,7 @@ class LayerStep(WindowedStep):
 
     def _set_weights(self, weights: np.ndarray) -> None:
         self.weights = weights  # (K, C, *window), as given (correlation orientation when correlate)
-        self._plans: dict[str, BankPlan] = {}
+        self._plans: dict[str, BankStrategy] = {}
 
     @property
     def _kernels(self) -> np.ndarray:
@@ -98,14 +98,14 @@ class LayerStep(WindowedStep):
                 f"have {image.spatial_ndim}; use (K, C, kh, kw) for images, (K, C, kd, kh, kw) for volumes"
             )
 
-    def plan(self, dtype: np.dtype) -> BankPlan:
+    def bank_strategy(self, dtype: np.dtype) -> BankStrategy:
         key = np.dtype(dtype).str
         if key not in self._plans:
-            self._plans[key] = plan_bank(self._kernels, self.bias, dtype=np.dtype(dtype), strategy=self.strategy)
+            self._plans[key] = choose_bank_strategy(self._kernels, self.bias, dtype=np.dtype(dtype), strategy=self.strategy)
         return self._plans[key]
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
-        plan = self.plan(dtype)
+        plan = self.bank_strategy(dtype)
         return plan.describe(), plan.reproducible
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
@@ -117,7 +117,7 @@ class LayerStep(WindowedStep):
         edge = "reflect" if periodic or self.mode != "same" else self.boundary
         cval = self.cval if edge == "constant" else 0.0
         start = tuple(origin[-len(self.window):]) if origin else ()
-        plan = self.plan(block.dtype)
+        plan = self.bank_strategy(block.dtype)
         out = np.stack([correlate_bank(one, plan, edge_mode=edge, cval=cval, start=start) for one in block])
         if keep is None:
             return out

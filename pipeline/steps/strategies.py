@@ -33,7 +33,7 @@ image), so a job writes the same store with any tiling, budget or scheduler:
   so where they round (in float64 always, in float32 over a wide range of values) a sample would
   depend on where its block starts. A constant kernel is a rank-1 ``sepFilter2D``.
 
-``fft`` is not reproducible (``KernelPlan.reproducible``): the transform's size follows the block's,
+``fft`` is not reproducible (``KernelStrategy.reproducible``): the transform's size follows the block's,
 and so do its roundings, by a few ulp (OpenCV transforms float32 blocks in float64, which hides it
 nearly always). Bytes are those of one machine and OpenCV build: another instruction set (AVX2,
 AVX-512, NEON) or library version may round differently.
@@ -69,7 +69,7 @@ MAX_SEPARABLE_RANK = 4
 
 
 @dataclass(frozen=True)
-class KernelPlan:
+class KernelStrategy:
     """A kernel ready for blocks: correlation weights, origin, the chosen strategy and its factors."""
 
     weights: np.ndarray  # correlation orientation, as many dims as the block
@@ -157,9 +157,9 @@ def choose_engine(dtype: np.dtype, weights: np.ndarray, edge_mode: str) -> Engin
     return "opencv" if np.dtype(dtype).type in CV_DTYPES and edge_mode in CV_BORDERS and fits else "scipy"
 
 
-def plan_kernel(
+def choose_strategy(
     weights: np.ndarray, origin: tuple[int, ...], *, engine: Engine, dtype: np.dtype, strategy: str = "auto"
-) -> KernelPlan:
+) -> KernelStrategy:
     """Pick the cheapest strategy for correlation ``weights`` on ``engine`` (or honour a forced one).
 
     The choice depends on the kernel, the engine and the blocks' ``dtype``, never on a block's size.
@@ -180,7 +180,7 @@ def plan_kernel(
         chosen = strategy
     else:  # a forced strategy that does not apply (separable for a kernel that does not split)
         chosen = "direct"
-    return KernelPlan(
+    return KernelStrategy(
         weights=weights,
         origin=origin,
         strategy=chosen,
@@ -201,7 +201,7 @@ def _engine_for(strategy: str, weights: np.ndarray, engine: Engine, dtype: np.dt
 
 
 def correlate_block(
-    block: np.ndarray, plan: KernelPlan, *, edge_mode: str, cval: float, keep: tuple[slice, ...] | None = None
+    block: np.ndarray, plan: KernelStrategy, *, edge_mode: str, cval: float, keep: tuple[slice, ...] | None = None
 ) -> np.ndarray:
     """``scipy.ndimage.correlate(block, plan.weights, mode=edge_mode, cval=cval, origin=plan.origin)[keep]``.
 
@@ -228,7 +228,7 @@ def _filtered_axes(weights: np.ndarray) -> list[int]:
     return [axis for axis, m in enumerate(weights.shape) if m > 1]
 
 
-def _opencv_can(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> bool:
+def _opencv_can(block: np.ndarray, plan: KernelStrategy, edge_mode: str) -> bool:
     return (
         plan.engine == "opencv"
         and block.dtype.type in CV_DTYPES
@@ -244,7 +244,7 @@ def _within(reach: Sequence[tuple[int, int]], shape: Sequence[int]) -> bool:
     return all(max(before, after) < n for (before, after), n in zip(reach, shape))
 
 
-def _opencv(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+def _opencv(block: np.ndarray, plan: KernelStrategy, edge_mode: str) -> np.ndarray:
     """Run OpenCV on each (y, x) plane of the block (a 1-D block is one row)."""
     shape2d = (1,) * (2 - block.ndim) + block.shape[-2:]
     weights = plan.weights.reshape((1,) * (2 - plan.weights.ndim) + plan.weights.shape[-2:])
@@ -262,7 +262,7 @@ def _opencv(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
 
 
 def _plane_filter(
-    plan: KernelPlan, weights: np.ndarray, anchor: tuple[int, int], border: int, dtype: np.dtype
+    plan: KernelStrategy, weights: np.ndarray, anchor: tuple[int, int], border: int, dtype: np.dtype
 ) -> PlaneFilter:
     """The plan's OpenCV calls on one 2-D plane."""
     if plan.strategy == "separable":
@@ -282,7 +282,7 @@ def _plane_filter(
     return passes
 
 
-def _scipy(block: np.ndarray, plan: KernelPlan, edge_mode: str, keep: tuple[slice, ...] | None) -> np.ndarray:
+def _scipy(block: np.ndarray, plan: KernelStrategy, edge_mode: str, keep: tuple[slice, ...] | None) -> np.ndarray:
     if plan.strategy == "separable":
         total = None
         for term in plan.factors:
@@ -329,7 +329,7 @@ def _separable_term(
             part = _pass_along(part, vector, axis, origin[axis], edge_mode, keep[axis])
     if not use_opencv or (term[-1].size == 1 and term[-2].size == 1):
         return part
-    planar = KernelPlan(
+    planar = KernelStrategy(
         weights=np.multiply.outer(term[-2], term[-1]).reshape((1,) * (block.ndim - 2) + (term[-2].size, term[-1].size)),
         origin=(0,) * (block.ndim - 2) + origin[-2:],
         strategy="separable",
@@ -365,12 +365,12 @@ def _pass_along(
 NUMPY_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 
 
-def _pad(block: np.ndarray, plan: KernelPlan, edge_mode: str) -> np.ndarray:
+def _pad(block: np.ndarray, plan: KernelStrategy, edge_mode: str) -> np.ndarray:
     """The block extended by the kernel's reach with the boundary rule (zeros for constant)."""
     return np.pad(block, _reach(plan), mode=NUMPY_PAD_MODES[edge_mode])
 
 
-def _reach(plan: KernelPlan) -> list[tuple[int, int]]:
+def _reach(plan: KernelStrategy) -> list[tuple[int, int]]:
     """Samples the kernel reads before and after the output sample, per axis."""
     return [_reach_of(m, o) for m, o in zip(plan.weights.shape, plan.origin)]
 
