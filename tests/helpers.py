@@ -48,3 +48,9 @@ class PeakHeld(Callback):
     def _posttask(self, key, result, dsk, state, worker_id) -> None:
         held = sum(getattr(value, "nbytes", 0) for value in state["cache"].values())
         self.peak = max(self.peak, held)
+
+
+CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# Learn jobs (inputs and targets) apart from run jobs: each kind is checked by its own models.
+LEARN_CONFIGS = [path for path in CONFIG_FILES if "targets:" in path.read_text(encoding="utf-8")]
+RUN_CONFIGS = [path for path in CONFIG_FILES if path not in LEARN_CONFIGS]

@@ -15,7 +15,7 @@ import yaml
 import zarr
 from scipy import ndimage
 
-from helpers import assert_error, assert_ok, read_store
+from helpers import RUN_CONFIGS, assert_error, assert_ok, read_store
 
 LUMA = np.array([0.299, 0.587, 0.114])
 EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
@@ -404,10 +404,6 @@ def test_command_debug_shows_traceback(job, tmp_path):
     assert done.returncode != 0
     assert "Traceback (most recent call last)" in done.stderr
     assert "ConfigError" in done.stderr and "unknown kernel 'edgee'" in done.stderr
-
-
-RUN_CONFIGS = [path for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-               if "targets" not in yaml.safe_load(path.read_text())]  # learn jobs: test_learn.py runs them
 
 
 @pytest.mark.parametrize("config", RUN_CONFIGS, ids=lambda p: p.name)

@@ -12,7 +12,7 @@ from helpers import assert_error
 from pipeline.config import PipelineConfig, apply_override, load_config, validate_config
 from pipeline.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+from helpers import RUN_CONFIGS as CONFIGS  # noqa: E402 (learn jobs: test_learn.py)
 
 
 @pytest.fixture

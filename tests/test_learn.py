@@ -216,3 +216,12 @@ def test_the_bundled_example_learns_the_seeds_edge_kernel_back(repo_root: Path, 
     applied = zarr.open_group("out/learned-edges/result.zarr", mode="r")["0"][:]
     targets = zarr.open_group("out/edge-targets.zarr", mode="r")["0"][:]
     np.testing.assert_allclose(applied, targets, rtol=1e-5, atol=1e-5 * np.abs(targets).max())
+
+
+def test_every_bundled_learn_job_is_valid() -> None:
+    from helpers import LEARN_CONFIGS
+    from pipeline.learn_config import LearnConfig, load_learn_config
+
+    assert LEARN_CONFIGS
+    for path in LEARN_CONFIGS:
+        assert isinstance(load_learn_config(path), LearnConfig)

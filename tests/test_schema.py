@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_ok
 from pipeline.job_file import read_yaml
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+from helpers import RUN_CONFIGS as CONFIGS  # noqa: E402 (learn jobs: test_learn.py)
 
 
 @pytest.fixture(scope="module")
