@@ -39,10 +39,11 @@ $(BENCH_STAMP): $(DEV_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# Timings and peak memory of the pipeline against dask-image, plain loops and the I/O floor;
-# see benchmarks/README.md. Pass options with ARGS, e.g. `make bench ARGS=--quick`.
+# Timings and peak memory of the pipeline against dask-image, plain loops and the I/O floor, then the
+# layer and learn workloads (benchmarks/layers.py); see benchmarks/README.md. Pass options with ARGS, e.g. `make bench ARGS=--quick`.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)
+	$(BIN)/python benchmarks/layers.py $(if $(findstring --quick,$(ARGS)),--quick,)
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
