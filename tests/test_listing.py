@@ -109,3 +109,16 @@ def test_listing_stats_no_plain_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         calls.clear()
         assert len(list_images(str(tmp_path / entry))) in (100, 200)
         assert len(calls) < 10, (entry, len(calls))
+
+
+def test_a_relative_path_that_does_not_exist_says_what_it_was_resolved_against(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    from pipeline.errors import InputError
+    from pipeline.sources.listing import list_images
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=f"'photos' does not exist \\(resolved against {tmp_path}\\)"):
+        list_images("photos")
+    with pytest.raises(InputError, match=f"matches no files \\(resolved against {tmp_path}\\)"):
+        list_images("photos/*.png")

@@ -84,7 +84,7 @@ def _expand(entry: str, left_out: dict[str, str], folders: dict[str, str]) -> di
             if kind == FILE:
                 return {entry: _resolve(entry, folders)}
             if kind == MISSING:
-                raise InputError(f"input.paths: {entry!r} does not exist")
+                raise InputError(f"input.paths: {entry!r} does not exist{_resolved(entry)}")
             if kind != FOLDER:
                 raise InputError(f"input.paths: {entry!r} is not a regular file ({kind}); name an image file or a folder")
             candidates, empty = _folder(entry), _empty_folder(entry)
@@ -269,7 +269,12 @@ def _expand_remote(entry: str, storage_options: Mapping[str, Any] | None) -> lis
 
 
 def _no_match(entry: str) -> InputError:
-    return InputError(f"input.paths: {entry!r} matches no files; check the pattern and the working directory")
+    return InputError(f"input.paths: {entry!r} matches no files{_resolved(entry)}; check the pattern and the working directory")
+
+
+def _resolved(entry: str) -> str:
+    """What a relative path was taken relative to, for a message (absolute paths say nothing more)."""
+    return "" if os.path.isabs(entry) else f" (resolved against {os.getcwd()})"
 
 
 def _empty_folder(entry: str) -> InputError:
