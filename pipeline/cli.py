@@ -291,7 +291,8 @@ def plan(
         out.print(table)
         mib = 1024 * 1024
         out.print(
-            f"{counted(info['images'], 'image')}, {counted(info['tasks'], 'task')}, compute dtype {info['compute_dtype']}; "
+            f"{counted(info['images'], 'image')} read {info['read']}, {counted(info['tasks'], 'task')}, "
+            f"compute dtype {info['compute_dtype']}; "
             f"peak memory ≈ {info['peak_memory_per_task'] / mib:.1f} MiB per task, "
             f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {counted(info['workers'], 'worker')} "
             f"(tiles and slabs sized for {info['memory_budget_per_worker'] / mib:.0f} MiB per worker); "

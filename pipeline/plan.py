@@ -153,7 +153,19 @@ class JobPlan:
             }
             for stage in self.stages
         ]
-        return {"stages": stages, **self.estimates(), "compute_dtype": self.compute_dtype}
+        return {"stages": stages, **self.estimates(), "compute_dtype": self.compute_dtype, "read": self.reading()}
+
+    def reading(self) -> str:
+        """How the inputs are read, in a line: whole, by tiles (a set size rounded to file tiles), by slabs."""
+        if self.spec.volume:
+            return f"volumes by slabs of {self.spec.chunks[0]} slices"
+        if self.spec.tile is None:
+            return "whole images"
+        tile = "x".join(map(str, self.spec.tile))
+        setting = self.config.input.tile
+        if isinstance(setting, int) and self.spec.tile != (setting, setting):
+            return f"by tiles of {tile} (input.tile {setting} rounded down to whole file tiles)"
+        return f"by tiles of {tile}"
 
     def estimates(self) -> dict[str, Any]:
         """Task count, peak memory per worker and bytes moved, for `pipeline plan`."""

@@ -227,3 +227,16 @@ def test_any_tile_size_writes_the_same_bytes(tmp_path: Path, run_cli, write_conf
     for tile in (256, 512, 1000):
         differing = np.argwhere(stores[tile] != stores["whole"])
         assert differing.size == 0, f"tile {tile}: {len(differing)} values differ, e.g. at {differing[:3].tolist()}"
+
+
+def test_plan_says_a_tile_size_is_rounded_to_file_tiles(tmp_path, run_cli, write_config) -> None:
+    import tifffile
+
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", np.zeros((600, 520), dtype=np.uint16), tile=(64, 64))
+    config = write_config({"input": {"paths": str(folder), "tile": 300}, "steps": [{"convolve": {"kernel": "blur"}}],
+                           "output": {"path": str(tmp_path / "o.zarr")}})
+    result = run_cli("plan", config)
+    assert result.exit_code == 0, result.output
+    assert "by tiles of 256x256 (input.tile 300 rounded down to whole file tiles)" in result.stdout
