@@ -103,12 +103,13 @@ class Reporter:
         if done:
             self._err.print(f"resuming: {counted(done, 'image')} already written")
 
-    def advance(self, images: float) -> None:
-        """Progress within a batch, in images (fractions allowed)."""
+    def advance(self, images: float, *, loss: float | None = None) -> None:
+        """Progress within a batch, in images (fractions allowed); a descent shows its loss too."""
         if self._bar is not None:
             self._bar.advance(self._task, images)
             speed = self._bar.tasks[0].speed
-            self._bar.update(self._task, rate=f"{speed:.1f} images/s" if speed else "")
+            rate = f"{speed:.1f} images/s" if speed else ""
+            self._bar.update(self._task, rate=rate + (f" loss {loss:.4g}" if loss is not None else ""))
 
     def batch(self, **fields: Any) -> None:
         """A batch durably written; numbered from 1 across the run (shape groups do not start again)."""
@@ -124,8 +125,10 @@ class Reporter:
             images = f"image {fields['start']}" if fields["stop"] - fields["start"] == 1 else (
                 f"images {fields['start']}-{fields['stop'] - 1}"
             )
+            done = fields.get("done_word", "written")  # a fit reads its pairs, a run writes its images
+            loss = f", loss {fields['loss']:.6g}" if fields.get("loss") is not None else ""
             self._line(
-                f"batch {self._batches_seen}/{self._batches}: {images} written{skipped} in {seconds:.1f} s "
+                f"batch {self._batches_seen}/{self._batches}: {images} {done}{skipped}{loss} in {seconds:.1f} s "
                 f"({rate or 0:.1f} images/s); {self._left} to do{eta}"
             )
 

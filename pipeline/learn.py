@@ -231,9 +231,9 @@ def _descend(config: LearnConfig, pairs: list[Pair], shape: tuple[int, ...], exe
             updated = optimizer.step(params, grads)
             weights, bias = updated[0], (updated[1] if bias is not None else None)
             epoch_loss, positions = epoch_loss + step.loss, positions + step.count
-            reporter.advance(len(chunk))
+            reporter.advance(len(chunk), loss=step.loss / max(step.count, 1))
         losses.append(epoch_loss / max(positions, 1))
-        _batch_line(reporter, epoch * len(pairs), len(pairs), len(pairs) * training.epochs, began)
+        _batch_line(reporter, epoch * len(pairs), len(pairs), len(pairs) * training.epochs, began, loss=losses[-1])
         if _converged(losses, training.tolerance):
             break
     fit = {"loss": losses, "epochs": len(losses), "final_mse": losses[-1], "rmse": [math.sqrt(losses[-1])],
@@ -254,10 +254,10 @@ def _converged(losses: list[float], tolerance: float) -> bool:
     return min(losses[-PATIENCE:]) > before * (1 - tolerance)
 
 
-def _batch_line(reporter: Reporter, start: int, images: int, total: int, began: float) -> None:
+def _batch_line(reporter: Reporter, start: int, images: int, total: int, began: float, *, loss: float | None = None) -> None:
     seconds = time.perf_counter() - began
     reporter.batch(start=start, stop=start + images, images=images, unreadable=0, done=start + images,
-                   pending=total - start - images, seconds=round(seconds, 3),
+                   pending=total - start - images, seconds=round(seconds, 3), done_word="read", loss=loss,
                    images_per_second=round(images / seconds, 2) if seconds > 0 else None)
 
 

@@ -225,3 +225,16 @@ def test_every_bundled_learn_job_is_valid() -> None:
     assert LEARN_CONFIGS
     for path in LEARN_CONFIGS:
         assert isinstance(load_learn_config(path), LearnConfig)
+
+
+def test_a_descent_reports_its_loss_per_epoch(tmp_path: Path, write_config, run_cli) -> None:
+    inputs = [RNG.standard_normal((16, 18)) for _ in range(2)]
+    _write_pairs(tmp_path, inputs, [_valid(x, EDGE) for x in inputs])
+    training = {"epochs": 3, "learning_rate": 0.05, "batch": 1, "seed": 1, "tolerance": 0.0}
+    result = run_cli("learn", _job(write_config, tmp_path, {"shape": [3, 3]}, method="sgd", training=training))
+    assert_ok(result)
+    lines = [line for line in result.stderr.splitlines() if "batch " in line]
+    assert len(lines) == 3 and all(", loss " in line and " read" in line for line in lines)
+    report = json.loads((tmp_path / "fit" / "report.json").read_text())
+    losses = [float(line.split(", loss ")[1].split()[0]) for line in lines]
+    np.testing.assert_allclose(losses, report["loss"], rtol=1e-5)
