@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -131,6 +132,7 @@ def main() -> None:
             results["cases"].setdefault(name, []).append(run["seconds"])
     results["medians"] = {name: statistics.median(times) for name, times in results["cases"].items()}
     results["bank"] = bank_rate()
+    print(json.dumps({"medians": results["medians"], "bank": results["bank"]}, indent=2), flush=True)
     results["learn"] = learn_cases(folder, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "layers.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -150,6 +152,7 @@ def learn_cases(folder: Path, args: argparse.Namespace) -> dict:
             "kernel": str(WORK / f"k{size}.npy"), "mode": "valid", "correlate": True}}],
             "output": {"path": str(WORK / f"t{size}.zarr"), "overwrite": True, "dtype": "float64"}}), encoding="utf-8")
         measure([PIPELINE, "run", str(targets_job), "--quiet"], cwd=str(WORK))
+        shutil.rmtree(WORK / f"t{size}", ignore_errors=True)  # targets of an earlier run with other images
         measure([PIPELINE, "export", str(WORK / f"t{size}.zarr"), str(WORK / f"t{size}"), "--format", "tiff", "--overwrite"], cwd=str(WORK))
         learn = WORK / f"learn{size}.yaml"
         learn.write_text(yaml.safe_dump({"inputs": {"paths": str(folder)}, "targets": {"paths": str(WORK / f"t{size}")},
