@@ -291,7 +291,7 @@ def plan(
         out.print(table)
         mib = 1024 * 1024
         out.print(
-            f"{counted(info['images'], 'image')} read {info['read']}, {counted(info['tasks'], 'task')}, "
+            f"{counted(info['images'], 'image')}, {counted(info['tasks'], 'task')}, read {info['read']}, "
             f"compute dtype {info['compute_dtype']}; "
             f"peak memory ≈ {info['peak_memory_per_task'] / mib:.1f} MiB per task, "
             f"≈ {info['peak_memory_all_workers'] / mib:.1f} MiB for {counted(info['workers'], 'worker')} "

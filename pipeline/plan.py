@@ -158,9 +158,9 @@ class JobPlan:
     def reading(self) -> str:
         """How the inputs are read, in a line: whole, by tiles (a set size rounded to file tiles), by slabs."""
         if self.spec.volume:
-            return f"volumes by slabs of {self.spec.chunks[0]} slices"
+            return f"by slabs of {self.spec.chunks[0]} slices"
         if self.spec.tile is None:
-            return "whole images"
+            return "whole"
         tile = "x".join(map(str, self.spec.tile))
         setting = self.config.input.tile
         if isinstance(setting, int) and self.spec.tile != (setting, setting):
