@@ -118,7 +118,9 @@ class LayerStep(WindowedStep):
         cval = self.cval if edge == "constant" else 0.0
         start = tuple(origin[-len(self.window):]) if origin else ()
         plan = self.bank_strategy(block.dtype)
-        out = np.stack([correlate_bank(one, plan, edge_mode=edge, cval=cval, start=start) for one in block])
+        images = [correlate_bank(one, plan, edge_mode=edge, cval=cval, start=start) for one in block]
+        # one image per block (the usual case) takes no copy: stacking 16 maps of 2048² costs 0.4 s
+        out = images[0][np.newaxis] if len(images) == 1 else np.stack(images)
         if keep is None:
             return out
         return out[(keep[0], slice(None), *keep[2:])]
