@@ -229,7 +229,7 @@ def build_plan(
     sources = tuple(list_sources(config) if sources is None else sources)
     dtype = compute_dtype(config)
     # normalize rescales each image as a whole (all channels together, keeping colour balance)
-    steps = tuple(build_steps(config.steps, image_axes=1))
+    steps = tuple(build_steps(config.steps))
     workers = planned_workers(config)
     budget = BlockBudget(
         bytes=worker_budget(config.execution.memory_budget, workers),
@@ -318,7 +318,7 @@ def _downscale(steps: Sequence[Step]) -> tuple[int, int]:
     """How much the steps divide y and x (pools and strides): tiles of the result are that much smaller."""
     y = x = 1
     for step in steps:
-        stride = getattr(getattr(step, "pool", None), "stride", None) or getattr(step, "stride", (1,))
+        stride = getattr(step, "stride", (1,))  # layers' and pools' strides
         stride = (1,) * (2 - len(stride)) + tuple(stride)[-2:]
         y, x = y * stride[0], x * stride[1]
     return y, x

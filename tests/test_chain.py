@@ -25,7 +25,7 @@ def steps_from(*raw_steps: dict[str, Any]):
     config = validate_config(
         {"input": {"paths": "unused/*.png"}, "steps": list(raw_steps), "output": {"path": "unused.zarr"}}
     )
-    return build_steps(config.steps, image_axes=1)
+    return build_steps(config.steps)
 
 
 def conv(kernel: Any, **options: Any) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def test_normalize_step_then_convolve(images: np.ndarray) -> None:
 
 def test_steps_built_from_models_directly(images: np.ndarray) -> None:
     configs = [ConvolveStep(convolve=ConvolveSpec(kernel="edge")), NormalizeStep(normalize="minmax")]
-    result, unit_range = apply_steps(da.from_array(images, chunks=4), build_steps(configs, image_axes=1))
+    result, unit_range = apply_steps(da.from_array(images, chunks=4), build_steps(configs))
     edges = scipy_step(images, build_kernel("edge").weights)
     low, high = edges.min(axis=(1, 2), keepdims=True), edges.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(result.compute(), (edges - low) / (high - low), **TOL)

@@ -45,8 +45,11 @@ class Activation:
         return self.function
 
     def apply(self, block: np.ndarray) -> np.ndarray:
-        """The activation of ``block``, in its dtype (computed in place when the block is a float array)."""
-        out = block if block.dtype.kind == "f" and block.flags.writeable else block.astype(np.float64)
+        """The activation of ``block``, in its dtype (in place on a writeable float block; integers become float64)."""
+        if block.dtype.kind != "f":
+            out = block.astype(np.float64)
+        else:
+            out = block if block.flags.writeable else block.copy()
         if self.function == "relu":
             return np.maximum(out, 0, out=out)
         if self.function == "leaky_relu":
@@ -111,7 +114,7 @@ class ActivationStep(Step):
         return self.activation.value_range(low, high)
 
     def block(self, block: np.ndarray, image: ImageShape) -> np.ndarray:
-        return self.activation.apply(np.array(block, copy=True) if not block.flags.writeable else block)
+        return self.activation.apply(block)
 
 
 def build(spec: Any) -> ActivationStep:

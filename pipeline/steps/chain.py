@@ -61,11 +61,10 @@ class ChainResult:
     stages: tuple[Stage, ...]
 
 
-def build_steps(configs: Sequence[BaseModel], *, image_axes: int = 1) -> list[Step]:
+def build_steps(configs: Sequence[BaseModel]) -> list[Step]:
     """Steps from validated config models, each built by the module its kind names (config.STEP_KINDS)."""
     from pipeline.step_kinds import STEP_KINDS, step_kind
 
-    del image_axes  # normalize reduces over every axis but the image index; kept for callers
     steps = []
     for cfg in configs:
         kind = step_kind(cfg)

@@ -146,6 +146,11 @@ class PoolStep(Step):
         return {"step": "pool", "function": self.pool.function, "size": list(self.pool.size),
                 "stride": list(self.pool.stride), "padding": self.pool.padding}
 
+    @property
+    def stride(self) -> tuple[int, int]:
+        """How much the pool divides y and x (what a tile of the result is smaller by)."""
+        return self.pool.stride
+
     def output(self, image: ImageShape) -> ImageShape:
         sizes = tuple(self.pool.output_size(n, axis) for axis, n in enumerate(image.shape[-2:]))
         return ImageShape((*image.shape[:-2], *sizes), image.axes)
