@@ -20,7 +20,8 @@ from pipeline.budget import BlockBudget, whole_image_budget, worker_budget
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
-from pipeline.sources.frames import frame_sources
+from pipeline.sources.arrays import list_array_sources
+from pipeline.sources.frames import frame_sources, is_array_entry
 from pipeline.sources.shapes import group_by_shape
 from pipeline.pixels import value_range
 from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
@@ -48,6 +49,11 @@ class JobPlan:
     def chunks(self) -> tuple[int, ...]:
         """The store's chunk: one image, one tile of one, or one slice of a volume."""
         return store_chunks(self.spec, self.image, self.steps)
+
+    @property
+    def downscale(self) -> tuple[int, int]:
+        """How much the steps divide y and x (pools and strides)."""
+        return _downscale(self.steps)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -204,6 +210,20 @@ def compute_dtype(config: PipelineConfig) -> str:
 
 def list_sources(config: PipelineConfig) -> list[str]:
     """The job's images: its files, or each frame of them when the first file holds several."""
+    entries = [config.input.paths] if isinstance(config.input.paths, str) else list(config.input.paths)
+    arrays = [is_array_entry(entry) for entry in entries]
+    if any(arrays):
+        if not all(arrays):
+            raise InputError(
+                f"input.paths mixes arrays ({entries[arrays.index(True)]!r}) and image files "
+                f"({entries[arrays.index(False)]!r}); list them in separate jobs"
+            )
+        if config.input.shapes != "strict":
+            raise InputError(f"input.shapes: {config.input.shapes} applies to image files; arrays are read as they are")
+        return list_array_sources(
+            entries, volume=config.input.layout == "volume", options=config.input.storage_options,
+            allow_incomplete=config.input.allow_incomplete,
+        )
     files = list_images(config.input.paths, config.input.storage_options)
     if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
         return files
@@ -290,6 +310,7 @@ def _probe_first_readable(
                 budget=budget,
                 recorded_tile=recorded_read["tile"] if recorded_read is not None else "unset",
                 scale=config.input.scale,
+                allow_incomplete=config.input.allow_incomplete,
             )
         except InputError:
             if source is candidates[-1]:
