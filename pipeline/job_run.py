@@ -22,7 +22,7 @@ from pipeline.errors import Interrupted, OutputError, PipelineError, Terminated,
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.batches import batch_size, write_batches
-from pipeline.plan import JobPlan, build_plan, list_sources
+from pipeline.job_plan import JobPlan, build_plan, list_sources
 from pipeline.sinks.grouped import create_grouped_root, member_path, record_groups, stored_groups
 from pipeline.sinks.layout import SPACE_UNITS, shard_shape
 from pipeline.sinks.ledger import pending_batches, recorded_stats
