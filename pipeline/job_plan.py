@@ -182,7 +182,12 @@ class JobPlan:
         # A task holds the decoded block, its float copy, an input and output per kernel, the cast.
         written = int(np.prod(task_chunks(self.spec, self.image, self.steps)[1:])) * np.dtype(self.dtype).itemsize
         per_task = block + 2 * largest + written
-        first_file = file_size(self.sources[0], self.spec.storage_options)
+        # An array's images are read as stored (uncompressed sizes: a store's chunk sizes are not listed).
+        first_file = (
+            int(np.prod(self.spec.shape)) * np.dtype(self.spec.dtype).itemsize
+            if self.spec.array is not None
+            else file_size(self.sources[0], self.spec.storage_options)
+        )
         (one_image,) = dask.optimize(self.result(0, 1))
         return {
             "images": len(self.sources),

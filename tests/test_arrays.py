@@ -230,3 +230,37 @@ def test_bad_arrays_get_one_line_and_exit_3(tmp_path: Path, make: Callable[[Path
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     for fragment in fragments:
         assert fragment in run.stderr
+
+
+def test_validate_and_plan_read_array_metadata(tmp_path: Path) -> None:
+    array = zarr.create_array(tmp_path / "in.zarr", shape=(4, 30, 20), chunks=(1, 30, 20), dtype="uint16",
+                              dimension_names=("image", "y", "x"))
+    array[:] = 7
+    config = _job(tmp_path, str(tmp_path / "in.zarr"), "out.zarr")
+    valid = cli("validate", config, cwd=tmp_path)
+    _ok(valid)
+    assert "shape (30, 20)" in valid.stdout and "16-bit" in valid.stdout
+    planned = cli("plan", config, cwd=tmp_path)
+    _ok(planned)
+    assert "4 images" in planned.stdout
+
+
+def test_remote_arrays_are_read_through_fsspec(tmp_path: Path) -> None:
+    """memory:// is an fsspec filesystem in this process: the API runs the job here, with threads."""
+    import fsspec
+
+    import pipeline
+
+    images = RNG.uniform(0, 1, (3, 40, 30))
+    remote = zarr.create_array("memory://arrays/in.zarr", shape=images.shape, chunks=(1, 40, 30), dtype="float64",
+                               dimension_names=("image", "y", "x"))
+    remote[:] = images
+    with fsspec.open("memory://arrays/stack.npy", "wb") as file:
+        np.save(file, images)
+    for entry in ("memory://arrays/in.zarr", "memory://arrays/stack.npy"):
+        store = tmp_path / f"{entry.rsplit('/', 1)[1]}-out.zarr"
+        summary = pipeline.run(yaml.safe_load(_job(tmp_path, entry, store.name).read_text()))
+        assert summary.processed == 3
+        out = result(store)
+        for index, image in enumerate(images):
+            np.testing.assert_allclose(out[index], _edge(image), rtol=1e-5, atol=1e-5)

@@ -89,7 +89,7 @@ def list_array_sources(
     """Every image the entries name: ``<entry>#<index>`` along an image axis, or the entry itself."""
     sources: list[str] = []
     for entry in entries:
-        for name in _expand(entry, options):
+        for name in expand_entry(entry, options):
             array = resolve_array(name, volume=volume, options=options, allow_incomplete=allow_incomplete)
             sources.extend([name] if "image" not in array.roles else [f"{name}#{i}" for i in range(array.images)])
     if not sources:
@@ -97,7 +97,7 @@ def list_array_sources(
     return sources
 
 
-def _expand(entry: str, options: Options) -> list[str]:
+def expand_entry(entry: str, options: Options) -> list[str]:
     """A glob of ``.npy`` files, naturally sorted; every other entry as it is."""
     if not glob.has_magic(entry):
         return [entry]
