@@ -80,6 +80,7 @@ class ArrayInput:
             "store": self.entry, "array": self.path, "kind": self.kind, "shape": list(self.shape),
             "dtype": self.dtype, "axes": list(self.names), "read_as": list(self.roles),
             **({"pixel_size": list(self.pixel_size), "unit": self.unit} if self.pixel_size else {}),
+            **({"channel_names": list(self.channel_names)} if self.channel_names else {}),
         }
 
 
