@@ -207,7 +207,7 @@ def _checked(image: Any, weights: Any, mode: Any, cval: Any, origin: Any, axes: 
     for axis, value in zip(filtered, origins):
         every[axis] = value
     if not isinstance(mode, str):
-        raise UnsupportedArgument(f"mode must be one of {', '.join(MODES)} (one for every axis); got {mode!r}")
+        raise UnsupportedArgument(f"mode must be one name for every axis (scipy.ndimage.correlate takes no sequence of modes), one of {', '.join(MODES)}; got {mode!r}")
     if mode not in MODES:
         raise UnsupportedArgument(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if not isinstance(cval, numbers.Number) or isinstance(cval, bool):
