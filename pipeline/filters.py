@@ -161,6 +161,10 @@ def convolve(
         spatial = weights.ndim
         image = ImageShape(tuple(array.shape[-spatial:]), ("z", "y", "x")[-spatial:])
         step.check(image)
+        if 0 in image.shape:  # nothing to filter: scipy.ndimage returns the empty array, numpy.convolve refuses
+            if mode != "same":
+                raise UnsupportedArgument(f"x has shape {tuple(array.shape)}, no samples to filter; mode {mode!r} needs at least one")
+            return _returned(array, lazy)
         result = _run(array, [step], image)
         if mode == "same" and result.chunks != array.chunks:  # chunks smaller than the halo were widened
             result = result.rechunk(array.chunks)

@@ -128,6 +128,13 @@ def test_uint8_two_hundreds_give_eighteen_hundred() -> None:
     np.testing.assert_array_equal(lazy.compute(), np.full((6, 6), 1800.0, dtype=np.float32))
 
 
+def test_empty_arrays_stay_empty_in_same_and_are_refused_otherwise() -> None:
+    assert convolve(np.ones((3, 0)), [1.0, 2.0]).shape == (3, 0)
+    assert convolve(da.ones((0, 4), chunks=2), np.ones((2, 2))).compute().shape == (0, 4)
+    with pytest.raises(UnsupportedArgument, match="no samples to filter"):
+        convolve(np.ones(0), [1.0], mode="full")
+
+
 def test_built_in_names_are_kernels() -> None:
     data = RNG.normal(size=(10, 10))
     close(convolve(data, "sobel_x"), ndimage.convolve(data, build_kernel("sobel_x").weights, mode="reflect"))
