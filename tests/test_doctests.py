@@ -9,11 +9,12 @@ import dask
 import pytest
 
 # the modules whose docstrings are the public API's documentation
-MODULES = ("pipeline.filters", "pipeline.ndfilters")
+MODULES = ("pipeline.filters", "pipeline.ndfilters", "pipeline.jobs")
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_examples_hold(name: str) -> None:
+def test_examples_hold(name: str, repo_root, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repo_root)  # the jobs' examples read the bundled photographs
     module = importlib.import_module(name)
     with dask.config.set(scheduler="synchronous"):
         failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, report=True)
