@@ -10,6 +10,9 @@ Layout (OME-NGFF 0.5: the ``ome`` attributes describe levels "0", "1", … as on
         source_shapes/ each image's own shape, when smaller images were padded (input.shapes: pad)
         ledger/        which images are durably written (see ledger.py)
 
+Every array names its dimensions (``image`` first), and the levels name ``sources`` as their
+coordinate along it (CF's ``coordinates``), so ``xarray.open_zarr`` opens a store as it is.
+
 With ``input.shapes: group`` the store is a group of such stores, one per image shape (see
 grouped.py).
 
