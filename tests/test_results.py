@@ -6,18 +6,22 @@ value read is compared with what zarr-python reads from the same array.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+import yaml
 import zarr
 
 import pipeline
+from conftest import GRAY_SOURCES, MIXED_SOURCES, SAMPLES, write_small_image
 from pipeline.errors import InputError
 from tests.test_remote import Bucket, _subprocess, bucket, s3_endpoint  # noqa: F401 (the S3 fixtures)
 
@@ -26,20 +30,66 @@ ts = pytest.importorskip("tensorstore", reason="the tensorstore reader is in the
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(16)
+LEVELS = {"output": {"levels": 3, "pixel_size": [0.5, 0.25], "unit": "micrometer"}}
 
 
-def _run(job: dict[str, Any], tmp_path: Path, write_config: Callable[..., Path], *flags: str) -> None:
-    done = _subprocess("run", write_config(job, "results.yaml"), *flags, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-
-
-def _job(paths: Any, store: Any, steps: list | None = None, **output: Any) -> dict[str, Any]:
-    return {
+def _job(paths: Any, store: Any, steps: list | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
+    job = {
         "input": {"paths": str(paths)},
         "steps": steps or [{"convolve": {"kernel": "edge"}}],
-        "output": {"path": str(store), **output},
+        "output": {"path": str(store)},
         "execution": {"scheduler": "threads", "workers": 2},
     }
+    for section, settings in sections.items():
+        job[section].update(settings)
+    return job
+
+
+def _folders(root: Path) -> dict[str, Path]:
+    """Small photographs (48x64, and 24x32 ones beside them), random RGB images and z-stacks."""
+    folders = {name: root / name for name in ("photos", "sizes", "rgb", "stacks")}
+    for folder in folders.values():
+        folder.mkdir()
+    for index, source in enumerate(MIXED_SOURCES):
+        write_small_image(SAMPLES / source, folders["photos"] / f"img{index + 1}.png")
+    for index, (source, size) in enumerate(zip(GRAY_SOURCES * 2, [(64, 48), (64, 48), (32, 24)])):
+        write_small_image(SAMPLES / source, folders["sizes"] / f"s{index}.png", size)
+    for index in range(3):
+        iio.imwrite(folders["rgb"] / f"c{index}.png", RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    for index in range(2):
+        stack = RNG.integers(0, 4096, (5, 12, 16), dtype=np.uint16)
+        tifffile.imwrite(folders["stacks"] / f"s{index}.tif", stack, photometric="minisblack")
+    return folders
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every local store these tests read, each written by its own ``python -m pipeline run``, all at once."""
+    root = tmp_path_factory.mktemp("results")
+    folders = _folders(root)
+    jobs = {
+        "levels-ome": _job(folders["photos"], root / "levels-ome.zarr", **LEVELS),
+        "levels-ome-0.4": _job(folders["photos"], root / "levels-ome-0.4.zarr", output={**LEVELS["output"], "format": "ome-0.4"}),
+        "color-keep": _job(folders["rgb"], root / "keep.zarr", input={"color": "keep"}),
+        "layer": _job(folders["rgb"], root / "layer.zarr", [{"layer": {"weights": "sobel"}}]),
+        "volume": _job(folders["stacks"], root / "volume.zarr", input={"layout": "volume"},
+                       output={"pixel_size": [2.0, 0.5, 0.5], "unit": "micrometer"}),
+        "groups": _job(folders["sizes"], root / "groups.zarr", input={"shapes": "group"}),
+    }
+    commands = {"example": ["configs/example.yaml", "--set", f"output.path={root / 'example.zarr'}"]}
+    for name, job in jobs.items():
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(job), encoding="utf-8")
+        commands[name] = [str(root / f"{name}.yaml")]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    running = {
+        name: subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=REPO, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for name, args in commands.items()
+    }
+    for name, process in running.items():
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{name}: {errors}"
+    return {"example": root / "example.zarr", **{name: Path(job["output"]["path"]) for name, job in jobs.items()}}
 
 
 def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
@@ -64,12 +114,9 @@ def _same(a: Any, b: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def example_store(stores: dict[str, Path]) -> Path:
     """The store of `make run`'s job (configs/example.yaml: eight photographs, 512x512)."""
-    store = tmp_path_factory.mktemp("example") / "example.zarr"
-    done = _subprocess("run", REPO / "configs" / "example.yaml", "--set", f"output.path={store}", cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    return store
+    return stores["example"]
 
 
 def test_the_example_job_opens_in_xarray_as_a_dataset_with_its_sources(example_store: Path) -> None:
@@ -129,9 +176,8 @@ def test_to_xarray_without_xarray_says_how_to_install_it(example_store: Path, mo
 
 
 @pytest.mark.parametrize("output_format", ["ome", "ome-0.4"])
-def test_every_level_opens_in_xarray_and_tensorstore(tmp_path: Path, write_config, small_images, output_format: str) -> None:
-    store = tmp_path / "levels.zarr"
-    _run(_job(small_images(), store, levels=3, format=output_format, pixel_size=[0.5, 0.25], unit="micrometer"), tmp_path, write_config)
+def test_every_level_opens_in_xarray_and_tensorstore(stores: dict[str, Path], output_format: str) -> None:
+    store = stores[f"levels-{output_format}"]
     group = zarr.open_group(str(store), mode="r")
     assert set(_arrays(group)) >= {"0", "1", "2", "sources", "ledger/done", "ledger/stats"}
     assert all(_names(array) for array in _arrays(group).values())
@@ -164,24 +210,9 @@ def test_every_level_opens_in_xarray_and_tensorstore(tmp_path: Path, write_confi
         assert [axis.name for axis in image.attributes.ome.multiscales[0].axes] == ["image", "y", "x"]
 
 
-def _rgb_folder(tmp_path: Path, count: int = 3) -> Path:
-    folder = tmp_path / "rgb"
-    folder.mkdir()
-    for index in range(count):
-        iio.imwrite(folder / f"c{index}.png", RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
-    return folder
-
-
-@pytest.mark.parametrize(
-    ("color", "steps", "channels"),
-    [("keep", None, 3), ("gray", [{"layer": {"weights": "sobel"}}], 2)],
-    ids=["color-keep", "layer"],
-)
-def test_channels_have_their_own_axis(tmp_path: Path, write_config, color: str, steps: list | None, channels: int) -> None:
-    store = tmp_path / "channels.zarr"
-    job = _job(_rgb_folder(tmp_path), store, steps)
-    job["input"]["color"] = color
-    _run(job, tmp_path, write_config)
+@pytest.mark.parametrize(("name", "channels"), [("color-keep", 3), ("layer", 2)])
+def test_channels_have_their_own_axis(stores: dict[str, Path], name: str, channels: int) -> None:
+    store = stores[name]
     stored = zarr.open_group(str(store), mode="r")["0"][:]
     ds = xr.open_zarr(store, consolidated=False)
     assert ds["0"].dims == ("image", "c", "y", "x") and ds.sizes["c"] == channels
@@ -192,32 +223,21 @@ def test_channels_have_their_own_axis(tmp_path: Path, write_config, color: str, 
     _same(_tensorstore(store, "0"), stored)
 
 
-def test_volumes_carry_their_z_spacing(tmp_path: Path, write_config) -> None:
-    folder = tmp_path / "stacks"
-    folder.mkdir()
-    for index in range(2):
-        tifffile.imwrite(folder / f"s{index}.tif", RNG.integers(0, 4096, (5, 12, 16), dtype=np.uint16), photometric="minisblack")
-    store = tmp_path / "volumes.zarr"
-    job = _job(folder, store, pixel_size=[2.0, 0.5, 0.5], unit="micrometer")
-    job["input"]["layout"] = "volume"
-    _run(job, tmp_path, write_config)
+def test_volumes_carry_their_z_spacing(stores: dict[str, Path]) -> None:
+    store = stores["volume"]
     stored = zarr.open_group(str(store), mode="r")["0"][:]
     ds = xr.open_zarr(store, consolidated=False)
     assert ds["0"].dims == ("image", "z", "y", "x")
     _same(ds["0"], stored)
     labelled = pipeline.open_result(store).to_xarray()
     _same(labelled["z"], [0.0, 2.0, 4.0, 6.0, 8.0])
+    assert labelled["z"].attrs["units"] == "micrometer"
     _same(labelled, stored)
     _same(_tensorstore(store, "0"), stored)
 
 
-def test_shape_groups_open_group_by_group(tmp_path: Path, write_config, small_images) -> None:
-    folder = small_images(("a1.png", "a2.png"), gray=True)
-    small_images(("b1.png",), gray=True, size=(32, 24))
-    store = tmp_path / "grouped.zarr"
-    job = _job(folder, store)
-    job["input"]["shapes"] = "group"
-    _run(job, tmp_path, write_config)
+def test_shape_groups_open_group_by_group(stores: dict[str, Path]) -> None:
+    store = stores["groups"]
     groups = {"48x64": 2, "24x32": 1}
     for name, count in groups.items():
         group = zarr.open_group(str(store / name), mode="r")
@@ -226,7 +246,7 @@ def test_shape_groups_open_group_by_group(tmp_path: Path, write_config, small_im
         assert [str(source) for source in ds["sources"].values] == [str(source) for source in group["sources"][:]]
         _same(ds["0"], group["0"][:])
         result = pipeline.open_result(store, group=name)
-        assert result.path.endswith(f"grouped.zarr/{name}") and len(result.sources) == count
+        assert result.path.endswith(f"groups.zarr/{name}") and len(result.sources) == count
         _same(result.to_xarray(), group["0"][:])
         _same(_tensorstore(store / name, "0"), group["0"][:])
     with pytest.raises(InputError, match="holds one result per image shape"):
@@ -239,9 +259,9 @@ def test_shape_groups_open_group_by_group(tmp_path: Path, write_config, small_im
 
 def test_a_store_on_s3_opens_in_xarray(bucket: Bucket, tmp_path: Path, write_config, small_images) -> None:
     store = bucket.url("results/edge.zarr")
-    job = _job(small_images(), store)
-    job["output"]["storage_options"] = bucket.options
-    _run(job, tmp_path, write_config)
+    job = _job(small_images(), store, output={"storage_options": bucket.options})
+    done = _subprocess("run", write_config(job), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     group = zarr.open_group(store, mode="r", storage_options=bucket.options)
     ds = xr.open_zarr(store, consolidated=False, storage_options=bucket.options)
     assert ds["0"].dims == ("image", "y", "x")
