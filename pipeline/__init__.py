@@ -7,4 +7,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from pipeline.results import Result, open_result  # noqa: E402 (after __version__, which they record)
+_READERS = ("Result", "open_result")  # pipeline.results, imported on first use: it loads dask and zarr
+
+
+def __getattr__(name: str):
+    if name in _READERS:
+        from pipeline import results
+
+        return getattr(results, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
