@@ -3,7 +3,8 @@
 The public API: jobs from Python (``load_job``, ``plan``, ``run``, ``learn``: the functions the
 CLI calls), the steps of a job as functions of NumPy and Dask arrays (``convolve``, ``correlate``,
 ``layer``, ``activation``, ``pool``, ``kernel``) and a drop-in for dask-image's
-``ndfilters.convolve``/``correlate`` (``pipeline.ndfilters``). Names are imported on first use, so
+``ndfilters.convolve``/``correlate`` (``pipeline.ndfilters``), and ``open_result`` (a store as a
+lazy array, or an xarray DataArray). Names are imported on first use, so
 ``import pipeline`` (and the CLI's start) stays quick.
 """
 
@@ -20,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _EXPORTS = {
     **{name: "pipeline.filters" for name in ("activation", "convolve", "correlate", "kernel", "layer", "pool")},
     **{name: "pipeline.jobs" for name in ("learn", "load_job", "plan", "run")},
+    **{name: "pipeline.results" for name in ("Result", "open_result")},
     "PipelineError": "pipeline.errors",
 }
 _SUBMODULES = ("filters", "ndfilters")

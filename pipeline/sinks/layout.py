@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence
 from pipeline.errors import ConfigError
 
 OmeVersion = Literal["0.5", "0.4"]
+IMAGE_AXIS = "image"  # the result's first axis, along which the sources and the ledger run too
 # The length units OME-NGFF allows on space axes (UDUNITS-2 names).
 SPACE_UNITS = (
     "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
@@ -41,6 +42,17 @@ class StoreLayout:
     @property
     def zarr_format(self) -> int:
         return 2 if self.ome and self.ome_version == "0.4" else 3
+
+
+def named_dimensions(names: Sequence[str], zarr_format: int, attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``create_array`` keywords naming an array's dimensions, so xarray can open every array we write.
+
+    Zarr v3 has ``dimension_names``; v2 has none, and its readers (xarray, ome-zarr) look for the
+    ``_ARRAY_DIMENSIONS`` attribute instead.
+    """
+    if zarr_format == 2:
+        return {"attributes": {**(attributes or {}), "_ARRAY_DIMENSIONS": list(names)}}
+    return {"dimension_names": list(names), "attributes": attributes}
 
 
 def level_shape(shape: Sequence[int], level: int) -> tuple[int, ...]:
@@ -94,6 +106,12 @@ def physical_scale(dimension_names: Sequence[str], pixel_size: Sequence[float] |
     return [float(sizes.get(name, 1.0)) for name in dimension_names]
 
 
+def level_scale(dimension_names: Sequence[str], pixel_size: Sequence[float] | None, level: int) -> list[float]:
+    """Resolution ``level``'s scale per axis: level 0's, doubled in y and x at each level."""
+    base = physical_scale(dimension_names, pixel_size)
+    return base[:-2] + [size * 2**level for size in base[-2:]]
+
+
 def ome_metadata(
     dimension_names: Sequence[str],
     levels: int = 1,
@@ -110,8 +128,6 @@ def ome_metadata(
     Space axes carry ``unit`` and their scale is ``pixel_size``, doubled in y and x per level.
     ``type`` and ``metadata`` say how the levels were made (NGFF's strict schemas require them).
     """
-    base = physical_scale(dimension_names, pixel_size)
-
     def axis(name: str) -> dict[str, str]:
         if name in ("z", "y", "x"):
             return {"name": name, "type": "space", **({"unit": unit} if unit else {})}
@@ -126,9 +142,7 @@ def ome_metadata(
         "datasets": [
             {
                 "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": base[:-2] + [size * 2**level for size in base[-2:]]}
-                ],
+                "coordinateTransformations": [{"type": "scale", "scale": level_scale(dimension_names, pixel_size, level)}],
             }
             for level in range(levels)
         ],
