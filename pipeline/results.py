@@ -127,13 +127,16 @@ def open_result(
 
     Examples
     --------
-    >>> import pipeline
-    >>> result = pipeline.open_result("out/example.zarr")  # doctest: +SKIP
-    >>> result.axes, result.data.shape  # doctest: +SKIP
-    (('image', 'y', 'x'), (8, 512, 512))
-    >>> edges = result.to_xarray()  # doctest: +SKIP
-    >>> str(edges.sources[1].item()), float(edges.isel(image=1).max())  # doctest: +SKIP
-    ('data/samples/02-camera.jpg', 753.0)
+    >>> import tempfile, pipeline
+    >>> store = tempfile.mkdtemp() + "/edges.zarr"
+    >>> _ = pipeline.run({"input": {"paths": "data/samples/0[12]*.jpg"}, "output": {"path": store},
+    ...                   "steps": [{"convolve": {"kernel": "edge"}}]})
+    >>> result = pipeline.open_result(store)
+    >>> result.axes, result.data.shape, result.status
+    (('image', 'y', 'x'), (2, 512, 512), 'complete')
+    >>> edges = result.to_xarray()
+    >>> edges.dims, edges.sources.values[1].endswith("02-camera.jpg")
+    (('image', 'y', 'x'), True)
     """
     path = local_or_url(os.fspath(store))
     if group is not None:

@@ -9,7 +9,7 @@ import dask
 import pytest
 
 # the modules whose docstrings are the public API's documentation
-MODULES = ("pipeline.filters", "pipeline.ndfilters", "pipeline.jobs")
+MODULES = ("pipeline.filters", "pipeline.ndfilters", "pipeline.jobs", "pipeline.results")
 
 
 @pytest.mark.parametrize("name", MODULES)
