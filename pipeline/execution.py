@@ -161,17 +161,17 @@ def _client(execution: ExecutionConfig, stack: ExitStack) -> tuple[Any, JobKeepe
         except OSError as exc:
             raise ConfigError(f"execution.scheduler: cannot reach {scheduler}: {exc}") from None
     keeper = None
-    if scheduler == "local":
-        with warnings.catch_warnings():  # "port 8787 in use": it picks another, and we print the link
-            warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # "port 8787 in use": it picks another, and we print the link
+        warnings.simplefilter("ignore", UserWarning)
+        if scheduler == "local":
             cluster = LocalCluster(
                 n_workers=resolve_workers(execution.workers),
                 threads_per_worker=execution.threads_per_worker,
                 memory_limit=execution.memory_limit,
                 processes=True,
             )
-    else:
-        cluster = start_cluster(execution)
-        keeper = JobKeeper(cluster, execution)
+        else:
+            cluster = start_cluster(execution)
+            keeper = JobKeeper(cluster, execution)
     stack.enter_context(cluster)  # closing a jobqueue cluster cancels its jobs
     return Client(cluster), keeper

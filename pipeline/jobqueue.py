@@ -51,8 +51,8 @@ def start_cluster(execution: ExecutionConfig) -> Any:
     cluster_class = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[execution.scheduler])
     try:
         return cluster_class(**execution.cluster)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"execution.cluster: {exc}") from None
+    except (TypeError, ValueError) as exc:  # dask-jobqueue's messages run over several lines
+        raise ConfigError(f"execution.cluster: {' '.join(str(exc).split())}") from None
 
 
 class JobKeeper:
@@ -152,7 +152,7 @@ class JobKeeper:
             self._cluster.sync(self._forget_refused)
             raise ConfigError(
                 f"execution.cluster: the {self._system} queue refused the worker job: {_refusal(str(exc))}; "
-                f"check queue, cores, memory and walltime against `{QUEUE_LISTING[self._system]}`"
+                f"check queue, cores, memory and walltime against what {QUEUE_LISTING[self._system]} lists"
             ) from None
 
     async def _forget_refused(self) -> None:

@@ -311,3 +311,46 @@ def test_a_cluster_that_gives_no_worker_is_one_line_and_exit_2(
         assert fragment in lines[0], lines[0]
     assert "Traceback" not in failed.stderr and failed.stdout == ""
     assert_no_job_left(slurm)
+
+
+# --------------------------------------------------------------------------------------------
+# without SLURM
+
+
+def test_a_refusal_is_the_submit_commands_complaints_on_one_line() -> None:
+    from pipeline.jobqueue import _refusal
+
+    message = (
+        "Command exited with non-zero exit code.\nExit code: 1\nCommand:\nsbatch /tmp/tmpx.sh\nstdout:\n\nstderr:\n"
+        "sbatch: error: invalid partition specified: nosuch\n"
+        "sbatch: error: Batch job submission failed: Invalid partition name specified\n\n"
+    )
+    assert _refusal(message) == "invalid partition specified: nosuch; Batch job submission failed: Invalid partition name specified"
+    assert _refusal("qsub: Unknown queue") == "qsub: Unknown queue"  # not dask-jobqueue's layout: kept as it is
+
+
+def test_importing_dask_jobqueue_leaves_ctrl_c_a_keyboard_interrupt() -> None:
+    # dask-jobqueue's runner module sets SIGINT to sys.exit(), which would end a run with status 0.
+    pytest.importorskip("dask_jobqueue")
+    probe = (
+        "import signal\n"
+        "from pipeline.config import ExecutionConfig\n"
+        "from pipeline.jobqueue import start_cluster\n"
+        "cluster = start_cluster(ExecutionConfig(scheduler='slurm', cluster={'cores': 1, 'memory': '1GiB'}))\n"
+        "cluster.close()\n"
+        "import dask_jobqueue.runner\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
+def test_cluster_options_dask_jobqueue_refuses_are_a_config_error() -> None:
+    pytest.importorskip("dask_jobqueue")
+    from pipeline.config import ExecutionConfig
+    from pipeline.errors import ConfigError
+    from pipeline.jobqueue import start_cluster
+
+    with pytest.raises(ConfigError, match="^execution.cluster: .*cores"):
+        start_cluster(ExecutionConfig(scheduler="slurm", cluster={"memory": "1GiB"}))
