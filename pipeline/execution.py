@@ -117,6 +117,8 @@ class Executor:
                     wait(futures, timeout=LOOK_INTERVAL)
                     break
                 except TimeoutError:
+                    if any(future.status == "error" for future in futures):
+                        break  # gather raises it now, not when the rest has finished
                     self.keeper.check()
         return self.client.gather(futures)
 

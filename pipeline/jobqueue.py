@@ -154,6 +154,12 @@ class JobKeeper:
                 f"execution.cluster: the {self._system} queue refused the worker job: {_refusal(str(exc))}; "
                 f"check queue, cores, memory and walltime against what {QUEUE_LISTING[self._system]} lists"
             ) from None
+        except OSError as exc:  # no submit command here: not a login node of that batch system
+            self._cluster.sync(self._forget_refused)
+            raise ConfigError(
+                f"execution.scheduler: {self._system} submits jobs with {exc.filename or 'its submit command'}, "
+                f"which cannot run here ({exc.strerror or exc}); run on a machine that submits to the cluster"
+            ) from None
 
     async def _forget_refused(self) -> None:
         # A job whose submission failed never started: closing the cluster must not wait for it.
@@ -164,7 +170,7 @@ class JobKeeper:
                 job.status = Status.failed
 
     def _queue_report(self) -> str:
-        ids = [str(job.job_id) for job in self._cluster.workers.values() if getattr(job, "job_id", None)]
+        ids = [str(self._job_ids[name]) for name in list(self._cluster.worker_spec) if name in self._job_ids]
         if not ids:
             return "no job was submitted"
         if self._system != "slurm":

@@ -354,3 +354,14 @@ def test_cluster_options_dask_jobqueue_refuses_are_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="^execution.cluster: .*cores"):
         start_cluster(ExecutionConfig(scheduler="slurm", cluster={"memory": "1GiB"}))
+
+
+def test_no_submit_command_on_this_machine_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    pytest.importorskip("dask_jobqueue")
+    # A PATH of the interpreter's folder alone: no sbatch, whatever this machine has.
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    failed = cli("run", "configs/slurm.yaml", "--set", f"output.path={tmp_path / 'x.zarr'}", env=env, cwd=REPO, timeout=120)
+    assert failed.returncode == 2, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, failed.stderr
+    assert lines[0].startswith("error: execution.scheduler: slurm submits jobs with sbatch, which cannot run here"), lines[0]
