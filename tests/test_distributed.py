@@ -310,19 +310,6 @@ def test_unreachable_scheduler_is_a_config_error(job: Job) -> None:
     assert time.monotonic() - began < 30
 
 
-def test_jobqueue_scheduler_without_dask_jobqueue(job: Job) -> None:
-    try:
-        import dask_jobqueue  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("dask-jobqueue is installed")
-    failed = cli("run", job.config, "--scheduler", "slurm", "--set", "output.path=slurm.zarr", cwd=job.root, timeout=60)
-    assert failed.returncode == 2, failed.stderr
-    assert "dask-jobqueue" in failed.stderr
-    assert len([line for line in failed.stderr.splitlines() if line.strip()]) == 1, failed.stderr
-
-
 def test_a_layer_stack_on_the_cluster_matches_threads(cluster: Cluster, tmp_path: Path) -> None:
     cluster.ensure_workers(2)
     images = tmp_path / "images"

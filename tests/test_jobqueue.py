@@ -365,3 +365,13 @@ def test_no_submit_command_on_this_machine_is_one_line_and_exit_2(tmp_path: Path
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, failed.stderr
     assert lines[0].startswith("error: execution.scheduler: slurm submits jobs with sbatch, which cannot run here"), lines[0]
+
+
+def test_without_dask_jobqueue_the_error_says_what_to_install(tmp_path: Path) -> None:
+    # A dask_jobqueue that cannot be imported, ahead of any installed one.
+    (tmp_path / "dask_jobqueue.py").write_text("raise ImportError('No module named dask_jobqueue')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    failed = cli("run", "configs/slurm.yaml", "--set", f"output.path={tmp_path / 'x.zarr'}", env=env, cwd=REPO, timeout=120)
+    assert failed.returncode == 2, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert lines == ["error: execution.scheduler: slurm needs dask-jobqueue: pip install 'imageconv-pipeline[cluster]'"]
