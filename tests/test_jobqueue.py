@@ -220,8 +220,9 @@ def test_a_cancelled_worker_job_is_replaced_and_the_store_is_complete(
     slurm: dict[str, str], partition: str, slow_job: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "cancelled.zarr"
+    # One job of two workers (as a job of `processes: 8` on a real cluster): the run has none left.
     run = start("run", slow_job, "--scheduler", "slurm", "--set", f"output.path={store}", "--set", "execution.jobs=1",
-                *cluster_options(partition, tmp_path / "logs"), env=slurm, cwd=slow_job.parent)
+                *cluster_options(partition, tmp_path / "logs", cores=2, processes=2), env=slurm, cwd=slow_job.parent)
     try:
         run_until_a_batch_is_written(run, store)
         (victim,) = [job["id"] for job in jobs(slurm, "RUNNING")]
