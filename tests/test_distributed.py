@@ -28,6 +28,7 @@ pytest.importorskip("distributed")
 from distributed import Client  # noqa: E402
 
 from pipeline.sinks.lock import lock_path  # noqa: E402
+from helpers import write_slow_inputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PIPELINE = BIN / "pipeline"
@@ -168,11 +169,7 @@ class Job:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     root = tmp_path_factory.mktemp("job")
-    (root / "images").mkdir()
-    for index in range(1, IMAGES + 1):
-        pixels = np.random.default_rng(index).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-        iio.imwrite(root / "images" / f"img{index}.png", pixels)
-    np.save(root / "kernel.npy", np.random.default_rng(0).standard_normal((97, 31)))
+    write_slow_inputs(root, IMAGES)
     # Absolute paths: the workers run in another directory (relative paths: see the xfail below).
     config = root / "job.yaml"
     config.write_text(

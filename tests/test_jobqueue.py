@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 import yaml
 import zarr
+
+from helpers import write_slow_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = os.environ.get("PIPELINE_SLURM_DIR", "/tmp/pipeline-slurm")
@@ -143,11 +143,7 @@ def assert_same_store(actual: Path, expected: Path) -> None:
 def slow_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A job of several batches that one worker takes seconds over; its threads run is reference.zarr."""
     root = tmp_path_factory.mktemp("slow")
-    (root / "images").mkdir()
-    for index in range(1, IMAGES + 1):
-        pixels = np.random.default_rng(index).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-        iio.imwrite(root / "images" / f"img{index}.png", pixels)
-    np.save(root / "kernel.npy", np.random.default_rng(0).standard_normal((97, 31)))
+    write_slow_inputs(root, IMAGES)
     config = root / "job.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -163,6 +159,12 @@ def slow_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = cli("run", config, env=dict(os.environ), cwd=root)
     assert done.returncode == 0, done.stderr
     return config
+
+
+def slow_run(slow_job: Path, store: Path, partition: str, *extra: str, jobs: int = 1, **options: Any) -> list[Any]:
+    """The arguments of a run of the slow job on SLURM, with ``jobs`` worker jobs."""
+    return ["run", slow_job, "--scheduler", "slurm", "--set", f"output.path={store}", "--set", f"execution.jobs={jobs}",
+            *extra, *cluster_options(partition, store.parent / "logs", **options)]
 
 
 def run_until_a_batch_is_written(run: subprocess.Popen[str], store: Path) -> None:
@@ -221,8 +223,7 @@ def test_a_cancelled_worker_job_is_replaced_and_the_store_is_complete(
 ) -> None:
     store = tmp_path / "cancelled.zarr"
     # One job of two workers (as a job of `processes: 8` on a real cluster): the run has none left.
-    run = start("run", slow_job, "--scheduler", "slurm", "--set", f"output.path={store}", "--set", "execution.jobs=1",
-                *cluster_options(partition, tmp_path / "logs", cores=2, processes=2), env=slurm, cwd=slow_job.parent)
+    run = start(*slow_run(slow_job, store, partition, cores=2, processes=2), env=slurm, cwd=slow_job.parent)
     try:
         run_until_a_batch_is_written(run, store)
         (victim,) = [job["id"] for job in jobs(slurm, "RUNNING")]
@@ -242,8 +243,7 @@ def test_without_a_worker_for_connect_timeout_the_run_fails_and_a_rerun_resumes(
     slurm: dict[str, str], partition: str, slow_job: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "stalled.zarr"
-    command = ["run", slow_job, "--scheduler", "slurm", "--set", f"output.path={store}", "--set", "execution.jobs=1",
-               "--set", "execution.connect_timeout=10", *cluster_options(partition, tmp_path / "logs")]
+    command = slow_run(slow_job, store, partition, "--set", "execution.connect_timeout=10")
     run = start(*command, env=slurm, cwd=slow_job.parent)
     try:
         run_until_a_batch_is_written(run, store)
@@ -274,8 +274,7 @@ def test_ctrl_c_of_the_driver_cancels_its_jobs(
     slurm: dict[str, str], partition: str, slow_job: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "interrupted.zarr"
-    run = start("run", slow_job, "--scheduler", "slurm", "--set", f"output.path={store}", "--set", "execution.jobs=2",
-                *cluster_options(partition, tmp_path / "logs"), env=slurm, cwd=slow_job.parent)
+    run = start(*slow_run(slow_job, store, partition, jobs=2), env=slurm, cwd=slow_job.parent)
     try:
         run_until_a_batch_is_written(run, store)
         assert len(jobs(slurm, "RUNNING")) == 2
