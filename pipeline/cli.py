@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import __version__
@@ -76,7 +77,8 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
             raise
         if reporter is not None and reporter.log_format == "json":
             reporter.error(_first_line(exc), exc.exit_code)
-        err.print(f"[red]error:[/red] {_first_line(exc)}", highlight=False, soft_wrap=True)
+        # escaped: a message's [brackets] ('imageconv-pipeline[cluster]', file names) are text, not markup
+        err.print(f"[red]error:[/red] {escape(_first_line(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # before a run started writing: nothing to resume
         err.print("interrupted", highlight=False)
@@ -85,7 +87,7 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
         if _state["debug"]:
             raise
         err.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {scrub_secrets(_first_line(exc))} "
+            f"[red]internal error:[/red] {type(exc).__name__}: {escape(scrub_secrets(_first_line(exc)))} "
             "(rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,

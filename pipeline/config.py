@@ -197,7 +197,11 @@ class ExecutionConfig(Frozen):
         default_factory=dict, description="options passed to the dask-jobqueue cluster (cores, memory, queue, ...)"
     )
     jobs: PositiveCount = Field(1, description="dask-jobqueue jobs to start")
-    connect_timeout: float = Field(30.0, gt=0, description="seconds to wait for a tcp:// scheduler")
+    connect_timeout: float = Field(
+        30.0, gt=0,
+        description="seconds to wait for a tcp:// scheduler, or (slurm, pbs, sge) for a worker: the first one, "
+        "and again whenever a run has none left",
+    )
     compute_dtype: Literal["auto", "float32", "float64"] = Field(
         "auto", description="float type of the computation; auto = float64 for 32/64-bit outputs, else float32"
     )
