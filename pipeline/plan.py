@@ -71,8 +71,9 @@ class JobPlan:
         """Each step's provenance, with the strategy, fusion and halo chosen for it."""
         records = [step.provenance() for step in self.steps]
         for stage in self.stages:
-            for member, strategy in zip(stage.steps, stage.strategies):
-                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo))
+            details = stage.records or ({},) * len(stage.steps)
+            for member, strategy, detail in zip(stage.steps, stage.strategies, details):
+                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo), **detail)
         return records
 
     @property
@@ -85,7 +86,7 @@ class JobPlan:
         config = self.config.model_dump(mode="json")
         identity = {
             "steps": [
-                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo")}
+                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo", "separation")}
                 for step in self.step_provenance
             ],
             "color": self.config.input.color_mode,
