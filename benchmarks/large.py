@@ -459,13 +459,14 @@ def main() -> None:
 
     import importlib
 
-    import zarr  # noqa: F401  (every case writes zarr)
+    if args.variant != "libvips":  # libvips writes a TIFF with its own threads: no zarr, no caps
+        import zarr  # noqa: F401  (the other cases write zarr)
 
-    from pipeline.execution import limit_library_threads
-    from pipeline.sinks.zarr_store import CODECS  # noqa: F401
+        from pipeline.execution import limit_library_threads
+        from pipeline.sinks.zarr_store import CODECS  # noqa: F401
 
-    # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
-    limit_library_threads(1)
+        # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
+        limit_library_threads(1)
     for module in IMPORTS[args.variant]:
         importlib.import_module(module)
     if args.workload == "huge" and not args.tile:
