@@ -24,7 +24,7 @@ from pydantic import (
 
 from pipeline.budget import parse_size
 from pipeline.errors import ConfigError
-from pipeline.pixels import Color, color_mode
+from pipeline.pixels import Color, GrayFrom, color_mode
 from pipeline.job_file import apply_override, expand_environment, read_yaml
 from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
@@ -74,6 +74,12 @@ class InputConfig(Frozen):
         "gray",
         description="gray: ITU-R BT.601 luma, alpha dropped; keep: the channels each file stores; rgb: 3 channels "
         "for every file (gray replicated), so gray and colour photographs share a collection",
+    )
+    gray_from: GrayFrom = Field(
+        "luma",
+        description="color: gray from a JPEG: luma, the luma plane the file stores (BT.601 of the original "
+        "pixels, rounded; no chroma decoded, about twice as fast); rgb, decoded to RGB, then BT.601 (as stores "
+        "written before this option; a store keeps the way its inputs were read)",
     )
     alpha: Optional[Literal["keep", "drop"]] = Field(
         None,

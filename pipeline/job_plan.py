@@ -21,6 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
 from pipeline.sources.arrays import list_array_sources
+from pipeline.sources.decode import OPENCV_SUFFIXES
 from pipeline.sources.frames import frame_sources, is_array_entry
 from pipeline.sources.shapes import group_by_shape
 from pipeline.pixels import value_range
@@ -70,15 +71,20 @@ class JobPlan:
     @property
     def read_record(self) -> dict[str, Any]:
         """How the inputs are read, for the store's provenance: a rerun reads them the same way."""
-        return {"tile": list(self.spec.tile) if self.spec.tile else None, "slab": self.spec.slab if self.spec.volume else None}
+        return {
+            "tile": list(self.spec.tile) if self.spec.tile else None,
+            "slab": self.spec.slab if self.spec.volume else None,
+            "gray_from": self.spec.gray_from if self.spec.color == "gray" else None,
+        }
 
     @property
     def step_provenance(self) -> list[dict[str, Any]]:
         """Each step's provenance, with the strategy, fusion and halo chosen for it."""
         records = [step.provenance() for step in self.steps]
         for stage in self.stages:
-            for member, strategy in zip(stage.steps, stage.strategies):
-                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo))
+            details = stage.records or ({},) * len(stage.steps)
+            for member, strategy, detail in zip(stage.steps, stage.strategies, details):
+                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo), **detail)
         return records
 
     @property
@@ -91,7 +97,7 @@ class JobPlan:
         config = self.config.model_dump(mode="json")
         identity = {
             "steps": [
-                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo")}
+                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo", "separation")}
                 for step in self.step_provenance
             ],
             "color": self.config.input.color_mode,
@@ -162,10 +168,13 @@ class JobPlan:
         return {"stages": stages, **self.estimates(), "compute_dtype": self.compute_dtype, "read": self.reading()}
 
     def reading(self) -> str:
-        """How the inputs are read, in a line: whole, by tiles (a set size rounded to file tiles), by slabs."""
+        """How the inputs are read, in a line: whole, by tiles (a set size rounded to file tiles), by slabs;
+        for gray JPEGs, whether gray is their luma plane."""
         if self.spec.volume:
             return f"by slabs of {self.spec.chunks[0]} slices"
         if self.spec.tile is None:
+            if self.spec.color == "gray" and self.spec.reference.lower().endswith(OPENCV_SUFFIXES):
+                return "whole, gray " + ("from the JPEG luma plane" if self.spec.gray_from == "luma" else "from RGB (BT.601)")
             return "whole"
         tile = "x".join(map(str, self.spec.tile))
         setting = self.config.input.tile
@@ -249,7 +258,9 @@ def build_plan(
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early.
 
     ``recorded_read``, what a store being resumed or extended recorded of how its inputs were read
-    (``JobPlan.read_record``), fixes the tiles: the store's own shape never decides how to read.
+    (``JobPlan.read_record``), fixes the tiles and where gray comes from (RGB for stores that
+    recorded none: they were written before the luma plane was read): the store's own shape never
+    decides how to read.
     """
     sources = tuple(list_sources(config) if sources is None else sources)
     dtype = compute_dtype(config)
@@ -316,6 +327,7 @@ def _probe_first_readable(
                 recorded_tile=recorded_read["tile"] if recorded_read is not None else "unset",
                 scale=config.input.scale,
                 allow_incomplete=config.input.allow_incomplete,
+                gray_from=config.input.gray_from if recorded_read is None else recorded_read.get("gray_from") or "rgb",
             )
         except InputError:
             if source is candidates[-1]:
