@@ -256,7 +256,7 @@ def build_plan(
     if config.input.shapes == "pad":
         spec, source_shapes = _padded_spec(config, spec, sources)
     one_image, stages, image = _lazy_result(config, sources[:1], spec, steps, dtype)
-    group = images_per_task(config, spec, image, dtype)
+    group = min(images_per_task(config, spec, image, dtype), len(sources))
     if group > 1:
         spec = replace(spec, images_per_task=group)
         one_image, stages, image = _lazy_result(config, sources[:group], spec, steps, dtype)
@@ -284,7 +284,8 @@ def _padded_spec(
 
 
 def images_per_task(config: PipelineConfig, spec: ImageSpec, image: ImageShape, dtype: str) -> int:
-    """Whole images per task and chunk: ``output.images_per_chunk``, or as many as fit GROUP_BYTES.
+    """Whole images per task and chunk: ``output.images_per_chunk``, or as many as fit GROUP_BYTES
+    (and no more than the collection holds: see build_plan).
 
     An image is as large as the larger of its input and its result, in the compute dtype; images
     read by tiles or slabs are never grouped. A set ``execution.batch_size`` holds whole groups (a
