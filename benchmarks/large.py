@@ -116,7 +116,7 @@ def store_tile(workload: Workload) -> int | None:
     if workload.name != "huge":
         return None
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.job_plan import build_plan
 
     plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
     if plan.spec.tile is None:
@@ -132,7 +132,7 @@ def slab_depth(workload: Workload) -> int | None:
     if workload.name != "volume":
         return None
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.job_plan import build_plan
 
     plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
     return plan.spec.chunks[0]

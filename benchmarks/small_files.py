@@ -174,7 +174,7 @@ def listing_and_planning(count: int) -> dict:
     """Seconds to list ``count`` files and to plan the job over them, in this process."""
     sys.path.insert(0, str(ROOT))
     from pipeline.config import PipelineConfig
-    from pipeline.plan import build_plan, list_sources
+    from pipeline.job_plan import build_plan, list_sources
 
     folder = placeholders(count)
     config = PipelineConfig.model_validate({

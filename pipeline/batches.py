@@ -18,7 +18,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DepthMismatch, InputError, ShapeMismatch
 from pipeline.events import Reporter
 from pipeline.execution import Executor
-from pipeline.plan import JobPlan
+from pipeline.job_plan import JobPlan
 from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
 from pipeline.sinks.writes import write_lazily

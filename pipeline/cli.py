@@ -181,7 +181,7 @@ def run(
     """Run a job: read the images, apply the steps, write the Zarr store; a rerun resumes it."""
     from pipeline.config import load_config
     from pipeline.events import Reporter
-    from pipeline.run import run as run_job
+    from pipeline.job_run import run as run_job
 
     del resume  # resuming is what a rerun does; the flag lets scripts say so
     terminal = sys.stderr.isatty()
@@ -249,7 +249,7 @@ def validate(
 
 def _validate_learn(config: Path, overrides: list[str]) -> None:
     """A learn job file: its models, and the pairing of its collections (headers are read when it runs)."""
-    from pipeline.learn import pair_sources
+    from pipeline.learn_job import pair_sources
     from pipeline.learn_config import load_learn_config
 
     cfg = load_learn_config(config, overrides)
@@ -269,7 +269,7 @@ def plan(
     """Show what a job will do, without doing it: per stage the strategy, halo, chunks and output bytes
     (uncompressed, whole collection); tasks, memory, bytes read and written."""
     from pipeline.config import load_config
-    from pipeline.plan import build_plans
+    from pipeline.job_plan import build_plans
 
     with reported_errors():
         plans = build_plans(load_config(config, _overrides(set_)))
@@ -491,7 +491,7 @@ def learn(
 ) -> None:
     """Learn the kernel (or bank) that maps the inputs to the targets; write kernel.npy, job.yaml, report.json, kernel.png."""
     from pipeline.events import Reporter
-    from pipeline.learn import learn as learn_kernel
+    from pipeline.learn_job import learn as learn_kernel
     from pipeline.learn_config import load_learn_config
 
     terminal = sys.stderr.isatty()

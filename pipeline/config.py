@@ -103,6 +103,11 @@ class InputConfig(Frozen):
         description="read huge TIFFs by tiles: auto (TIFFs beyond a worker's share of execution.memory_budget, "
         "by the largest tiles that fit), whole, or a tile size",
     )
+    allow_incomplete: bool = Field(
+        False,
+        description="read a store written by this pipeline that is not complete (running, failed): images not "
+        "yet written read as its fill value",
+    )
     max_pixels: PositiveCount = Field(
         DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"
     )

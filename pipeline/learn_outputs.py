@@ -25,7 +25,7 @@ from pipeline.errors import OutputError
 from pipeline.sinks.export import to_displayable
 
 if TYPE_CHECKING:
-    from pipeline.learn import Pair
+    from pipeline.learn_job import Pair
     from pipeline.learn_config import LearnConfig
 
 CELL = 160
@@ -77,7 +77,7 @@ def _picture(config: LearnConfig, weights: np.ndarray, bias: np.ndarray | None, 
              report: dict[str, Any]) -> np.ndarray:
     """Row 1: the kernels (first channel of each output, nearest-neighbour enlarged); then one row per
     example: input, target, prediction; for a descent, the loss curve in the last cell of row 1."""
-    from pipeline.learn import read_pair
+    from pipeline.learn_job import read_pair
 
     kernels = [weights[k, 0] if weights.ndim == 4 else weights[k, 0, weights.shape[2] // 2] for k in range(min(3, weights.shape[0]))]
     rows = [[_enlarged(kernel) for kernel in kernels] + ([_curve(report["loss"])] if "loss" in report else [])]

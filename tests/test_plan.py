@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from pipeline.config import validate_config
 from pipeline.errors import InputError
-from pipeline.plan import build_plan
-from pipeline.run import run
+from pipeline.job_plan import build_plan
+from pipeline.job_run import run
 
 RNG = np.random.default_rng(5)
 BLUR = np.full((3, 3), 1 / 9)

@@ -14,8 +14,8 @@ from scipy import ndimage, signal
 from pipeline import __version__
 from pipeline.config import validate_config
 from pipeline.errors import InputError
-from pipeline.plan import GROUP_BYTES, compute_dtype
-from pipeline.run import run
+from pipeline.job_plan import GROUP_BYTES, compute_dtype
+from pipeline.job_run import run
 from pipeline.steps.kernels import EDGE
 
 RNG = np.random.default_rng(7)

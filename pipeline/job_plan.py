@@ -20,7 +20,8 @@ from pipeline.budget import BlockBudget, whole_image_budget, worker_budget
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
-from pipeline.sources.frames import frame_sources
+from pipeline.sources.arrays import list_array_sources
+from pipeline.sources.frames import frame_sources, is_array_entry
 from pipeline.sources.shapes import group_by_shape
 from pipeline.pixels import value_range
 from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
@@ -61,6 +62,11 @@ class JobPlan:
         if self.config.output.shards is not None and self.config.output.images_per_chunk == "auto":
             return (1, *chunks[1:])
         return chunks
+
+    @property
+    def downscale(self) -> tuple[int, int]:
+        """How much the steps divide y and x (pools and strides)."""
+        return _downscale(self.steps)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -190,7 +196,12 @@ class JobPlan:
         group = self.spec.images_per_task
         written = int(np.prod(task_chunks(self.spec, self.image, self.steps))) * np.dtype(self.dtype).itemsize
         per_task = block * group + 2 * largest + written
-        first_file = file_size(self.sources[0], self.spec.storage_options)
+        # An array's images are read as stored (uncompressed sizes: a store's chunk sizes are not listed).
+        first_file = (
+            int(np.prod(self.spec.shape)) * np.dtype(self.spec.dtype).itemsize
+            if self.spec.array is not None
+            else file_size(self.sources[0], self.spec.storage_options)
+        )
         (one_group,) = dask.optimize(self.result(0, group))
         return {
             "images": len(self.sources),
@@ -218,6 +229,20 @@ def compute_dtype(config: PipelineConfig) -> str:
 
 def list_sources(config: PipelineConfig) -> list[str]:
     """The job's images: its files, or each frame of them when the first file holds several."""
+    entries = [config.input.paths] if isinstance(config.input.paths, str) else list(config.input.paths)
+    arrays = [is_array_entry(entry) for entry in entries]
+    if any(arrays):
+        if not all(arrays):
+            raise InputError(
+                f"input.paths mixes arrays ({entries[arrays.index(True)]!r}) and image files "
+                f"({entries[arrays.index(False)]!r}); list them in separate jobs"
+            )
+        if config.input.shapes != "strict":
+            raise InputError(f"input.shapes: {config.input.shapes} applies to image files; arrays are read as they are")
+        return list_array_sources(
+            entries, volume=config.input.layout == "volume", options=config.input.storage_options,
+            allow_incomplete=config.input.allow_incomplete,
+        )
     files = list_images(config.input.paths, config.input.storage_options)
     if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
         return files
@@ -288,10 +313,10 @@ def images_per_task(config: PipelineConfig, spec: ImageSpec, image: ImageShape, 
     (and no more than the collection holds: see build_plan).
 
     An image is as large as the larger of its input and its result, in the compute dtype; images
-    read by tiles or slabs are never grouped. A set ``execution.batch_size`` holds whole groups (a
+    read by tiles or slabs, and arrays (read by their own chunks), are never grouped. A set ``execution.batch_size`` holds whole groups (a
     batch that ended inside one would leave it for the next batch to write again).
     """
-    if spec.tile is not None or spec.volume:
+    if spec.tile is not None or spec.volume or spec.array is not None:
         return 1
     chosen = config.output.images_per_chunk
     if chosen != "auto":
@@ -329,6 +354,7 @@ def _probe_first_readable(
                 budget=budget,
                 recorded_tile=recorded_read["tile"] if recorded_read is not None else "unset",
                 scale=config.input.scale,
+                allow_incomplete=config.input.allow_incomplete,
             )
         except InputError:
             if source is candidates[-1]:
