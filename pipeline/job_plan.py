@@ -281,7 +281,7 @@ def build_plan(
     if config.input.shapes == "pad":
         spec, source_shapes = _padded_spec(config, spec, sources)
     one_image, stages, image = _lazy_result(config, sources[:1], spec, steps, dtype)
-    group = min(images_per_task(config, spec, image, dtype), len(sources))
+    group = images_per_task(config, spec, image, dtype)
     if group > 1:
         spec = replace(spec, images_per_task=group)
         one_image, stages, image = _lazy_result(config, sources[:group], spec, steps, dtype)
@@ -309,8 +309,10 @@ def _padded_spec(
 
 
 def images_per_task(config: PipelineConfig, spec: ImageSpec, image: ImageShape, dtype: str) -> int:
-    """Whole images per task and chunk: ``output.images_per_chunk``, or as many as fit GROUP_BYTES
-    (and no more than the collection holds: see build_plan).
+    """Whole images per task and chunk: ``output.images_per_chunk``, or as many as fit GROUP_BYTES.
+
+    Not bounded by the collection's size: a store that ``--append`` grows from a few images would
+    keep their small chunks for good.
 
     An image is as large as the larger of its input and its result, in the compute dtype; images
     read by tiles or slabs, and arrays (read by their own chunks), are never grouped. A set ``execution.batch_size`` holds whole groups (a
