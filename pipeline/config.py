@@ -158,6 +158,11 @@ class OutputConfig(Frozen):
         "writes are cut at shard edges so no two tasks write one shard",
     )
 
+    images_per_chunk: Union[Literal["auto"], PositiveCount] = Field(
+        "auto",
+        description="whole images per store chunk (and per task); auto = one per chunk, or several small ones "
+        "together up to 1 MiB (one when shards are set)",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
     pixel_size: Optional[list[Annotated[float, Field(gt=0)]]] = Field(
         None, description="physical size of a pixel per space axis ([y, x] or [z, y, x]), in unit: the OME-NGFF scale"

@@ -188,7 +188,7 @@ def _record_failure(path: str, options: dict[str, Any], exc: BaseException) -> N
 def _report_start(config: PipelineConfig, parts: list[Part], sizes: list[int], executor: Executor, reporter: Reporter) -> None:
     images = sum(len(part.plan.sources) for part in parts)
     pending = sum(int(part.pending.sum()) for part in parts)
-    batches = sum(len(list(pending_batches(~part.pending, size))) for part, size in zip(parts, sizes))
+    batches = sum(len(list(pending_batches(~part.pending, size, aligned=True))) for part, size in zip(parts, sizes))
     reporter.start(
         store=config.output.path,
         images=images,

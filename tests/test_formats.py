@@ -134,3 +134,20 @@ def test_alpha_drop_lets_rgba_and_rgb_share_a_collection(tmp_path: Path, run_cli
     del job["input"]["alpha"]
     job["output"]["path"] = str(tmp_path / "k.zarr")
     assert_error(run_cli("run", write_config(job)), 3, "b.png", "(3, 6, 7)", "(4, 6, 7)")
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [GRAY8, RGB8, RGBA8, GRAY16, np.dstack([GRAY8, GRAY8[::-1]]), GRAY8 > 128],
+    ids=["L", "RGB", "RGBA", "I;16", "LA", "1"],
+)
+def test_png_pixels_are_imageios_whether_pillow_or_imageio_reads_them(tmp_path: Path, pixels: np.ndarray) -> None:
+    """Plain PNG modes are read by Pillow directly, the others by imageio: the same arrays either way."""
+    from pipeline.sources.decode import PLAIN_PNG_MODES, _plain_png, decode
+
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    read, bgr = decode(str(path))
+    expected = iio.imread(path)
+    assert not bgr and read.dtype == expected.dtype and np.array_equal(read, expected)
+    assert (_plain_png(str(path)) is not None) == (Image.open(path).mode in PLAIN_PNG_MODES)

@@ -72,7 +72,12 @@ def shard_shape(setting: int | Sequence[int] | None, chunks: Sequence[int]) -> t
     if setting is None:
         return None
     if isinstance(setting, int):
-        return (setting * chunks[0], *chunks[1:])
+        if setting % chunks[0]:
+            raise ConfigError(
+                f"output.shards: {setting} images per shard must be a multiple of the {chunks[0]} images of a "
+                f"chunk (output.images_per_chunk), e.g. {chunks[0] * max(1, setting // chunks[0])}"
+            )
+        return (setting, *chunks[1:])
     shards = tuple(setting)
     if len(shards) != len(chunks) or any(s % c for s, c in zip(shards, chunks)):
         raise ConfigError(

@@ -77,13 +77,18 @@ def recorded_stats(group: zarr.Group) -> np.ndarray:
     return group[f"{LEDGER}/stats"][:]
 
 
-def pending_batches(done: np.ndarray, batch_size: int) -> Iterator[tuple[int, int]]:
+def pending_batches(done: np.ndarray, batch_size: int, *, aligned: bool = False) -> Iterator[tuple[int, int]]:
     """Ranges ``(start, stop)`` of images not done yet (``done`` false or 0), at most ``batch_size`` long.
+
+    ``aligned``: batches end at multiples of ``batch_size`` (a batch of whole chunks of images
+    then never shares a chunk with the next, even after a resume or an append began mid-chunk).
 
     Examples
     --------
     >>> list(pending_batches(np.array([1, 0, 0, 0, 1, 0], bool), 2))
     [(1, 3), (3, 4), (5, 6)]
+    >>> list(pending_batches(np.array([1, 0, 0, 0, 1, 0], bool), 2, aligned=True))
+    [(1, 2), (2, 4), (5, 6)]
     """
     todo = np.flatnonzero(np.asarray(done) == 0)
     if todo.size == 0:
@@ -91,5 +96,8 @@ def pending_batches(done: np.ndarray, batch_size: int) -> Iterator[tuple[int, in
     breaks = np.flatnonzero(np.diff(todo) != 1) + 1
     for run in np.split(todo, breaks):
         first, last = int(run[0]), int(run[-1]) + 1
-        for start in range(first, last, batch_size):
-            yield start, min(start + batch_size, last)
+        start = first
+        while start < last:
+            stop = min((start // batch_size + 1) * batch_size if aligned else start + batch_size, last)
+            yield start, stop
+            start = stop

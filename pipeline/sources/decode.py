@@ -133,10 +133,27 @@ def decode(
         if pixels is not None:
             return pixels, pixels.ndim == 3
     try:
-        pixels = iio.imread(path)
+        pixels = _plain_png(path) if path.lower().endswith(".png") else None
+        pixels = iio.imread(path) if pixels is None else pixels
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
     return _one_frame(path, pixels), False
+
+
+# PNG modes whose pixels imageio's Pillow plugin returns as Pillow holds them (it converts the others)
+PLAIN_PNG_MODES = ("L", "LA", "RGB", "RGBA", "I;16")
+
+
+def _plain_png(path: str) -> np.ndarray | None:
+    """A one-frame PNG's pixels exactly as ``iio.imread`` gives them, or None for imageio to read.
+
+    imageio spends longer than the decoding of a thumbnail on opening its plugin and reading the
+    file's metadata; for these modes it then returns ``np.asarray`` of the Pillow image, as here.
+    """
+    with Image.open(path) as image:
+        if image.format != "PNG" or image.mode not in PLAIN_PNG_MODES or getattr(image, "n_frames", 1) != 1:
+            return None
+        return np.array(image)
 
 
 def _refuse_special(path: str) -> None:

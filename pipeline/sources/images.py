@@ -66,6 +66,7 @@ class ImageSpec:
     dtype: str | None = None  # the pixel type the first file stores: every file must store it (scale native)
     scale: Scale = "native"  # native: values on their type's scale; unit: divided by the type's maximum
     gray_from: GrayFrom = "luma"  # color: gray from a JPEG: its luma plane, or RGB mixed by BT.601
+    images_per_task: int = 1  # whole images decoded (and computed, and written) together by one task
     # fsspec options for remote files (input.storage_options); handed to every decode task
     storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     array: ArrayInput | None = None  # the inputs are arrays (Zarr, OME-Zarr, .npy), described by the first
@@ -219,9 +220,14 @@ def _probe_array(
 
 
 def stack_images(
-    sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None
+    sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None,
+    start: int = 0,
 ) -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
+
+    Small images come ``spec.images_per_task`` to a chunk and a task (per image, a task costs
+    more than decoding a thumbnail), in groups on the collection's grid of that size: ``sources``
+    begin at image ``start`` of it.
 
     Tasks get absolute paths (a distributed worker may run in another directory), or URLs and
     the storage options: each task opens its own file, whatever process it runs in. Huge TIFFs
@@ -249,10 +255,11 @@ def stack_images(
     _only_along(halo, (), "whole images are read without halos")
     names = np.empty(len(sources), dtype=object)
     names[:] = [absolute(source) for source in sources]
-    return da.from_array(names, chunks=1, name=False).map_blocks(
+    listed = da.from_array(names, chunks=(_grouped(len(sources), start, spec.images_per_task),), name=False)
+    return listed.map_blocks(
         _read_block,
         new_axis=list(range(1, 1 + len(spec.shape))),
-        chunks=((1,) * len(sources), *((n,) for n in spec.shape)),
+        chunks=(listed.chunks[0], *((n,) for n in spec.shape)),
         dtype=dtype,
         meta=np.empty((0,) * (1 + len(spec.shape)), dtype=dtype),
         color=spec.color,
@@ -268,6 +275,16 @@ def stack_images(
         scale=spec.scale,
         gray_from=spec.gray_from,
     )
+
+
+def _grouped(count: int, start: int, size: int) -> tuple[int, ...]:
+    """``start:start+count`` cut at the multiples of ``size``.
+
+    >>> _grouped(10, 3, 4)
+    (1, 4, 4, 1)
+    """
+    edges = [start, *range((start // size + 1) * size, start + count, size), start + count]
+    return tuple(b - a for a, b in zip(edges, edges[1:]) if b > a)
 
 
 def _array_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str, halo: dict[int, int]) -> da.Array:
@@ -405,19 +422,26 @@ def _read_block(
     scale: Scale,
     gray_from: GrayFrom,
 ) -> np.ndarray:
-    path = names.item()
-    image = read_image(
-        path, color=color, dtype=out_dtype, max_pixels=max_pixels, budget=budget, storage_options=storage_options,
-        frames=frames, reference=reference, depth=depth, scale=scale, gray_from=gray_from,
-    )
-    if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
-        extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
-        image = np.pad(image, extra, constant_values=pad_value)
-    if image.shape != shape:
-        raise ShapeMismatch(
-            f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
-            f"all images of a collection must have the same size and channels "
-            f"(input.shapes: pad pads smaller images to the largest, group writes one result per shape)",
-            path,
+    """The block's images, decoded one after the other into one array (one image: no copy)."""
+    block: np.ndarray | None = None
+    for index, path in enumerate(names):
+        image = read_image(
+            path, color=color, dtype=out_dtype, max_pixels=max_pixels, budget=budget, storage_options=storage_options,
+            frames=frames, reference=reference, depth=depth, scale=scale, gray_from=gray_from,
         )
-    return image[np.newaxis]
+        if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
+            extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
+            image = np.pad(image, extra, constant_values=pad_value)
+        if image.shape != shape:
+            raise ShapeMismatch(
+                f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
+                f"all images of a collection must have the same size and channels "
+                f"(input.shapes: pad pads smaller images to the largest, group writes one result per shape)",
+                path,
+            )
+        if len(names) == 1:
+            return image[np.newaxis]
+        if block is None:
+            block = np.empty((len(names), *shape), dtype=image.dtype)
+        block[index] = image
+    return block
