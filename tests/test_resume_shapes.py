@@ -215,7 +215,7 @@ def test_append_to_a_store_read_from_rgb_keeps_reading_rgb(tmp_path: Path, recor
     import zarr
 
     from pipeline.config import validate_config
-    from pipeline.run import run
+    from pipeline.job_run import run
     from pipeline.sinks.zarr_store import ATTRS_KEY
     from pipeline.sources.images import read_image
 
