@@ -297,6 +297,8 @@ def _gather(read: Callable[[Box], np.ndarray], indices: list[np.ndarray], channe
         box = tuple((int(samples[run[0]]), int(samples[run[-1]]) + 1) for samples, run in zip(used, combination))
         buffer[(slice(None), *(slice(run[0], run[-1] + 1) for run in combination))] = read(box)
     where = [np.clip(np.searchsorted(samples, index), 0, len(samples) - 1) for samples, index in zip(used, indices)]
-    inside = reduce(np.logical_and, np.ix_(*(index >= 0 for index in indices)))
+    ndim = len(indices)
+    inside = reduce(np.logical_and, ((index >= 0).reshape([-1 if a == axis else 1 for a in range(ndim)])
+                                     for axis, index in enumerate(indices)))
     out[:] = np.where(inside, buffer[(slice(None), *np.ix_(*where))], 0.0)
     return out
