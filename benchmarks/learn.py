@@ -59,22 +59,29 @@ from pipeline.sources.images import read_image
 torch.set_num_threads(2)
 torch.manual_seed(0)
 inputs, targets = sorted(glob.glob(sys.argv[1] + "/*.jpg")), sorted(glob.glob(sys.argv[2] + "/*.tif"))
-parts, goal, cap, size = np.load(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+parts, goal, cap, size, lr = np.load(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+crop, batch, steps_per_round = int(sys.argv[8]), int(sys.argv[9]), 25
 began = time.perf_counter()
 xs = torch.stack([torch.from_numpy(read_image(f, color="gray", dtype="float32")) for f in inputs])[:, None]
 ys = torch.stack([torch.from_numpy(tifffile.imread(f).astype(np.float32)) for f in targets])[:, None]
+# standardised, as one trains a network: zero mean and unit spread for the inputs and the targets
+(mx, sx), (my, sy) = (float(xs.mean()), float(xs.std())), (float(ys.mean()), float(ys.std()))
+xs, ys = (xs - mx) / sx, (ys - my) / sy
 loading = time.perf_counter() - began
 gram, cross, y_sq, count = parts["gram"], parts["cross"][:, 0], float(parts["y_sq"][0]), float(parts["count"])
 
-def mse(weights):  # every valid position of every pair, from the pairs' normal equations (float64)
-    w = weights.detach().double().numpy().ravel()
-    return (y_sq - 2 * w @ cross + w @ gram @ w) / count
+def original(conv):  # the kernel and bias on the pixels' own scale
+    w = conv.weight.detach().double().numpy().ravel() * sy / sx
+    return np.append(w, sy * float(conv.bias) + my - mx * w.sum())
 
-conv = torch.nn.Conv2d(1, 1, size, bias=False)
-optimizer = torch.optim.Adam(conv.parameters(), lr=float(sys.argv[7]))
+def mse(conv):  # every valid position of every pair, from the pairs' normal equations (float64)
+    w = original(conv)
+    return float((y_sq - 2 * w @ cross + w @ gram @ w) / count)
+
+conv = torch.nn.Conv2d(1, 1, size)
+optimizer = torch.optim.Adam(conv.parameters(), lr=lr)
 schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
 rng = np.random.default_rng(0)
-crop, batch, steps_per_round = 256, 16, 25
 training, steps, history = 0.0, 0, []
 while training < cap:
     started = time.perf_counter()
@@ -89,16 +96,18 @@ while training < cap:
         optimizer.step()
     training += time.perf_counter() - started
     steps += steps_per_round
-    history.append([steps, round(training, 2), mse(conv.weight)])
+    history.append([steps, round(training, 2), mse(conv)])
     schedule.step(history[-1][2])
+    print(*history[-1], optimizer.param_groups[0]["lr"], file=sys.stderr, flush=True)
     if history[-1][2] <= goal:
         break
 started = time.perf_counter()
-with torch.no_grad():  # the same loss by a forward pass over every pair, as a check
-    forward = sum(float(torch.sum((conv(x[None]) - y[None]).double() ** 2)) for x, y in zip(xs, ys)) / count
+with torch.no_grad():  # the same loss by a forward pass over every pair, on the pixels' scale, as a check
+    forward = sum(float(torch.sum(((conv(x[None]) - y[None]) * sy).double() ** 2)) for x, y in zip(xs, ys)) / count
 checking = time.perf_counter() - started
 print(json.dumps({"loading_s": loading, "training_s": training, "steps": steps, "reached": history[-1][2] <= goal,
                   "mse": history[-1][2], "mse_forward": forward, "goal": goal, "checking_s": checking,
+                  "crop": crop, "batch": batch, "lr": lr,
                   "history": history[-1:] if len(history) < 2 else history[:: max(1, len(history) // 20)] + history[-1:]}))
 '''
 
@@ -140,10 +149,10 @@ def linked(sources: list[Path], folder: Path, count: int) -> Path:
     return folder
 
 
-def learn_job(name: str, inputs: Path, targets: Path, size: int, **extra: object) -> Path:
+def learn_job(name: str, inputs: Path, targets: Path, size: int, *, bias: bool = False, **extra: object) -> Path:
     path = LEARN / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"inputs": {"paths": str(inputs)}, "targets": {"paths": str(targets)},
-                                    "kernel": {"shape": [size, size]}, "output": {"path": str(LEARN / name), "overwrite": True},
+                                    "kernel": {"shape": [size, size], "bias": bias}, "output": {"path": str(LEARN / name), "overwrite": True},
                                     **extra}), encoding="utf-8")
     return path
 
@@ -224,7 +233,7 @@ def huge_cases(sides: tuple[int, ...]) -> dict:
     return out
 
 
-def torch_case(folder: Path, seconds: float, lr: float) -> dict:
+def torch_case(folder: Path, seconds: float, lr: float, crop: int = 128, batch: int = 8) -> dict:
     """PyTorch Conv2d(1, 1, 15) + Adam to within 1% of lstsq's loss on noisy targets, against lstsq on them."""
     from pipeline.learn_config import LearnConfig
     from pipeline.learn_pairs import pair_shape, pair_sources, piece_arrays, pieces
@@ -232,18 +241,18 @@ def torch_case(folder: Path, seconds: float, lr: float) -> dict:
 
     inputs = collection_files(folder)
     targets = write_targets(inputs, gaussian(15), LEARN / f"t15-noisy-{len(inputs)}", noise=NOISE)
-    job = learn_job("noisy", folder, targets, 15)
+    job = learn_job("noisy", folder, targets, 15, bias=True)
     lstsq = median_run([PIPELINE, "learn", str(job), "--quiet"])
     report = json.loads((LEARN / "noisy" / "report.json").read_text())
     best = report["rmse"][0] ** 2
     # the normal equations of the pairs, for the torch loop to check its loss exactly without a pass
     config = LearnConfig.model_validate(yaml.safe_load(job.read_text()))
-    total = sum(accumulate(*piece_arrays(piece, config), (15, 15), bias=False)
+    total = sum(accumulate(*piece_arrays(piece, config), (15, 15), bias=True)
                 for pair in pair_sources(config)[0] for piece in pieces(pair, pair_shape(pair, config), config, 1 << 40))
     np.savez(LEARN / "noisy-parts.npz", gram=total.gram, cross=total.cross, y_sq=total.y_sq, count=total.count)
     (WORK / "torch_learn.py").write_text(TORCH_TRAIN, encoding="utf-8")
     argv = [sys.executable, str(WORK / "torch_learn.py"), str(folder), str(targets), str(LEARN / "noisy-parts.npz"),
-            repr(best * (1 + TORCH_TOLERANCE)), str(seconds), "15", repr(lr)]
+            repr(best * (1 + TORCH_TOLERANCE)), str(seconds), "15", repr(lr), str(crop), str(batch)]
     run = measure(argv, cwd=str(WORK))
     torch = json.loads(run.output.splitlines()[-1])
     return {"lstsq_s": lstsq["seconds"], "lstsq_mse": best, "lstsq_peak_rss_mib": lstsq["peak_rss_mib"],
