@@ -72,7 +72,7 @@ gram, cross, y_sq, count = parts["gram"], parts["cross"][:, 0], float(parts["y_s
 
 def original(conv):  # the kernel and bias on the pixels' own scale
     w = conv.weight.detach().double().numpy().ravel() * sy / sx
-    return np.append(w, sy * float(conv.bias) + my - mx * w.sum())
+    return np.append(w, sy * float(conv.bias.detach()) + my - mx * w.sum())
 
 def mse(conv):  # every valid position of every pair, from the pairs' normal equations (float64)
     w = original(conv)
