@@ -11,16 +11,18 @@ Cases, each a fresh process (``measure``: wall time, peak RSS), its result check
   the learned kernel to the same photographs; learn and apply interleaved round by round. Target
   for 15×15: ≤ 10×. The learned kernel's largest error relative to the true one is reported.
 * ``collection`` — peak RSS of the 15×15 fit from 12, 48 and 192 pairs (192: the 48 four times,
-  symlinks): flat, since batches of pairs are reduced and let go one after the other.
+  hard links): flat, since batches of pairs are reduced and let go one after the other.
 * ``huge`` — one tiled TIFF pair (uint16 photograph mosaic, float32 target, 512² file tiles) of
   4096² and 8192² (``--quick``: 2048², 4096²) learned with the default memory budget: read by
   tiles, peak RSS flat in the image's size.
-* ``torch`` (``--torch``) — PyTorch's ``Conv2d(1, 1, 15, bias=False)`` trained with Adam on the
-  same pairs with noise added to the targets (σ = 1 grey level, so the best loss is not zero),
-  until its mean squared error over every valid position is within 1% of the one lstsq reaches on
-  them, or ``--torch-seconds`` of training pass. Mini-batches of random 256² crops (the PyTorch way
-  for images this large); the loss of the whole collection is checked from the pairs' normal
-  equations between rounds (exact, not counted as training) and once by a forward pass at the end.
+* ``torch`` (``--torch``) — PyTorch's ``Conv2d(1, 1, 15)`` (a kernel and a bias) trained with Adam
+  on the same photographs, their targets with noise added (σ = 1 grey level, so that the best loss
+  is not zero), against `pipeline learn` lstsq with ``bias: true`` on the same pairs: until its mean
+  squared error over every valid position of every pair is within 1% of lstsq's, or
+  ``--torch-seconds`` of training pass. As one trains a network on images this large: inputs and
+  targets standardised, mini-batches of 8 random 128² crops, the step halved when the loss stalls.
+  The collection's loss is computed between rounds of 25 steps from the pairs' normal equations
+  (exact, not counted as training) and checked once by a forward pass over every pair at the end.
 
 Writes benchmarks/results/learn.json.
 """
@@ -140,12 +142,15 @@ def write_targets(inputs: list[str], kernel: np.ndarray, folder: Path, *, noise:
 
 
 def linked(sources: list[Path], folder: Path, count: int) -> Path:
-    """``count`` symlinks cycling over ``sources``, in sorted order: a larger collection of the same files."""
+    """``count`` hard links cycling over ``sources``, in sorted order: a larger collection of the same files.
+
+    Hard links, not symlinks: the listing keeps a file reached by two symlinks once.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         link = folder / f"img-{i:04d}{sources[0].suffix}"
         link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(sources[i % len(sources)], folder))
+        os.link(sources[i % len(sources)].resolve(), link)
     return folder
 
 
@@ -192,6 +197,9 @@ def collection_cases(folder: Path, counts: tuple[int, ...]) -> dict:
         job = learn_job(f"pairs{count}", linked(inputs, LEARN / f"in{count}", count), linked(targets, LEARN / f"out{count}", count), 15,
                         pairing="order")
         run = median_run([PIPELINE, "learn", str(job), "--quiet"])
+        learned = json.loads((LEARN / f"pairs{count}" / "report.json").read_text())["pairs"]
+        if learned != count:
+            raise RuntimeError(f"the fit of {count} pairs learned from {learned}")
         out[str(count)] = {**run, "seconds_per_pair": run["seconds"] / count}
         print(f"{count} pairs: {out[str(count)]}", flush=True)
     peaks = [case["peak_rss_mib"] for case in out.values()]
@@ -268,7 +276,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch", action="store_true", help="also time PyTorch (Conv2d + Adam) to lstsq's loss")
     parser.add_argument("--torch-seconds", type=float, default=1800.0, help="training time the torch case may take")
-    parser.add_argument("--torch-lr", type=float, default=1e-3)
+    parser.add_argument("--torch-lr", type=float, default=0.05, help="Adam's initial step (halved when the loss stalls)")
     parser.add_argument("--cases", default="ratio,collection,huge", help="comma-separated: ratio, collection, huge")
     args = parser.parse_args()
     if args.quick:

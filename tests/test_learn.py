@@ -280,3 +280,12 @@ def test_a_descent_by_tiles_repeats_bit_for_bit_and_follows_the_whole_one(tmp_pa
         fits.setdefault(tile, []).append(np.load(tmp_path / "fit" / "kernel.npy"))
     assert np.array_equal(fits[16][0], fits[16][1])  # the same seed and tiles: the same bits
     np.testing.assert_allclose(fits[16][0], fits["whole"][0], rtol=1e-9, atol=1e-12)
+
+
+def test_pairs_of_other_channels_than_the_first_get_one_line(tmp_path: Path, write_config, run_cli) -> None:
+    inputs = _photos(2, (20, 22))
+    _write_pairs(tmp_path, inputs, [_valid(x, EDGE) for x in inputs])
+    rgb = np.repeat(inputs[1][..., None], 3, axis=-1).astype(np.float32)
+    tifffile.imwrite(tmp_path / "inputs" / "p01.tif", rgb, photometric="rgb")
+    job = _job(write_config, tmp_path, {"shape": [3, 3]}, color="keep")
+    assert_error(run_cli("learn", job), 3, "p01.tif", "has 3 input and 1 target channels but the first pair 1 and 1")
