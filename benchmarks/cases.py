@@ -98,7 +98,11 @@ def command(case: str, kernel: str | None, folder: str, out: str, *, limit: int 
 
 
 def run_floor(files: list[str], out: str, kernel: str) -> None:
-    """Decode + gray + write, no convolution: the pipeline's own reader, 2 threads."""
+    """Decode + gray + write, no convolution: the pipeline's own reader, 2 threads.
+
+    The naive floor: each JPEG decoded to RGB, then BT.601 (``gray_from="rgb"``); the pipeline's
+    default reads the luma plane the JPEG stores instead, without decoding its chroma.
+    """
     import imageio.v3 as iio
 
     from pipeline.sources.images import read_image
@@ -106,7 +110,7 @@ def run_floor(files: list[str], out: str, kernel: str) -> None:
     target = create_output(out, len(files), iio.improps(files[0]).shape[:2])  # header only, no decode
 
     def one(index: int) -> None:
-        target[index] = read_image(files[index])
+        target[index] = read_image(files[index], gray_from="rgb")
 
     _pool(one, len(files))
 

@@ -17,7 +17,12 @@ Each is compared in four variants, every run a fresh process (see measure.py):
 - ``floor``: a plain script doing the same read + float32 + write (tifffile, a thread pool of 2);
 - ``dask-image``: ``da.from_zarr(tifffile.imread(path, aszarr=True))`` (rechunked to the pipeline's
   tiles for ``huge``; one page per chunk for ``volume``) -> float32 -> ``dask_image.ndfilters
-  .convolve(mode="reflect")`` -> ``da.to_zarr``, dask's threads scheduler.
+  .convolve(mode="reflect")`` -> ``da.to_zarr``, dask's threads scheduler;
+- ``libvips`` (``huge`` only, when pyvips is installed: ``pip install pyvips-binary pyvips``, the
+  ``bench`` extra): libvips' demand-driven pipeline, ``convsep`` for a separable kernel (``conv``
+  otherwise) in float precision, written as an uncompressed float32 tiled TIFF of the pipeline's
+  tile size, its own thread pool (one thread per core). libvips extends the image's edges by copying
+  them (scipy's ``nearest``), so its check compares with that.
 
 Every store is float32 with the pipeline's default codec (blosc-lz4 + shuffle), laid out as the
 pipeline's: (1, y, x) in (1, T, T) chunks, or (1, z, y, x) in (1, 1, y, x) chunks.
@@ -50,9 +55,11 @@ HUGE_SIDE = 12000
 HUGE_FILE_TILE = (512, 512)
 VOLUME_SHAPE = (128, 1024, 1024)
 WORKLOADS = ("huge", "volume")
-VARIANTS = ("floor", "floor-cli", "pipeline", "dask-image")  # the order they are run and shown in
+VARIANTS = ("floor", "floor-cli", "pipeline", "dask-image", "libvips")  # the order they are run and shown in
 CLI_VARIANTS = ("pipeline", "floor-cli")
-SCRIPT_VARIANTS = ("floor", "dask-image")
+SCRIPT_VARIANTS = ("floor", "dask-image", "libvips")
+CONVOLVING = ("pipeline", "dask-image", "libvips")
+LIBVIPS_FILE = "result.tif"  # inside the variant's output folder, so that one rmtree removes it
 # workload -> (label, pipeline kernel spec, params, expected shape)
 KERNELS = {
     "huge": ("15x15", "gaussian", {"sigma": 2.5, "truncate": 2.8}, (15, 15)),
@@ -92,6 +99,20 @@ class Workload:
                 "float32_mib": round(self.float32_mib, 1)}
 
 
+def variants(workload: Workload) -> list[str]:
+    """The variants a workload is measured in: libvips for the huge image only."""
+    return [variant for variant in VARIANTS if variant != "libvips" or workload.name == "huge"]
+
+
+def libvips_missing() -> str | None:
+    """Why the libvips variant cannot run here, or None."""
+    try:
+        import pyvips  # noqa: F401
+    except Exception as exc:  # ImportError, or OSError without the libvips binary
+        return f"skipped: pyvips not usable ({type(exc).__name__}); pip install pyvips-binary pyvips"
+    return None
+
+
 def workloads(scale: float) -> dict[str, Workload]:
     """Both workloads with their pixel counts multiplied by ``scale``."""
     side = max(1, round(HUGE_SIDE * math.sqrt(scale)))
@@ -116,7 +137,7 @@ def store_tile(workload: Workload) -> int | None:
     if workload.name != "huge":
         return None
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.job_plan import build_plan
 
     plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
     if plan.spec.tile is None:
@@ -132,7 +153,7 @@ def slab_depth(workload: Workload) -> int | None:
     if workload.name != "volume":
         return None
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.job_plan import build_plan
 
     plan = build_plan(load_config(cli_config(workload, "pipeline", str(ROOT / "benchmarks" / "work" / "unused.zarr"))))
     return plan.spec.chunks[0]
@@ -303,6 +324,22 @@ def run_volume_dask_image(path: str, out: str, tile: int | None) -> None:
         da.to_zarr(result[None].rechunk(chunks), target)
 
 
+def run_huge_libvips(path: str, out: str, tile: int) -> None:
+    """libvips: read the TIFF, filter in float precision, write an uncompressed tiled float TIFF."""
+    import pyvips
+
+    weights = kernel_weights("huge")
+    image = pyvips.Image.new_from_file(path)
+    profile = weights.sum(axis=0)  # the 1-D factor of a symmetric outer product
+    if np.allclose(np.outer(profile, profile), weights, rtol=0, atol=1e-12 * np.abs(weights).max()):
+        result = image.convsep(pyvips.Image.new_from_array(profile.reshape(1, -1).tolist()), precision="float")
+    else:  # vips' conv correlates: flip the kernel for a convolution
+        result = image.conv(pyvips.Image.new_from_array(weights[::-1, ::-1].tolist()), precision="float")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    result.cast("float").tiffsave(str(Path(out) / LIBVIPS_FILE), tile=True, tile_width=tile, tile_height=tile,
+                                  compression="none")
+
+
 def _pool(work, items: list) -> None:
     with ThreadPoolExecutor(WORKERS) as pool:
         for _ in pool.map(work, items):  # iterating re-raises the first worker error
@@ -312,9 +349,11 @@ def _pool(work, items: list) -> None:
 RUNNERS = {
     ("floor", "huge"): run_huge_floor, ("floor", "volume"): run_volume_floor,
     ("dask-image", "huge"): run_huge_dask_image, ("dask-image", "volume"): run_volume_dask_image,
+    ("libvips", "huge"): run_huge_libvips,
 }
 IMPORTS = {"floor": ["tifffile", "zarr"], "dask-image": ["tifffile", "zarr", "dask.array", "dask_image.ndfilters",
-                                                         "pipeline.steps.kernels"]}
+                                                         "pipeline.steps.kernels"],
+           "libvips": ["pyvips", "pipeline.steps.kernels"]}
 
 
 # --- correctness, checked after the timed runs -----------------------------------------------
@@ -338,16 +377,16 @@ def crops(workload: Workload, tile: int | None) -> list[tuple[slice, ...]]:
     return boxes
 
 
-def reference(source, box: tuple[slice, ...], weights: np.ndarray | None) -> np.ndarray:
-    """scipy.ndimage.convolve (reflect) of the float64 input, computed on the box plus a margin."""
+def reference(source, box: tuple[slice, ...], weights: np.ndarray | None, mode: str = "reflect") -> np.ndarray:
+    """scipy.ndimage.convolve (``mode``) of the float64 input, computed on the box plus a margin."""
     from scipy import ndimage
 
     margins = [0] * len(box) if weights is None else [n // 2 for n in weights.shape]
     padded = tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margins, source.shape))
     data = np.asarray(source[padded], dtype=np.float64)
-    # Where the margin is cut by the image's edge, reflect here is the image's own boundary; elsewhere
-    # the margin covers the kernel's reach and the reflected border is cut away below.
-    result = data if weights is None else ndimage.convolve(data, weights, mode="reflect")
+    # Where the margin is cut by the image's edge, the mode here is the image's own boundary; elsewhere
+    # the margin covers the kernel's reach and the extended border is cut away below.
+    result = data if weights is None else ndimage.convolve(data, weights, mode=mode)
     inner = tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, padded))
     return result[inner]
 
@@ -360,21 +399,26 @@ def check_store(workload: Workload, variant: str, store: str, tile: int | None):
     from pipeline.sinks.zarr_store import describe_codec
     from verify import RTOL, Check, layout_problems
 
-    array = zarr.open_group(store, mode="r")["0"] if variant in CLI_VARIANTS else zarr.open_array(store, mode="r")
-    codec = describe_codec(array)
     boxes = crops(workload, tile)
-    label = f"{len(boxes)} crops + all chunks"
-    problems = layout_problems(array, (1, *workload.shape), codec)
-    if not problems and array.nchunks_initialized != array.nchunks:  # a run that stopped early
-        problems.append(f"{array.nchunks - array.nchunks_initialized} of {array.nchunks} chunks never written")
+    if variant == "libvips":
+        array, codec, problems = _libvips_result(Path(store) / LIBVIPS_FILE, workload, tile)
+        label = f"{len(boxes)} crops of the tiled TIFF"
+    else:
+        array = zarr.open_group(store, mode="r")["0"] if variant in CLI_VARIANTS else zarr.open_array(store, mode="r")
+        codec = describe_codec(array)
+        label = f"{len(boxes)} crops + all chunks"
+        problems = layout_problems(array, (1, *workload.shape), codec)
+        if not problems and array.nchunks_initialized != array.nchunks:  # a run that stopped early
+            problems.append(f"{array.nchunks - array.nchunks_initialized} of {array.nchunks} chunks never written")
     worst = float("nan")
     if not problems:
         weights = None if variant in ("floor", "floor-cli") else kernel_weights(workload.name)
+        mode = "nearest" if variant == "libvips" else "reflect"
         errors = []
         with tifffile.imread(workload.path, aszarr=True) as tiff_store:
             source = zarr.open_array(tiff_store, mode="r")
             for box in boxes:
-                expected = reference(source, box, weights)
+                expected = reference(source, box, weights, mode)
                 got = np.asarray(array[(0, *box)], dtype=np.float64)
                 errors.append(float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-30)))
         worst = max(errors)
@@ -382,6 +426,22 @@ def check_store(workload: Workload, variant: str, store: str, tile: int | None):
             problems.append(f"max |error| / max |reference| = {worst:.2e} > {RTOL:g}")
     return Check(f"{workload.name}:{variant}", workload.kernel if variant not in ("floor", "floor-cli") else "no kernel",
                  label, worst, codec, not problems, "; ".join(problems))
+
+
+def _libvips_result(path: Path, workload: Workload, tile: int | None):
+    """libvips' TIFF as a (1, y, x) array, its compression, and what differs from what was asked."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        codec = page.compression.name.lower()
+        problems = [] if page.is_tiled and page.tilewidth == tile else [f"not tiled by {tile}"]
+        if codec != "none":
+            problems.append(f"compression {codec}, not none")
+        pixels = page.asarray()
+    if pixels.dtype != np.float32 or pixels.shape != workload.shape:
+        problems.append(f"{pixels.dtype} {pixels.shape}, not float32 {workload.shape}")
+    return pixels[np.newaxis], codec, problems
 
 
 def describe_crops(workload: Workload, tile: int | None) -> list[str]:
@@ -399,13 +459,14 @@ def main() -> None:
 
     import importlib
 
-    import zarr  # noqa: F401  (every case writes zarr)
+    if args.variant != "libvips":  # libvips writes a TIFF with its own threads: no zarr, no caps
+        import zarr  # noqa: F401  (the other cases write zarr)
 
-    from pipeline.execution import limit_library_threads
-    from pipeline.sinks.zarr_store import CODECS  # noqa: F401
+        from pipeline.execution import limit_library_threads
+        from pipeline.sinks.zarr_store import CODECS  # noqa: F401
 
-    # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
-    limit_library_threads(1)
+        # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
+        limit_library_threads(1)
     for module in IMPORTS[args.variant]:
         importlib.import_module(module)
     if args.workload == "huge" and not args.tile:

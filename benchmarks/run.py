@@ -166,7 +166,7 @@ def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]
                   f"({'built now' if built else 'cached'}), {workload.float32_mib:.0f} MiB as float32"
                   + (f", tiles and store chunks {tile}x{tile}" if tile else
                      f", slabs of {large.slab_depth(workload)} slices, one slice per chunk"), highlight=False)
-    return [bench_large(workload, variant, tile, args, checks) for variant in large.VARIANTS]
+    return [bench_large(workload, variant, tile, args, checks) for variant in large.variants(workload)]
 
 
 def bench_large(workload: large.Workload, variant: str, tile: int | None, args: argparse.Namespace,
@@ -174,9 +174,14 @@ def bench_large(workload: large.Workload, variant: str, tile: int | None, args: 
     """As bench_case; the store (about 0.5 GiB at full size) is deleted after every run but the
     last, which is checked and then deleted too: at most one such store is on disk at a time."""
     case = f"{workload.name}:{variant}"
-    label = workload.kernel if variant in ("pipeline", "dask-image") else "none"
+    label = workload.kernel if variant in large.CONVOLVING else "none"
     row = {"case": case, "kernel": label, "images": 1, "workload": workload.name, "input": workload.describe(),
            "shape": list(workload.shape), "float32_mib": workload.float32_mib, "runs": [], "note": ""}
+    missing = large.libvips_missing() if variant == "libvips" else None
+    if missing:
+        row["note"] = missing
+        console.print(f"  {case:<17} {missing}", highlight=False)
+        return row
     out = OUT / f"{workload.name}-{variant}.zarr"
     try:
         for repeat in range(args.repeats):

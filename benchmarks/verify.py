@@ -1,7 +1,8 @@
 """Correctness, checked outside the timed runs: a benchmark comparing wrong results is worthless.
 
 The reference for an image is scipy.ndimage.convolve (mode reflect) of its gray float32 version,
-computed here from imageio's decode. A case's store must hold, for the first and the last image
+computed here from imageio's decode (BT.601 of the RGB pixels) or, for the pipeline's CLI cases,
+which read a JPEG's luma plane, from Pillow's decode of that plane (``draft("L")``). A case's store must hold, for the first and the last image
 (the last one catches runs that stopped early: unwritten chunks read back as zeros), values within
 1e-4 of it relative to the reference's largest |value|, with the expected shape, dtype and codec.
 """
@@ -37,9 +38,18 @@ class Check:
 
 
 @lru_cache(maxsize=8)
-def reference(path: str, kernel: str | None) -> np.ndarray:
-    image = gray(iio.imread(path))
+def reference(path: str, kernel: str | None, luma: bool = False) -> np.ndarray:
+    image = luma_plane(path) if luma else gray(iio.imread(path))
     return image if kernel is None else ndimage.convolve(image, kernel_weights(kernel), mode="reflect")
+
+
+def luma_plane(path: str) -> np.ndarray:
+    """The Y plane a JPEG stores, as libjpeg decodes it for Pillow's gray draft (no chroma decoded)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.draft("L", image.size)
+        return np.asarray(image.convert("L"), dtype=np.float32)
 
 
 def check_store(case: str, kernel: str | None, store: str, files: list[str]) -> Check:
@@ -47,13 +57,14 @@ def check_store(case: str, kernel: str | None, store: str, files: list[str]) -> 
     array = zarr.open_group(store, mode="r")["0"] if case in CLI_CASES else zarr.open_array(store, mode="r")
     codec = describe_codec(array)
     indices = sorted({0, len(files) - 1})
+    luma = case in CLI_CASES
     label = f"{kernel or 'no kernel'}"
     problems = layout_problems(array, (len(files), *reference(files[0], None).shape), codec)
     worst = float("nan")
     if not problems:
         errors = []
         for index in indices:
-            expected = reference(files[index], kernel).astype(np.float64)
+            expected = reference(files[index], kernel, luma).astype(np.float64)
             got = np.asarray(array[index], dtype=np.float64)
             errors.append(float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-30)))
         worst = max(errors)

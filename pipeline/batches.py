@@ -18,7 +18,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DepthMismatch, InputError, ShapeMismatch
 from pipeline.events import Reporter
 from pipeline.execution import Executor
-from pipeline.plan import JobPlan
+from pipeline.job_plan import JobPlan
 from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
 from pipeline.sinks.writes import write_lazily
@@ -42,12 +42,19 @@ def batch_size(config: PipelineConfig, plan: JobPlan, workers: int) -> int:
     chosen = config.execution.batch_size
     if chosen != "auto":
         return chosen
+    group = plan.spec.images_per_task
     image_bytes = max(1, int(np.prod(plan.image_shape)) * np.dtype(plan.compute_dtype).itemsize)
     by_count = math.ceil(len(plan.sources) / MIN_BATCHES)
-    size = max(1, min(MAX_AUTO_BATCH, BATCH_MEMORY // image_bytes, max(4 * workers, by_count)))
-    # Whole shards per batch, so that a batch never leaves a shard for the next one to rewrite.
-    per_shard = (shard_shape(config.output.shards, plan.chunks) or (1,))[0]
-    return math.ceil(size / per_shard) * per_shard
+    # The graph's size is in tasks: small images grouped into tasks make larger batches.
+    size = max(1, min(MAX_AUTO_BATCH * group, BATCH_MEMORY // image_bytes, max(4 * workers * group, by_count)))
+    # Whole shards (chunks of images) per batch, so that a batch never leaves one for the next to rewrite.
+    return math.ceil(size / write_unit(config, plan)) * write_unit(config, plan)
+
+
+def write_unit(config: PipelineConfig, plan: JobPlan) -> int:
+    """Images one task writes together: a shard's, a chunk's or a task's (a batch holds whole ones)."""
+    shards = shard_shape(config.output.shards, plan.chunks)
+    return math.lcm(shards[0] if shards else plan.chunks[0], plan.spec.images_per_task)
 
 
 def write_batches(
@@ -55,7 +62,7 @@ def write_batches(
 ) -> tuple[int, int]:
     """Write every pending image, batch by batch; return (written, skipped as unreadable)."""
     path = config.output.path
-    batches = list(pending_batches(~pending, size))
+    batches = list(pending_batches(~pending, size, aligned=True))
     total = int(pending.sum())
     # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
     target = open_result(absolute(path), mode="r+", storage_options=config.output.storage_options)
@@ -104,9 +111,11 @@ def _write_batch(
             [write_lazily(level, store, start=a) for level, store in zip(plan.levels(a, b), level_arrays(target.group))]
             for a, b in ranges
         ]
-        # Ranges around a skipped image may share a shard: written one after the other, never at once.
-        together = writes if target.array.shards is not None else [[w for levels in writes for w in levels]]
-        sizes = [b - a for a, b in ranges] if target.array.shards is not None else [stop - start - len(excluded)]
+        # Ranges around a skipped image may share a shard or a chunk of images: written one after
+        # the other, never at once.
+        shared = target.array.shards is not None or target.array.chunks[0] > 1
+        together = writes if shared else [[w for levels in writes for w in levels]]
+        sizes = [b - a for a, b in ranges] if shared else [stop - start - len(excluded)]
         try:
             for group, images in zip(together, sizes):
                 executor.compute(*group, on_progress=lambda share, images=images: reporter.advance(share * images))

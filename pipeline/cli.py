@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import __version__
@@ -76,7 +77,8 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
             raise
         if reporter is not None and reporter.log_format == "json":
             reporter.error(_first_line(exc), exc.exit_code)
-        err.print(f"[red]error:[/red] {_first_line(exc)}", highlight=False, soft_wrap=True)
+        # escaped: a message's [brackets] ('imageconv-pipeline[cluster]', file names) are text, not markup
+        err.print(f"[red]error:[/red] {escape(_first_line(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # before a run started writing: nothing to resume
         err.print("interrupted", highlight=False)
@@ -85,7 +87,7 @@ def reported_errors(reporter: Reporter | None = None) -> Iterator[None]:
         if _state["debug"]:
             raise
         err.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {scrub_secrets(_first_line(exc))} "
+            f"[red]internal error:[/red] {type(exc).__name__}: {escape(scrub_secrets(_first_line(exc)))} "
             "(rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
@@ -181,7 +183,7 @@ def run(
     """Run a job: read the images, apply the steps, write the Zarr store; a rerun resumes it."""
     from pipeline.config import load_config
     from pipeline.events import Reporter
-    from pipeline.run import run as run_job
+    from pipeline.job_run import run as run_job
 
     del resume  # resuming is what a rerun does; the flag lets scripts say so
     terminal = sys.stderr.isatty()
@@ -269,7 +271,7 @@ def plan(
     """Show what a job will do, without doing it: per stage the strategy, halo, chunks and output bytes
     (uncompressed, whole collection); tasks, memory, bytes read and written."""
     from pipeline.config import load_config
-    from pipeline.plan import build_plans
+    from pipeline.job_plan import build_plans
 
     with reported_errors():
         plans = build_plans(load_config(config, _overrides(set_)))
@@ -491,7 +493,7 @@ def learn(
 ) -> None:
     """Learn the kernel (or bank) that maps the inputs to the targets; write kernel.npy, job.yaml, report.json, kernel.png."""
     from pipeline.events import Reporter
-    from pipeline.learn import learn as learn_kernel
+    from pipeline.learn_job import learn as learn_kernel
     from pipeline.learn_config import load_learn_config
 
     terminal = sys.stderr.isatty()

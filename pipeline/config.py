@@ -24,7 +24,7 @@ from pydantic import (
 
 from pipeline.budget import parse_size
 from pipeline.errors import ConfigError
-from pipeline.pixels import Color, color_mode
+from pipeline.pixels import Color, GrayFrom, color_mode
 from pipeline.job_file import apply_override, expand_environment, read_yaml
 from pipeline.sinks.layout import SPACE_UNITS
 from pipeline.sources.images import DEFAULT_MAX_PIXELS
@@ -75,6 +75,12 @@ class InputConfig(Frozen):
         description="gray: ITU-R BT.601 luma, alpha dropped; keep: the channels each file stores; rgb: 3 channels "
         "for every file (gray replicated), so gray and colour photographs share a collection",
     )
+    gray_from: GrayFrom = Field(
+        "luma",
+        description="color: gray from a JPEG: luma, the luma plane the file stores (BT.601 of the original "
+        "pixels, rounded; no chroma decoded, about twice as fast); rgb, decoded to RGB, then BT.601 (as stores "
+        "written before this option; a store keeps the way its inputs were read)",
+    )
     alpha: Optional[Literal["keep", "drop"]] = Field(
         None,
         description="an alpha channel: kept as a channel or dropped; default keep with color: keep, drop with "
@@ -102,6 +108,11 @@ class InputConfig(Frozen):
         "auto",
         description="read huge TIFFs by tiles: auto (TIFFs beyond a worker's share of execution.memory_budget, "
         "by the largest tiles that fit), whole, or a tile size",
+    )
+    allow_incomplete: bool = Field(
+        False,
+        description="read a store written by this pipeline that is not complete (running, failed): images not "
+        "yet written read as its fill value",
     )
     max_pixels: PositiveCount = Field(
         DEFAULT_MAX_PIXELS, description="refuse images whose header declares more pixels (decompression bombs)"
@@ -147,6 +158,11 @@ class OutputConfig(Frozen):
         "writes are cut at shard edges so no two tasks write one shard",
     )
 
+    images_per_chunk: Union[Literal["auto"], PositiveCount] = Field(
+        "auto",
+        description="whole images per store chunk (and per task); auto = one per chunk, or several small ones "
+        "together up to 1 MiB (one when shards are set)",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
     pixel_size: Optional[list[Annotated[float, Field(gt=0)]]] = Field(
         None, description="physical size of a pixel per space axis ([y, x] or [z, y, x]), in unit: the OME-NGFF scale"
@@ -192,7 +208,11 @@ class ExecutionConfig(Frozen):
         default_factory=dict, description="options passed to the dask-jobqueue cluster (cores, memory, queue, ...)"
     )
     jobs: PositiveCount = Field(1, description="dask-jobqueue jobs to start")
-    connect_timeout: float = Field(30.0, gt=0, description="seconds to wait for a tcp:// scheduler")
+    connect_timeout: float = Field(
+        30.0, gt=0,
+        description="seconds to wait for a tcp:// scheduler, or (slurm, pbs, sge) for a worker: the first one, "
+        "and again whenever a run has none left",
+    )
     compute_dtype: Literal["auto", "float32", "float64"] = Field(
         "auto", description="float type of the computation; auto = float64 for 32/64-bit outputs, else float32"
     )

@@ -84,6 +84,17 @@ class KernelError(ConfigError):
     """A kernel cannot be built: unknown name, bad parameters, bad matrix or file."""
 
 
+class ArgumentTypeError(KernelError, TypeError):
+    """An argument of an array function has the wrong type (a float origin, a string for an array);
+    a TypeError too, as scipy.ndimage and dask-image raise there."""
+
+
+class UnsupportedArgument(KernelError, RuntimeError):
+    """An argument an array function cannot take: weights of another ndim than the array's, an origin
+    per axis of the wrong length, an unknown border mode. A RuntimeError too, as scipy.ndimage raises
+    there (and, being a KernelError, a ValueError, as dask-image raises)."""
+
+
 class InputError(PipelineError, FileNotFoundError):
     """The input images cannot be found, read or stacked; ``path`` names the file when one is at fault."""
 

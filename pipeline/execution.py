@@ -22,6 +22,7 @@ from dask.callbacks import Callback
 
 from pipeline.allocator import keep_freed_blocks
 from pipeline.errors import ConfigError
+from pipeline.jobqueue import LOOK_INTERVAL, JobKeeper, start_cluster
 from pipeline.threads import library_threads, limit_library_threads
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 # The local schedulers' get functions. Handing dask the function rather than its name spares the
 # import of ``distributed`` (0.1 s of every run) that dask makes to look for a client by that name.
 LOCAL_SCHEDULERS = {"sync": "dask.local:get_sync", "threads": "dask.threaded:get", "processes": "dask.multiprocessing:get"}
-JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
 # Chunks one task encodes and writes at a time. Dask's workers already keep every core busy; zarr's
 # own concurrency (10 chunks) on top held ten encoded slices per task of a volume's slab, about
 # 100 MiB more at the peak, and was no faster.
@@ -71,10 +71,11 @@ class TaskCounter(Callback):
 class Executor:
     """Computes dask collections on the configured scheduler; made by ``open_executor``."""
 
-    def __init__(self, scheduler: str, workers: int, client: Any = None) -> None:
+    def __init__(self, scheduler: str, workers: int, client: Any = None, keeper: JobKeeper | None = None) -> None:
         self.scheduler = scheduler
         self.workers = workers
         self.client = client
+        self.keeper = keeper
 
     @property
     def dashboard(self) -> str | None:
@@ -86,15 +87,14 @@ class Executor:
     def results(self, *collections: Any) -> tuple[Any, ...]:
         """Compute ``collections`` and return their values (small ones: a reduction's result)."""
         if self.client is not None:
-            return tuple(self.client.gather(self.client.compute(list(collections))))
+            return tuple(self._gathered(self.client.compute(list(collections))))
         with dask.config.set({"scheduler": _local_get(self.scheduler), "num_workers": self.workers}):
             return dask.compute(*collections)
 
     def compute(self, *collections: Any, on_progress: Callable[[float], None] | None = None) -> None:
         """Compute ``collections``; ``on_progress`` receives fractions of the work as it finishes."""
         if self.client is not None:
-            futures = self.client.compute(list(collections))
-            self.client.gather(futures)  # lost workers' tasks are rerun elsewhere by the scheduler
+            self._gathered(self.client.compute(list(collections)))  # lost workers' tasks are rerun elsewhere
             if on_progress is not None:
                 on_progress(1.0)
             return
@@ -107,6 +107,20 @@ class Executor:
             TaskCounter(on_progress) if on_progress else ExitStack(),
         ):
             dask.compute(*collections)
+
+    def _gathered(self, futures: list[Any]) -> list[Any]:
+        if self.keeper is not None:  # batch jobs: look after them while the futures run
+            from distributed import wait
+
+            while True:
+                try:
+                    wait(futures, timeout=LOOK_INTERVAL)
+                    break
+                except TimeoutError:
+                    if any(future.status == "error" for future in futures):
+                        break  # gather raises it now, not when the rest has finished
+                    self.keeper.check()
+        return self.client.gather(futures)
 
 
 @contextmanager
@@ -121,15 +135,20 @@ def open_executor(execution: ExecutionConfig) -> Iterator[Executor]:
         yield Executor(scheduler, workers)
         return
     with ExitStack() as stack:
-        client = stack.enter_context(_client(execution, stack))
+        client, keeper = _client(execution, stack)
+        stack.enter_context(client)
+        if keeper is not None:
+            keeper.start()  # the jobs submitted and a first worker joined
         # Distributed workers run one task per thread: one library thread per task.
         from pipeline.worker_plugin import LimitLibraryThreads
 
         client.register_plugin(LimitLibraryThreads(1), name="pipeline-limit-threads")
-        yield Executor(scheduler, len(client.scheduler_info().get("workers", {})), client)
+        workers = keeper.workers if keeper is not None else len(client.scheduler_info().get("workers", {}))
+        yield Executor(scheduler, workers, client, keeper)
 
 
-def _client(execution: ExecutionConfig, stack: ExitStack) -> Any:
+def _client(execution: ExecutionConfig, stack: ExitStack) -> tuple[Any, JobKeeper | None]:
+    """A client of the configured distributed scheduler, and the keeper of its batch jobs if any."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -140,35 +159,21 @@ def _client(execution: ExecutionConfig, stack: ExitStack) -> Any:
     scheduler = execution.scheduler
     if scheduler.startswith("tcp://"):
         try:
-            return Client(scheduler, timeout=execution.connect_timeout)
+            return Client(scheduler, timeout=execution.connect_timeout), None
         except OSError as exc:
             raise ConfigError(f"execution.scheduler: cannot reach {scheduler}: {exc}") from None
-    if scheduler == "local":
-        with warnings.catch_warnings():  # "port 8787 in use": it picks another, and we print the link
-            warnings.simplefilter("ignore", UserWarning)
+    keeper = None
+    with warnings.catch_warnings():  # "port 8787 in use": it picks another, and we print the link
+        warnings.simplefilter("ignore", UserWarning)
+        if scheduler == "local":
             cluster = LocalCluster(
                 n_workers=resolve_workers(execution.workers),
                 threads_per_worker=execution.threads_per_worker,
                 memory_limit=execution.memory_limit,
                 processes=True,
             )
-    else:
-        cluster = _jobqueue_cluster(execution)
-    stack.enter_context(cluster)
-    return Client(cluster)
-
-
-def _jobqueue_cluster(execution: ExecutionConfig) -> Any:
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise ConfigError(
-            f"execution.scheduler: {execution.scheduler} needs dask-jobqueue: pip install 'imageconv-pipeline[cluster]'"
-        ) from None
-    cluster_class = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[execution.scheduler])
-    try:
-        cluster = cluster_class(**execution.cluster)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"execution.cluster: {exc}") from None
-    cluster.scale(jobs=execution.jobs)
-    return cluster
+        else:
+            cluster = start_cluster(execution)
+            keeper = JobKeeper(cluster, execution)
+    stack.enter_context(cluster)  # closing a jobqueue cluster cancels its jobs
+    return Client(cluster), keeper

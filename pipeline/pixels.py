@@ -30,6 +30,9 @@ from pipeline.errors import DepthMismatch
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 Color = Literal["gray", "keep", "opaque", "rgb", "rgba"]
 Scale = Literal["native", "unit"]
+# Where color: gray comes from in a JPEG: the luma plane it stores (libjpeg decodes no chroma), or
+# its pixels decoded to RGB and mixed with LUMA_WEIGHTS (as every store before the choice).
+GrayFrom = Literal["luma", "rgb"]
 ALPHA_CHANNELS = (2, 4)  # gray + alpha, RGBA
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import zarr
 from dask.callbacks import Callback
@@ -14,6 +15,16 @@ def read_store(path: Path) -> tuple[np.ndarray, dict, list[str]]:
     """The result array '0', the pipeline attributes and the sources, read back from disk."""
     group = zarr.open_group(str(path), mode="r")
     return group["0"][:], dict(group.attrs["pipeline"]), [str(s) for s in group["sources"][:]]
+
+
+def write_slow_inputs(root: Path, images: int) -> None:
+    """``images`` noise PNGs in root/images and a 97×31 kernel in root/kernel.npy: a job that takes a
+    worker a fraction of a second per image (direct, float64), for runs that must last a few seconds."""
+    (root / "images").mkdir()
+    for index in range(1, images + 1):
+        pixels = np.random.default_rng(index).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+        iio.imwrite(root / "images" / f"img{index}.png", pixels)
+    np.save(root / "kernel.npy", np.random.default_rng(0).standard_normal((97, 31)))
 
 
 def assert_ok(result) -> None:

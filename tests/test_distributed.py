@@ -28,6 +28,7 @@ pytest.importorskip("distributed")
 from distributed import Client  # noqa: E402
 
 from pipeline.sinks.lock import lock_path  # noqa: E402
+from helpers import write_slow_inputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PIPELINE = BIN / "pipeline"
@@ -168,11 +169,7 @@ class Job:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     root = tmp_path_factory.mktemp("job")
-    (root / "images").mkdir()
-    for index in range(1, IMAGES + 1):
-        pixels = np.random.default_rng(index).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-        iio.imwrite(root / "images" / f"img{index}.png", pixels)
-    np.save(root / "kernel.npy", np.random.default_rng(0).standard_normal((97, 31)))
+    write_slow_inputs(root, IMAGES)
     # Absolute paths: the workers run in another directory (relative paths: see the xfail below).
     config = root / "job.yaml"
     config.write_text(
@@ -308,19 +305,6 @@ def test_unreachable_scheduler_is_a_config_error(job: Job) -> None:
     assert lines[0].startswith("error:") and "tcp://127.0.0.1:1" in lines[0]
     assert "Traceback" not in failed.stderr and failed.stdout == ""
     assert time.monotonic() - began < 30
-
-
-def test_jobqueue_scheduler_without_dask_jobqueue(job: Job) -> None:
-    try:
-        import dask_jobqueue  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("dask-jobqueue is installed")
-    failed = cli("run", job.config, "--scheduler", "slurm", "--set", "output.path=slurm.zarr", cwd=job.root, timeout=60)
-    assert failed.returncode == 2, failed.stderr
-    assert "dask-jobqueue" in failed.stderr
-    assert len([line for line in failed.stderr.splitlines() if line.strip()]) == 1, failed.stderr
 
 
 def test_a_layer_stack_on_the_cluster_matches_threads(cluster: Cluster, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import zarr
 
 from pipeline.config import validate_config
 from pipeline.execution import Executor, open_executor, resolve_workers
-from pipeline.plan import build_plan
+from pipeline.job_plan import build_plan
 
 from helpers import PeakHeld
 

@@ -71,15 +71,40 @@ def test_a_single_frame_gif(tmp_path: Path) -> None:
 def test_jpeg_decodes_as_pillow_does(tmp_path: Path, quality: int) -> None:
     path = tmp_path / "photo.jpg"
     Image.fromarray(RGB8).save(path, quality=quality)
-    np.testing.assert_allclose(read_image(str(path), dtype="float64"), luma(iio.imread(path)), rtol=1e-9)
+    decoded = iio.imread(path)
+    np.testing.assert_allclose(read_image(str(path), dtype="float64", gray_from="rgb"), luma(decoded), rtol=1e-9)
     kept = read_image(str(path), color="keep", dtype="float64")
-    np.testing.assert_array_equal(kept, np.moveaxis(iio.imread(path), -1, 0))
+    np.testing.assert_array_equal(kept, np.moveaxis(decoded, -1, 0))
+
+
+@pytest.mark.parametrize("quality", [75, 95])
+def test_jpeg_gray_is_its_luma_plane(tmp_path: Path, quality: int) -> None:
+    """The Y plane as libjpeg gives it to Pillow in draft mode (no chroma decoded), close to the remixed RGB."""
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(RGB8).save(path, quality=quality)
+    with Image.open(path) as image:
+        image.draft("L", image.size)
+        plane = np.asarray(image, dtype=np.float64)
+    gray = read_image(str(path), dtype="float64")
+    np.testing.assert_array_equal(gray, plane)
+    remixed = read_image(str(path), dtype="float64", gray_from="rgb")
+    assert not np.array_equal(gray, remixed) and np.abs(gray - remixed).mean() < 1.0
+
+
+def test_jpeg_luma_ignores_exif_rotation_as_rgb_does(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display: the stored pixels are what every reader here returns
+    Image.fromarray(RGB8[:, :40]).save(path, quality=95, exif=exif)
+    assert read_image(str(path)).shape == read_image(str(path), gray_from="rgb").shape == RGB8[:, :40].shape[:2]
 
 
 def test_cmyk_jpeg_comes_out_as_colour(tmp_path: Path) -> None:
     path = tmp_path / "cmyk.jpg"
     Image.fromarray(RGB8).convert("CMYK").save(path, quality=95)
     assert read_image(str(path), color="keep").shape[0] == 3
+    gray, remixed = read_image(str(path), dtype="float64"), read_image(str(path), dtype="float64", gray_from="rgb")
+    assert gray.shape == remixed.shape == RGB8.shape[:2] and np.abs(gray - remixed).mean() < 2.0
 
 
 @pytest.mark.parametrize(
@@ -109,3 +134,20 @@ def test_alpha_drop_lets_rgba_and_rgb_share_a_collection(tmp_path: Path, run_cli
     del job["input"]["alpha"]
     job["output"]["path"] = str(tmp_path / "k.zarr")
     assert_error(run_cli("run", write_config(job)), 3, "b.png", "(3, 6, 7)", "(4, 6, 7)")
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [GRAY8, RGB8, RGBA8, GRAY16, np.dstack([GRAY8, GRAY8[::-1]]), GRAY8 > 128],
+    ids=["L", "RGB", "RGBA", "I;16", "LA", "1"],
+)
+def test_png_pixels_are_imageios_whether_pillow_or_imageio_reads_them(tmp_path: Path, pixels: np.ndarray) -> None:
+    """Plain PNG modes are read by Pillow directly, the others by imageio: the same arrays either way."""
+    from pipeline.sources.decode import PLAIN_PNG_MODES, _plain_png, decode
+
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    read, bgr = decode(str(path))
+    expected = iio.imread(path)
+    assert not bgr and read.dtype == expected.dtype and np.array_equal(read, expected)
+    assert (_plain_png(str(path)) is not None) == (Image.open(path).mode in PLAIN_PNG_MODES)

@@ -15,7 +15,9 @@ from scipy import ndimage
 from conftest import job_config
 from helpers import assert_error, assert_ok, read_store
 from pipeline.errors import ConfigError
-from pipeline.sinks.layout import aligned_chunks, level_shards, ome_metadata, physical_scale, shard_shape
+from pipeline.sinks.layout import (
+    aligned_chunks, level_scale, level_shards, named_dimensions, ome_metadata, physical_scale, shard_shape,
+)
 from pipeline.sinks.writes import write_lazily
 
 EDGE = np.array([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]])
@@ -182,3 +184,16 @@ def test_ome_metadata_passes_the_strict_ngff_schema(
     assert multiscale["type"] == "mean" and multiscale["metadata"]["method"] == "dask.array.coarsen"
     assert [axes[int(axis)] for axis in multiscale["metadata"]["kwargs"]["axes"]] == ["y", "x"]
     assert [dataset["path"] for dataset in multiscale["datasets"]] == [str(level) for level in range(levels)]
+
+
+def test_named_dimensions_use_each_zarr_format_s_own_field() -> None:
+    """Zarr v3 names dimensions in the array metadata; v2 readers look for ``_ARRAY_DIMENSIONS``."""
+    assert named_dimensions(("image", "y", "x"), 3) == {"dimension_names": ["image", "y", "x"], "attributes": None}
+    assert named_dimensions(("image",), 3, {"coordinates": "sources"}) == {
+        "dimension_names": ["image"], "attributes": {"coordinates": "sources"},
+    }
+    assert named_dimensions(("image", "stat"), 2, {"columns": ["size"]}) == {
+        "attributes": {"columns": ["size"], "_ARRAY_DIMENSIONS": ["image", "stat"]},
+    }
+    assert level_scale(("image", "y", "x"), (0.5, 0.25), 2) == [1.0, 2.0, 1.0]
+    assert level_scale(("image", "z", "y", "x"), (3.0, 1.0, 1.0), 1) == [1.0, 3.0, 2.0, 2.0]

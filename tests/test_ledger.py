@@ -66,6 +66,19 @@ def test_pending_batches_cover_every_pending_image_once(size: int) -> None:
     assert all(not done[start:stop].any() for start, stop in batches)
 
 
+@pytest.mark.parametrize(
+    ("done", "size", "expected"),
+    [
+        pytest.param("1000000000", 4, [(1, 4), (4, 8), (8, 10)], id="resumed-mid-batch"),
+        pytest.param("0010000", 2, [(0, 2), (3, 4), (4, 6), (6, 7)], id="around-a-done-image"),
+        pytest.param("00000", 8, [(0, 5)], id="one-short-batch"),
+    ],
+)
+def test_aligned_batches_end_on_multiples_of_the_batch_size(done: str, size: int, expected: list[tuple[int, int]]) -> None:
+    """So a batch of whole chunks of images never shares a chunk with the next, wherever a resume began."""
+    assert list(pending_batches(_flags(done), size, aligned=True)) == expected
+
+
 def _finished(group: zarr.Group) -> np.ndarray:
     """The 'nothing left to do' mask pending_batches takes (flags are 0 to do, 1 written, 2 unreadable)."""
     return done_flags(group) != 0

@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from pipeline.config import validate_config
 from pipeline.errors import InputError
-from pipeline.plan import build_plan
-from pipeline.run import run
+from pipeline.job_plan import build_plan
+from pipeline.job_run import run
 
 RNG = np.random.default_rng(5)
 BLUR = np.full((3, 3), 1 / 9)
@@ -118,3 +118,19 @@ def test_the_range_is_carried_through_every_step(tmp_path) -> None:
         {"input": {"paths": str(tmp_path / "a.png"), "scale": "unit"}, "steps": steps[:1], "output": {"path": "o.zarr"}}
     )
     assert build_plan(unit).value_range() == (-8.0, 8.0)
+
+
+def test_provenance_records_how_well_a_kernel_separates(mixed: Path) -> None:
+    """A Gaussian pasted as float32 values is run as one separable pass, and the store says how close."""
+    from pipeline.steps.kernels import gaussian
+
+    pasted = gaussian(sigma=2.0, truncate=3.5).astype(np.float32).tolist()
+    steps = [{"convolve": {"kernel": pasted}}]
+    config = validate_config({
+        "input": {"paths": str(mixed / "a.png")}, "steps": steps,
+        "output": {"path": "unused.zarr", "dtype": "float32"}, "execution": {"scheduler": "sync"},
+    })
+    (record,) = build_plan(config).step_provenance
+    assert record["strategy"] == "separable (opencv)"
+    assert record["separation"]["rank"] == 1 and not record["separation"]["constant"]
+    assert 0 < record["separation"]["residual"] <= record["separation"]["tolerance"] < 1e-6

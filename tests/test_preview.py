@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import validate_config
 from pipeline.errors import InputError
 from pipeline.preview import contact_sheet
-from pipeline.run import run
+from pipeline.job_run import run
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from pipeline.config import validate_config
-from pipeline.run import run
+from pipeline.job_run import run
 from pipeline.steps.pyramid import halve, pyramid
 
 RNG = np.random.default_rng(12)

@@ -191,20 +191,25 @@ def slow_job(tmp_path_factory: pytest.TempPathFactory) -> SlowJob:
 # killed runs
 
 
+# Chunks of 6 images filled by batches of 3: a kill leaves a chunk half written, which the rerun completes.
+HALF_CHUNKS = ["--set", f"output.images_per_chunk={2 * BATCH}"]
+
+
 @pytest.mark.parametrize(
-    ("kill_after", "rerun_flags", "inspect"),
+    ("kill_after", "rerun_flags", "inspect", "chunking"),
     [
-        pytest.param(BATCH, [], False, id="after-first-batch"),
-        pytest.param(IMAGES // 2, ["--resume"], True, id="middle-with-resume"),
-        pytest.param(IMAGES - BATCH, [], False, id="during-last-batch"),
+        pytest.param(BATCH, [], False, [], id="after-first-batch"),
+        pytest.param(IMAGES // 2, ["--resume"], True, [], id="middle-with-resume"),
+        pytest.param(IMAGES - BATCH, [], False, [], id="during-last-batch"),
+        pytest.param(BATCH, [], False, HALF_CHUNKS, id="chunks-of-two-batches"),
     ],
 )
 def test_killed_run_is_finished_by_a_rerun(
     slow_job: SlowJob, tmp_path: Path, start: Callable[..., subprocess.Popen[str]],
-    kill_after: int, rerun_flags: list[str], inspect: bool,
+    kill_after: int, rerun_flags: list[str], inspect: bool, chunking: list[str],
 ) -> None:
     store = tmp_path / "killed.zarr"
-    args = slow_job.run_args(store)
+    args = [*slow_job.run_args(store), *chunking]
     victim = start(*args)
     wait_until(victim, lambda: done_count(store) >= kill_after, f"{kill_after} images in the ledger")
     kill(victim)
@@ -237,6 +242,7 @@ def test_killed_run_is_finished_by_a_rerun(
 
     assert status(store) == "complete"
     assert_same_bytes(result(store), result(slow_job.reference))
+    assert zarr.open_array(str(store / "0"), mode="r").chunks[0] == (2 * BATCH if chunking else BATCH)
     assert sources(store) == sources(slow_job.reference)
     assert partial_files(store) == []
     assert not lock.exists()
@@ -247,7 +253,7 @@ def test_rerun_of_a_complete_store_processes_nothing(slow_job: SlowJob, tmp_path
     store = tmp_path / "complete.zarr"
     shutil.copytree(slow_job.reference, store)
     chunks = {path: path.stat().st_mtime_ns for path in (store / "0").rglob("*") if path.is_file()}
-    assert len(chunks) > IMAGES  # every chunk and the array's metadata
+    assert len(chunks) == zarr.open_array(str(store / "0"), mode="r").nchunks + 1  # every chunk and the metadata
 
     rerun = cli(*slow_job.run_args(store), "--log-format", "json", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr

@@ -188,3 +188,59 @@ def test_a_layer_stack_resumes_appends_and_survives_kill(tmp_path: Path, start: 
     assert appended.returncode == 0, appended.stderr
     assert events(appended.stdout)[-1]["processed"] == 2
     assert_same_bytes(result(store)[:IMAGES], result(tmp_path / "reference.zarr"))
+
+
+def _photo(path: Path, seed: int) -> None:
+    """A colour JPEG with edges between colours, where the luma plane and remixed RGB differ."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(np.kron(blocks, np.ones((16, 16, 1), dtype=np.uint8))).save(path, quality=85)
+
+
+def _gray_job(root: Path, **gray: str) -> dict[str, Any]:
+    return {
+        "input": {"paths": str(root / "photos"), **gray},
+        "steps": [],
+        "output": {"path": str(root / "gray.zarr"), "dtype": "float32"},
+        "execution": {"scheduler": "sync"},
+    }
+
+
+@pytest.mark.parametrize("recorded", ["rgb", "unrecorded"])
+def test_append_to_a_store_read_from_rgb_keeps_reading_rgb(tmp_path: Path, recorded: str) -> None:
+    """A store whose gray came from RGB (by the option, or written before it: no record) goes on so,
+    whatever the job now says; a new store reads the JPEGs' luma plane."""
+    import zarr
+
+    from pipeline.config import validate_config
+    from pipeline.run import run
+    from pipeline.sinks.zarr_store import ATTRS_KEY
+    from pipeline.sources.images import read_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(2):
+        _photo(photos / f"p{index}.jpg", index)
+    run(validate_config(_gray_job(tmp_path, gray_from="rgb")))
+    group = zarr.open_group(tmp_path / "gray.zarr", mode="r+")
+    attributes = dict(group.attrs[ATTRS_KEY])
+    assert attributes["read"]["gray_from"] == "rgb"
+    if recorded == "unrecorded":
+        attributes["read"] = {k: v for k, v in attributes["read"].items() if k != "gray_from"}
+        group.attrs[ATTRS_KEY] = attributes
+    _photo(photos / "p2.jpg", 2)
+    run(validate_config(_gray_job(tmp_path)), append=True)  # the job's default: luma
+    stored = np.asarray(zarr.open_group(tmp_path / "gray.zarr", mode="r")["0"])
+    files = sorted(photos.glob("*.jpg"))
+    remixed = np.stack([read_image(str(path), gray_from="rgb") for path in files])
+    planes = np.stack([read_image(str(path)) for path in files])
+    np.testing.assert_array_equal(stored, remixed)
+    assert not np.array_equal(stored[2], planes[2])
+
+    fresh = _gray_job(tmp_path)
+    fresh["output"]["path"] = str(tmp_path / "fresh.zarr")
+    run(validate_config(fresh))
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(tmp_path / "fresh.zarr", mode="r")["0"]), planes)
+    assert zarr.open_group(tmp_path / "fresh.zarr", mode="r").attrs[ATTRS_KEY]["read"]["gray_from"] == "luma"

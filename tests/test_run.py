@@ -14,8 +14,8 @@ from scipy import ndimage, signal
 from pipeline import __version__
 from pipeline.config import validate_config
 from pipeline.errors import InputError
-from pipeline.plan import compute_dtype
-from pipeline.run import run
+from pipeline.job_plan import GROUP_BYTES, compute_dtype
+from pipeline.job_run import run
 from pipeline.steps.kernels import EDGE
 
 RNG = np.random.default_rng(7)
@@ -169,7 +169,7 @@ def test_a_resumed_store_keeps_its_chunks_whatever_the_budget(tmp_path: Path, fi
     with pytest.raises(InputError, match="b.tif"):
         run(config(first))
     chunks = zarr.open_group(str(out), mode="r")["0"].chunks
-    assert chunks == ((1, 300, 260) if first == "auto" else (1, 64, 64))
+    assert chunks == ((1, 300, 260) if first == "auto" else (1, 64, 64))  # batches of 1: chunks of 1
     tifffile.imwrite(images / "b.tif", pixels[1], tile=(64, 64))
     summary = run(config(then))  # another budget would choose other tiles: the store's are kept
     stored, _ = _stored(out)
@@ -255,3 +255,105 @@ def test_a_folder_with_other_partial_files_is_still_refused(folder: Path, tmp_pa
     (out / "download.partial").write_text("someone else's")
     with pytest.raises(OutputError, match="not a store written by this pipeline"):
         run(_config(folder, out, [{"convolve": {"kernel": "edge"}}]))
+
+
+# --- small images: several to a task and to a chunk ---------------------------------------------
+
+
+def _small(folder: Path, count: int, start: int = 0) -> Path:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(start)
+    for index in range(start, start + count):
+        iio.imwrite(folder / f"s{index:03d}.png", rng.integers(0, 256, size=(12, 10), dtype=np.uint8))
+    return folder
+
+
+def _edges(folder: Path) -> np.ndarray:
+    gray = np.stack([iio.imread(p).astype(np.float64) for p in sorted(folder.glob("*.png"))])
+    return ndimage.convolve(gray, EDGE[None], mode="reflect")
+
+
+def _grouped(folder: Path, out: Path, *, per_chunk: int | str = 4, batch: int | str = "auto", **input_options: Any) -> Any:
+    return validate_config(
+        {
+            "input": {"paths": str(folder), **input_options},
+            "steps": [{"convolve": {"kernel": "edge"}}],
+            "output": {"path": str(out), "images_per_chunk": per_chunk, "levels": 2},
+            "execution": {"scheduler": "threads", "workers": 2, "batch_size": batch},
+        }
+    )
+
+
+def test_small_images_share_tasks_and_chunks(tmp_path: Path) -> None:
+    folder = _small(tmp_path / "small", 11)
+    out = tmp_path / "grouped.zarr"
+    run(_grouped(folder, out, per_chunk="auto"))
+    group = zarr.open_group(str(out), mode="r")
+    # all in one chunk, of as many images as GROUP_BYTES holds: room for the images --append adds
+    assert group["0"].chunks == (GROUP_BYTES // (12 * 10 * 4), 12, 10) and group["0"].nchunks_initialized == 1
+    np.testing.assert_allclose(group["0"][:], _edges(folder), rtol=1e-5, atol=1e-3)
+
+    out = tmp_path / "fours.zarr"
+    run(_grouped(folder, out))
+    group = zarr.open_group(str(out), mode="r")
+    assert group["0"].chunks == (4, 12, 10) and group["1"].chunks == (4, 6, 5)
+    assert group["0"].nchunks_initialized == 3  # 4 + 4 + 3 images
+    expected = _edges(folder)
+    np.testing.assert_allclose(group["0"][:], expected, rtol=1e-5, atol=1e-3)
+    halved = expected.reshape(11, 6, 2, 5, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(group["1"][:], halved, rtol=1e-5, atol=1e-3)
+
+
+def test_normalize_rescales_each_image_of_a_chunk_on_its_own(tmp_path: Path) -> None:
+    folder = _small(tmp_path / "small", 6)
+    out = tmp_path / "normalized.zarr"
+    config = _grouped(folder, out).model_copy(deep=True)
+    raw = config.model_dump(mode="json")
+    raw["steps"].append({"normalize": "minmax"})
+    run(validate_config(raw))
+    edges = _edges(folder)
+    low, high = edges.min(axis=(1, 2), keepdims=True), edges.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(zarr.open_group(str(out), mode="r")["0"][:], (edges - low) / (high - low), atol=1e-6)
+
+
+def test_append_completes_the_chunk_the_first_run_left_part_filled(tmp_path: Path) -> None:
+    folder = _small(tmp_path / "small", 6)
+    out = tmp_path / "appended.zarr"
+    run(_grouped(folder, out))
+    first = out / "0" / "c" / "0" / "0" / "0"
+    written = first.stat().st_mtime_ns
+    _small(folder, 5, start=6)
+    summary = run(_grouped(folder, out), append=True)
+    assert summary.processed == 5 and summary.skipped == 6
+    np.testing.assert_allclose(zarr.open_group(str(out), mode="r")["0"][:], _edges(folder), rtol=1e-5, atol=1e-3)
+    assert first.stat().st_mtime_ns == written  # images 0-3: a chunk the append never touched
+
+
+def test_a_run_failed_inside_a_chunk_is_finished_exactly_by_a_rerun(tmp_path: Path) -> None:
+    """Batches of 2 fill chunks of 4 in halves; the rerun completes the half-written chunk."""
+    folder = _small(tmp_path / "small", 9)
+    good = (folder / "s005.png").read_bytes()
+    (folder / "s005.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "resumed.zarr"
+    with pytest.raises(InputError, match="s005.png"):
+        run(_grouped(folder, out, batch=2))
+    assert zarr.open_array(str(out / "ledger" / "done"), mode="r")[:].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0]
+    (folder / "s005.png").write_bytes(good)
+    summary = run(_grouped(folder, out, batch=2))
+    assert summary.processed == 5
+    reference = tmp_path / "reference.zarr"
+    run(_grouped(folder, reference, per_chunk=1))
+    assert zarr.open_group(str(out), mode="r")["0"][:].tobytes() == zarr.open_group(str(reference), mode="r")["0"][:].tobytes()
+
+
+def test_an_unreadable_image_inside_a_chunk_is_left_out_alone(tmp_path: Path) -> None:
+    folder = _small(tmp_path / "small", 9)
+    expected = _edges(folder)
+    (folder / "s005.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "skipped.zarr"
+    summary = run(_grouped(folder, out, on_error="skip"))
+    assert (summary.processed, summary.unreadable) == (8, 1)
+    stored = zarr.open_group(str(out), mode="r")["0"][:]
+    assert np.isnan(stored[5]).all()
+    kept = [index for index in range(9) if index != 5]
+    np.testing.assert_allclose(stored[kept], expected[kept], rtol=1e-5, atol=1e-3)

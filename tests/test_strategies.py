@@ -124,6 +124,99 @@ def test_separate_refuses_what_does_not_split() -> None:
     np.testing.assert_allclose(np.multiply.outer(np.multiply.outer(*term[:2]), term[2]), GAUSS3D, rtol=0, atol=1e-15)
 
 
+# --- kernels typed by hand: separable and constant to the compute dtype's precision ----------------
+
+# A Gaussian pasted as a float32 matrix: the outer product rounded to float32, of full rank exactly.
+GAUSS15_F32 = GAUSS15.astype(np.float32).astype(np.float64)
+# A box typed with one value, rounded to float32 (1/961 is not a binary fraction).
+BOX31_F32 = np.full((31, 31), np.float32(1 / 961), dtype=np.float64)
+
+
+def test_a_float32_outer_product_is_more_than_one_term_to_an_exact_test() -> None:
+    """What the tolerance is for: singular values above 1e-9 of the largest (rounding noise of float64)
+    count several terms, each a pair of passes; to float32's precision it is one."""
+    singular = np.linalg.svd(GAUSS15_F32, compute_uv=False)
+    assert np.sum(singular > singular[0] * 1e-9) > 1
+    assert len(separate(GAUSS15_F32, dtype=F32)) == 1
+
+
+def test_a_float32_outer_product_is_planned_separable_and_computes_scipys_result() -> None:
+    plan = _plan(GAUSS15_F32, F32)
+    assert plan.describe() == "separable (opencv)" and len(plan.factors) == 1
+    assert 0 < plan.separation.residual <= plan.separation.tolerance < 1e-6
+    block = (RNG.uniform(0, 255, size=(64, 300))).astype(np.float32)
+    want = ndimage.correlate(block.astype(np.float64), GAUSS15_F32, mode="reflect")
+    got = correlate_block(block, plan, edge_mode="reflect", cval=0.0)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
+def test_float64_blocks_keep_a_float32_outer_product_whole() -> None:
+    """In float64 the split would move the result by ≈ 2e-8 of it, millions of ulp: not separable."""
+    plan = _plan(GAUSS15_F32, F64)
+    assert plan.strategy != "separable"
+    assert plan.separation.residual > plan.separation.tolerance
+
+
+def test_a_genuinely_rank_two_kernel_is_not_planned_as_one_pass() -> None:
+    """A second term far above float32's rounding (1e-4 of the first) takes a second pass of its own."""
+    profile = GAUSS15[7] / GAUSS15[7].max()
+    second = np.outer(np.linspace(-1, 1, 15), np.cos(np.linspace(0, 3, 15)))
+    kernel = (np.outer(profile, profile) + 1e-4 * second).astype(np.float32).astype(np.float64)
+    plan = _plan(kernel, F32)
+    assert plan.strategy == "separable" and len(plan.factors) == 2
+    block = RNG.uniform(0, 255, size=(40, 90)).astype(np.float32)
+    want = ndimage.correlate(block.astype(np.float64), kernel, mode="reflect")
+    got = correlate_block(block, plan, edge_mode="reflect", cval=0.0)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
+def test_a_kernel_just_off_separable_is_not_split() -> None:
+    """Noise of 1e-5 of the weights (a kernel that only looks separable) would show in the result: dense."""
+    noisy = GAUSS15 * (1 + 1e-5 * RNG.normal(size=GAUSS15.shape))
+    plan = _plan(noisy, F32)
+    assert plan.strategy != "separable" and separate(noisy, dtype=F32) is None
+    assert plan.separation.residual > 1e-6
+
+
+def test_a_typed_box_is_constant_and_splits_into_constant_vectors() -> None:
+    plan = _plan(BOX31_F32, F32)
+    assert plan.describe() == "separable (opencv)"
+    assert plan.separation.constant and plan.separation.residual == 0
+    (term,) = plan.factors
+    assert all(np.ptp(vector) == 0 for vector in term)
+    np.testing.assert_allclose(np.multiply.outer(*term), BOX31_F32, rtol=1e-15)
+    block = RNG.uniform(0, 255, size=(50, 80)).astype(np.float32)
+    want = ndimage.correlate(block.astype(np.float64), BOX31_F32, mode="nearest")
+    np.testing.assert_allclose(correlate_block(block, plan, edge_mode="nearest", cval=0.0), want, rtol=1e-5)
+
+
+def test_a_box_with_one_weight_off_is_not_constant() -> None:
+    off = BOX31_F32.copy()
+    off[3, 4] *= 1.001
+    split = strategies.separation(off, dtype=F32)
+    assert not split.constant and len(split.factors) == 2  # the box plus one weight: two exact terms
+    assert split.residual <= split.tolerance
+
+
+def test_a_typed_3d_box_and_gaussian_split_into_one_term_each() -> None:
+    box = np.full((5, 5, 5), np.float32(1 / 125), dtype=np.float64)
+    gauss = GAUSS3D.astype(np.float32).astype(np.float64)
+    assert strategies.separation(box, dtype=F32).constant
+    (term,) = separate(gauss, dtype=F32)
+    assert np.abs(_outer3(term) - gauss).sum() / np.abs(gauss).sum() < strategies.separation_tolerance(F32)
+    assert separate(gauss, dtype=F64) is None
+
+
+def _outer3(term) -> np.ndarray:
+    return np.multiply.outer(np.multiply.outer(term[0], term[1]), term[2])
+
+
+def test_the_tolerance_follows_the_compute_dtype() -> None:
+    assert 4e-7 < strategies.separation_tolerance(F32) < 6e-7
+    assert strategies.separation_tolerance(F64) < 1e-14
+    assert strategies.separation_tolerance(np.uint16) == strategies.separation_tolerance(F64)  # computed in float64
+
+
 # --- every engine x strategy against the oracle ------------------------------------------------------
 
 # (weights, origin): odd, even and non-square sizes, non-zero origins, one kernel past filter2D's DFT

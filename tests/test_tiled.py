@@ -13,7 +13,7 @@ from helpers import assert_ok, read_store
 from pipeline.config import validate_config
 from pipeline.budget import BlockBudget
 from pipeline.errors import InputError
-from pipeline.plan import build_plan
+from pipeline.job_plan import build_plan
 from pipeline.sources import tiled
 from pipeline.sources.images import probe
 from pipeline.steps.kernels import build_kernel

@@ -11,7 +11,7 @@ from scipy import ndimage, signal
 
 from pipeline.config import validate_config
 from pipeline.errors import InputError, KernelError
-from pipeline.plan import build_plan
+from pipeline.job_plan import build_plan
 from pipeline.steps.kernels import build_kernel
 
 RNG = np.random.default_rng(8)

@@ -134,11 +134,26 @@ def test_writes_that_would_share_a_zarr_chunk_are_refused(tmp_path: Path) -> Non
 
     from pipeline.sinks.writes import write_lazily
 
-    target = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(4, 4), chunks=(2, 4), dtype="float32")
+    target = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(4, 4), chunks=(2, 2), dtype="float32")
     with pytest.raises(ValueError, match="split zarr chunks"):
-        write_lazily(da.ones((4, 4), chunks=(1, 4)), target)
-    write_lazily(da.ones((4, 4), chunks=(2, 4)), target).compute()  # whole zarr chunks: fine
+        write_lazily(da.ones((4, 4), chunks=(2, 1)), target)
+    write_lazily(da.ones((4, 4), chunks=(2, 2)), target).compute()  # whole zarr chunks: fine
     assert target[:].sum() == 16
+
+
+def test_groups_of_images_across_chunks_of_images_are_cut_at_the_chunks(tmp_path: Path) -> None:
+    """Along the image axis a write is realigned instead: one task per chunk of images, begun mid-chunk or not."""
+    import dask.array as da
+
+    from pipeline.sinks.writes import write_lazily
+
+    target = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(11, 3), chunks=(4, 3), dtype="float32")
+    values = np.arange(33, dtype="float32").reshape(11, 3)
+    write_lazily(da.from_array(values[:5], chunks=(3, 3)), target).compute(scheduler="threads", num_workers=4)
+    write = write_lazily(da.from_array(values[5:], chunks=(1, 3)), target, start=5)  # completes chunk 4-7
+    assert write.numblocks[0] == 2
+    write.compute(scheduler="threads", num_workers=4)
+    np.testing.assert_array_equal(target[:], values)
 
 
 def test_blocks_of_many_chunks_are_written_chunk_by_chunk(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence
 from pipeline.errors import ConfigError
 
 OmeVersion = Literal["0.5", "0.4"]
+IMAGE_AXIS = "image"  # the result's first axis, along which the sources and the ledger run too
 # The length units OME-NGFF allows on space axes (UDUNITS-2 names).
 SPACE_UNITS = (
     "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
@@ -43,6 +44,17 @@ class StoreLayout:
         return 2 if self.ome and self.ome_version == "0.4" else 3
 
 
+def named_dimensions(names: Sequence[str], zarr_format: int, attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``create_array`` keywords naming an array's dimensions, so xarray can open every array we write.
+
+    Zarr v3 has ``dimension_names``; v2 has none, and its readers (xarray, ome-zarr) look for the
+    ``_ARRAY_DIMENSIONS`` attribute instead.
+    """
+    if zarr_format == 2:
+        return {"attributes": {**(attributes or {}), "_ARRAY_DIMENSIONS": list(names)}}
+    return {"dimension_names": list(names), "attributes": attributes}
+
+
 def level_shape(shape: Sequence[int], level: int) -> tuple[int, ...]:
     """The shape of resolution ``level``: y and x halved ``level`` times (rounded down, at least 1)."""
     return (*shape[:-2], *(max(1, n >> level) for n in shape[-2:]))
@@ -60,7 +72,12 @@ def shard_shape(setting: int | Sequence[int] | None, chunks: Sequence[int]) -> t
     if setting is None:
         return None
     if isinstance(setting, int):
-        return (setting * chunks[0], *chunks[1:])
+        if setting % chunks[0]:
+            raise ConfigError(
+                f"output.shards: {setting} images per shard must be a multiple of the {chunks[0]} images of a "
+                f"chunk (output.images_per_chunk), e.g. {chunks[0] * max(1, setting // chunks[0])}"
+            )
+        return (setting, *chunks[1:])
     shards = tuple(setting)
     if len(shards) != len(chunks) or any(s % c for s, c in zip(shards, chunks)):
         raise ConfigError(
@@ -94,6 +111,12 @@ def physical_scale(dimension_names: Sequence[str], pixel_size: Sequence[float] |
     return [float(sizes.get(name, 1.0)) for name in dimension_names]
 
 
+def level_scale(dimension_names: Sequence[str], pixel_size: Sequence[float] | None, level: int) -> list[float]:
+    """Resolution ``level``'s scale per axis: level 0's, doubled in y and x at each level."""
+    base = physical_scale(dimension_names, pixel_size)
+    return base[:-2] + [size * 2**level for size in base[-2:]]
+
+
 def ome_metadata(
     dimension_names: Sequence[str],
     levels: int = 1,
@@ -110,8 +133,6 @@ def ome_metadata(
     Space axes carry ``unit`` and their scale is ``pixel_size``, doubled in y and x per level.
     ``type`` and ``metadata`` say how the levels were made (NGFF's strict schemas require them).
     """
-    base = physical_scale(dimension_names, pixel_size)
-
     def axis(name: str) -> dict[str, str]:
         if name in ("z", "y", "x"):
             return {"name": name, "type": "space", **({"unit": unit} if unit else {})}
@@ -126,9 +147,7 @@ def ome_metadata(
         "datasets": [
             {
                 "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": base[:-2] + [size * 2**level for size in base[-2:]]}
-                ],
+                "coordinateTransformations": [{"type": "scale", "scale": level_scale(dimension_names, pixel_size, level)}],
             }
             for level in range(levels)
         ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import dask.array as da
 import numpy as np
 import zarr
@@ -15,18 +17,22 @@ def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0) -> da.
     Writing without a lock is safe only when no two tasks touch one zarr chunk (or shard), so
     every dask chunk must cover whole zarr chunks; anything else is refused rather than risk lost
     writes. A sharded array's writes are cut at shard edges, so each shard it touches is written by
-    one task; a shard begun by an earlier batch is completed by one task of this one. Writes
-    computed together must not share a shard (see batches._write_batch).
+    one task, and so are chunks of several images along the image axis: a shard or chunk begun by
+    an earlier batch (``start`` inside it) is completed by one task of this one. Writes computed
+    together must not share a shard or such a chunk (see batches._write_batch).
     Computing the returned (tiny) array writes the chunks.
     """
     if target.shards is not None:  # one task per shard it touches: cut the result at shard edges
         result = result.rechunk(
             tuple(aligned_chunks(n, start if axis == 0 else 0, step) for axis, (n, step) in enumerate(zip(result.shape, target.shards)))
         )
+    elif np.any((np.cumsum(result.chunks[0])[:-1] + start) % target.chunks[0]) or start % target.chunks[0]:
+        # groups of images that do not fall on the store's: one task per chunk of images
+        result = result.rechunk({0: aligned_chunks(result.shape[0], start, target.chunks[0])})
     grid = target.shards or target.chunks
     for axis, (sizes, step) in enumerate(zip(result.chunks, grid)):
         edges = np.cumsum(sizes)[:-1] + (start if axis == 0 else 0)
-        if np.any(edges % step) or (axis == 0 and start % step and target.shards is None):
+        if np.any(edges % step):
             raise ValueError(f"dask chunks {sizes} along axis {axis} split zarr chunks of {step}")
     return result.map_blocks(
         _write_chunks,
@@ -50,8 +56,9 @@ def _write_chunks(block: np.ndarray, *, target: zarr.Array, start: int, block_in
     # A sharded array's block lies in one shard (write_lazily cut it so): written in one piece,
     # since each piece written into a shard rewrites the whole shard.
     steps = block.shape if target.shards is not None else target.chunks
-    for corner in np.ndindex(*(-(-n // step) for n, step in zip(block.shape, steps))):
-        local = tuple(slice(i * step, min(n, (i + 1) * step)) for i, step, n in zip(corner, steps, block.shape))
+    pieces = [aligned_chunks(n, o if target.shards is None else 0, step) for n, o, step in zip(block.shape, origin, steps)]
+    for sizes in itertools.product(*(zip(np.cumsum((0,) + piece[:-1]), piece) for piece in pieces)):
+        local = tuple(slice(int(begin), int(begin) + size) for begin, size in sizes)
         region = tuple(slice(o + part.start, o + part.stop) for o, part in zip(origin, local))
         target[region] = np.ascontiguousarray(block[local])
     return np.ones((1,) * block.ndim, dtype=bool)

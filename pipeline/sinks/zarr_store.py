@@ -10,6 +10,9 @@ Layout (OME-NGFF 0.5: the ``ome`` attributes describe levels "0", "1", … as on
         source_shapes/ each image's own shape, when smaller images were padded (input.shapes: pad)
         ledger/        which images are durably written (see ledger.py)
 
+Every array names its dimensions (``image`` first), and the levels name ``sources`` as their
+coordinate along it (CF's ``coordinates``), so ``xarray.open_zarr`` opens a store as it is.
+
 With ``input.shapes: group`` the store is a group of such stores, one per image shape (see
 grouped.py).
 
@@ -37,7 +40,7 @@ import zarr
 
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.sinks.codecs import CODECS, V2_CODECS, describe_codec
-from pipeline.sinks.layout import StoreLayout, level_shape, level_shards, ome_metadata
+from pipeline.sinks.layout import IMAGE_AXIS, StoreLayout, level_shape, level_shards, named_dimensions, ome_metadata
 from pipeline.sinks.ledger import LEDGER, create_ledger, done_flags, resize_ledger
 from pipeline.storage import explain, filesystem, is_remote, is_remote_failure, local_or_url
 
@@ -197,7 +200,6 @@ def create_store(
         v2 = layout.zarr_format == 2
         group = open_group(path, "w", storage_options, attributes=attributes, zarr_format=layout.zarr_format)
         for level in range(layout.levels):
-            names = list(layout.dimension_names)
             group.create_array(
                 str(level),
                 shape=level_shape(layout.shape, level),
@@ -205,9 +207,8 @@ def create_store(
                 shards=level_shards(layout.chunks, layout.shards, level),
                 dtype=layout.dtype,
                 compressors=(V2_CODECS if v2 else CODECS)[layout.codec](),
-                # Zarr v2 has no dimension names; readers (xarray, ome-zarr) look for this attribute.
-                dimension_names=None if v2 else names,
-                attributes={"_ARRAY_DIMENSIONS": names} if v2 else None,
+                # CF's way (xarray reads it) of saying the source names label the image axis.
+                **named_dimensions(layout.dimension_names, layout.zarr_format, {"coordinates": SOURCES_ARRAY}),
                 # An image never written (skipped, or not reached yet) reads as NaN, not as black.
                 fill_value=float("nan") if np.dtype(layout.dtype).kind == "f" else 0,
             )
@@ -217,6 +218,7 @@ def create_store(
             shape=(len(sources),),
             chunks=(min(max(len(sources), 1), SOURCES_PER_CHUNK),),
             dtype=str,
+            **named_dimensions((IMAGE_AXIS,), layout.zarr_format),
         )
         names[:] = np.asarray(sources, dtype=str)
         create_ledger(group, len(sources))
@@ -255,7 +257,10 @@ def record_source_shapes(
     group = open_group(path, "r+", storage_options)
     rows = np.asarray(shapes, dtype=np.int64).reshape(len(shapes), -1)
     if SHAPES_ARRAY not in group:
-        group.create_array(SHAPES_ARRAY, shape=(0, rows.shape[1]), chunks=(SOURCES_PER_CHUNK, rows.shape[1]), dtype="int64")
+        group.create_array(
+            SHAPES_ARRAY, shape=(0, rows.shape[1]), chunks=(SOURCES_PER_CHUNK, rows.shape[1]), dtype="int64",
+            **named_dimensions((IMAGE_AXIS, "source_axis"), group.metadata.zarr_format),
+        )
     array = group[SHAPES_ARRAY]
     array.resize((max(array.shape[0], start + len(rows)), rows.shape[1]))
     array[start : start + len(rows)] = rows

@@ -32,11 +32,21 @@ _FRAME_NAME = re.compile(r"^(?P<path>.+)#(?P<frame>\d+)$")
 
 
 def split_source(source: str) -> tuple[str, int | None]:
-    """``stack.tif#3`` → (``stack.tif``, 3); a plain file name → (name, None)."""
+    """``stack.tif#3`` → (``stack.tif``, 3), ``a.zarr#3`` → (``a.zarr``, 3); a plain name → (name, None)."""
     match = _FRAME_NAME.match(source)
-    if match and match["path"].lower().endswith(MULTI_FRAME_SUFFIXES):
+    if match and (match["path"].lower().endswith(MULTI_FRAME_SUFFIXES) or is_array_entry(match["path"])):
         return match["path"], int(match["frame"])
     return source, None
+
+
+def is_array_entry(entry: str) -> bool:
+    """An input entry naming arrays rather than image files: a ``.zarr`` store (or a path in one), ``.npy``.
+
+    Its images are named like frames: ``<entry>#<index>`` along the array's image axis.
+    """
+    return entry.rstrip("/").lower().endswith(".npy") or any(
+        part.lower().endswith(".zarr") for part in re.split(r"[/\\]", entry.split("://", 1)[-1])
+    )
 
 
 def source_file(source: str) -> str:

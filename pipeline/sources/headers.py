@@ -15,6 +15,8 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.pixels import depth_name
+from pipeline.sources.arrays import expand_entry, resolve_array
+from pipeline.sources.frames import is_array_entry
 from pipeline.sources.images import declared_image
 from pipeline.sources.listing import list_images
 from pipeline.sources.volume import stack_dtype, stack_shape, volume_shape
@@ -89,11 +91,21 @@ def survey(files: Sequence[str], settings: InputConfig, *, limit: int = DEFAULT_
 
 
 def survey_inputs(settings: InputConfig, *, limit: int = DEFAULT_LIMIT) -> Survey:
-    """List the inputs (opening none) and survey their headers."""
+    """List the inputs (opening none) and survey their headers (of arrays: their metadata)."""
+    entries = [settings.paths] if isinstance(settings.paths, str) else list(settings.paths)
+    if any(is_array_entry(entry) for entry in entries):
+        names = [name for entry in entries for name in expand_entry(entry, settings.storage_options)]
+        return survey(names, settings, limit=limit)
     return survey(list_images(settings.paths, settings.storage_options), settings, limit=limit)
 
 
 def _header(path: str, settings: InputConfig) -> tuple[tuple[int, ...], np.dtype]:
+    if is_array_entry(path):
+        array = resolve_array(
+            path, volume=settings.layout == "volume", options=settings.storage_options,
+            allow_incomplete=settings.allow_incomplete,
+        )
+        return array.image_shape(), np.dtype(array.dtype)
     if settings.layout == "volume":
         return volume_shape(path, stack_shape(path)), stack_dtype(path)
     return declared_image(path, settings.color_mode, settings.storage_options)

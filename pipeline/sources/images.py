@@ -7,6 +7,7 @@ decoded inside its own task, converted to the compute dtype on the input's own s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -15,11 +16,12 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-from pipeline.budget import BlockBudget, ImageBudget, slab_depth
+from pipeline.budget import BlockBudget, ImageBudget, slab_depth, tile_shape, working_set
 from pipeline.errors import InputError, ShapeMismatch
-from pipeline.pixels import Color, Scale, channels_after, check_depth, convert_pixels
+from pipeline.pixels import Color, GrayFrom, Scale, channels_after, check_depth, convert_pixels
+from pipeline.sources.arrays import ArrayInput, array_of, array_stack, resolve_array
 from pipeline.sources.decode import check_size, decode, image_suffix
-from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, split_source
+from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, is_array_entry, split_source
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
 from pipeline.sources.volume import stack_dtype, stack_shape, stack_volumes, volume_shape
@@ -63,8 +65,12 @@ class ImageSpec:
     frames: int = 1  # frames (pages) of each file: each frame is one image (see sources/frames.py)
     dtype: str | None = None  # the pixel type the first file stores: every file must store it (scale native)
     scale: Scale = "native"  # native: values on their type's scale; unit: divided by the type's maximum
+    gray_from: GrayFrom = "luma"  # color: gray from a JPEG: its luma plane, or RGB mixed by BT.601
+    images_per_task: int = 1  # whole images decoded (and computed, and written) together by one task
     # fsspec options for remote files (input.storage_options); handed to every decode task
     storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    array: ArrayInput | None = None  # the inputs are arrays (Zarr, OME-Zarr, .npy), described by the first
+    allow_incomplete: bool = False  # read a store of ours that is not complete (input.allow_incomplete)
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -100,6 +106,8 @@ def probe(
     budget: BlockBudget = BlockBudget(),
     recorded_tile: tuple[int, int] | None | Literal["unset"] = "unset",
     scale: Scale = "native",
+    allow_incomplete: bool = False,
+    gray_from: GrayFrom = "luma",
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape.
 
@@ -109,6 +117,11 @@ def probe(
     store. Slabs need no such record: a volume's store holds one slice per chunk.
     """
     options = dict(storage_options or {})
+    if is_array_entry(array_of(path)[0]):
+        return _probe_array(
+            path, color=color, tile=tile, layout=layout, options=options, budget=budget,
+            recorded_tile=recorded_tile, scale=scale, allow_incomplete=allow_incomplete,
+        )
     if layout == "volume":
         check_size(path, max_pixels, options)
         if color != "gray":
@@ -152,13 +165,69 @@ def probe(
         frames=frames,
         dtype=str(stored),
         scale=scale,
+        gray_from=gray_from,
     )
 
 
+def _probe_array(
+    source: str, *, color: Color, tile: str | int, layout: str, options: dict[str, Any], budget: BlockBudget,
+    recorded_tile: tuple[int, int] | None | Literal["unset"], scale: Scale, allow_incomplete: bool,
+) -> ImageSpec:
+    """The spec of an array input: its image shape, and blocks of whole chunks of the array.
+
+    Images are read whole when they fit a worker's budget, else (``tile: auto``) by the largest
+    tiles of whole array chunks that fit, or by the tile ``input.tile`` sets, rounded to chunks.
+    """
+    entry, _ = array_of(source)
+    array = resolve_array(entry, volume=layout == "volume", options=options, allow_incomplete=allow_incomplete)
+    shape = array.image_shape()
+    if "c" in array.roles:
+        if color == "gray" and shape[0] != 1:
+            raise InputError(
+                f"array {entry!r} has {shape[0]} channels (axis c); set input.color: keep to read them "
+                f"(gray reads arrays of one channel)", entry,
+            )
+        if color not in ("gray", "keep", "opaque"):
+            raise InputError(f"array {entry!r}: input.color {color} applies to image files; use keep or gray", entry)
+        if color == "gray":
+            shape = shape[1:]
+    elif color not in ("gray", "keep", "opaque"):
+        raise InputError(f"array {entry!r}: input.color {color} applies to image files; use keep or gray", entry)
+    elif color != "gray" and "z" not in array.roles:
+        shape = (1, *shape)
+    common = dict(
+        color=color, reference=entry, raw_shape=array.shape, dtype=array.dtype, scale=scale,
+        storage_options=options, array=array, allow_incomplete=allow_incomplete, frames=array.images,
+    )
+    if "z" in array.roles:
+        slab = slab_depth(budget.bytes, plane_bytes=budget.itemsize * shape[1] * shape[2], halo=budget.reach(3)[0])
+        return ImageSpec(shape=shape, volume=True, slab=min(slab, shape[0]), **common)
+    step = array.block_chunks()
+    if recorded_tile != "unset":
+        chosen = None if recorded_tile is None else (int(recorded_tile[0]), int(recorded_tile[1]))
+    elif tile == "whole" or (tile == "auto" and step == shape[-2:]):
+        chosen = None
+    elif tile == "auto":
+        pixel_bytes = budget.itemsize * math.prod(shape[:-2])
+        pixels = math.prod(shape[-2:])
+        fits = working_set(pixels, pixels, pixel_bytes) <= budget.bytes
+        chosen = None if fits else tile_shape(budget.bytes, pixel_bytes=pixel_bytes, halo=budget.reach(2), step=step)
+    else:
+        chosen = tuple(max(unit, int(tile) // unit * unit) for unit in step)
+    if chosen is not None and tuple(chosen) == tuple(shape[-2:]):
+        chosen = None
+    return ImageSpec(shape=shape, tile=chosen, **common)
+
+
 def stack_images(
-    sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None
+    sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None,
+    start: int = 0,
 ) -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
+
+    Small images come ``spec.images_per_task`` to a chunk and a task (per image, a task costs
+    more than decoding a thumbnail), in groups on the collection's grid of that size: ``sources``
+    begin at image ``start`` of it.
 
     Tasks get absolute paths (a distributed worker may run in another directory), or URLs and
     the storage options: each task opens its own file, whatever process it runs in. Huge TIFFs
@@ -168,6 +237,8 @@ def stack_images(
     """
     halo = {axis: reach for axis, reach in (halo or {}).items() if reach}
     ndim = 1 + len(spec.shape)
+    if spec.array is not None:
+        return _array_images(sources, spec, dtype=dtype, halo=halo)
     if spec.volume:
         _only_along(halo, (1,), "volumes are read with halos along z only")
         return stack_volumes(
@@ -184,10 +255,11 @@ def stack_images(
     _only_along(halo, (), "whole images are read without halos")
     names = np.empty(len(sources), dtype=object)
     names[:] = [absolute(source) for source in sources]
-    return da.from_array(names, chunks=1, name=False).map_blocks(
+    listed = da.from_array(names, chunks=(_grouped(len(sources), start, spec.images_per_task),), name=False)
+    return listed.map_blocks(
         _read_block,
         new_axis=list(range(1, 1 + len(spec.shape))),
-        chunks=((1,) * len(sources), *((n,) for n in spec.shape)),
+        chunks=(listed.chunks[0], *((n,) for n in spec.shape)),
         dtype=dtype,
         meta=np.empty((0,) * (1 + len(spec.shape)), dtype=dtype),
         color=spec.color,
@@ -201,7 +273,36 @@ def stack_images(
         frames=spec.frames,
         depth=spec.depth,
         scale=spec.scale,
+        gray_from=spec.gray_from,
     )
+
+
+def _grouped(count: int, start: int, size: int) -> tuple[int, ...]:
+    """``start:start+count`` cut at the multiples of ``size``.
+
+    >>> _grouped(10, 3, 4)
+    (1, 4, 4, 1)
+    """
+    edges = [start, *range((start // size + 1) * size, start + count, size), start + count]
+    return tuple(b - a for a, b in zip(edges, edges[1:]) if b > a)
+
+
+def _array_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str, halo: dict[int, int]) -> da.Array:
+    """Array inputs as the stack: gray reads of a one-channel array drop its c axis after reading."""
+    array = spec.array
+    squeeze = "c" in array.roles and spec.color == "gray"
+    added = "c" not in array.roles and "z" not in array.roles and spec.color != "gray"
+    shape = (1, *spec.shape) if squeeze else spec.shape[1:] if added else spec.shape
+    chunks = spec.chunks
+    chunks = (1, *chunks) if squeeze else chunks[1:] if added else chunks
+    shift = {axis + (1 if squeeze else -1 if added else 0): reach for axis, reach in halo.items()}
+    stack = array_stack(
+        sources, array=array, shape=shape, chunks=chunks, dtype=dtype, halo=shift, scale=spec.scale,
+        options=spec.storage_options, allow_incomplete=spec.allow_incomplete,
+    )
+    if squeeze:
+        return stack[:, 0]
+    return stack[:, np.newaxis] if added else stack
 
 
 def _only_along(halo: dict[int, int], axes: tuple[int, ...], message: str) -> None:
@@ -273,8 +374,14 @@ def read_image(
     reference: str = "",
     depth: str | None = None,
     scale: Scale = "native",
+    gray_from: GrayFrom = "luma",
 ) -> np.ndarray:
     """Decode one file (or frame) into ``dtype``; colour and scale as ``pixels.convert_pixels`` says.
+
+    ``color: gray`` from a JPEG is, by ``gray_from``, the luma plane the file stores (``luma``:
+    the BT.601 luma the encoder computed from the original pixels, rounded to its integers) or its
+    decoded RGB mixed by BT.601 (``rgb``; the two differ by 0.1-0.2 grey levels on average, more
+    at sharp colour edges, where upsampled chroma is remixed).
 
     With ``depth``, the file must store that pixel type, as ``reference`` (the first file) does.
 
@@ -286,7 +393,10 @@ def read_image(
     if frames is not None and not frame:
         check_frames(file, frames, reference, storage_options)
     try:
-        pixels, bgr = decode(source, max_pixels=max_pixels, budget=budget, storage_options=storage_options)
+        pixels, bgr = decode(
+            source, max_pixels=max_pixels, budget=budget, storage_options=storage_options,
+            luma=color == "gray" and gray_from == "luma",
+        )
     except InputError:
         if frames is not None and frame:
             check_frames(file, frames, reference, storage_options)
@@ -310,20 +420,28 @@ def _read_block(
     frames: int,
     depth: str | None,
     scale: Scale,
+    gray_from: GrayFrom,
 ) -> np.ndarray:
-    path = names.item()
-    image = read_image(
-        path, color=color, dtype=out_dtype, max_pixels=max_pixels, budget=budget, storage_options=storage_options,
-        frames=frames, reference=reference, depth=depth, scale=scale,
-    )
-    if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
-        extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
-        image = np.pad(image, extra, constant_values=pad_value)
-    if image.shape != shape:
-        raise ShapeMismatch(
-            f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
-            f"all images of a collection must have the same size and channels "
-            f"(input.shapes: pad pads smaller images to the largest, group writes one result per shape)",
-            path,
+    """The block's images, decoded one after the other into one array (one image: no copy)."""
+    block: np.ndarray | None = None
+    for index, path in enumerate(names):
+        image = read_image(
+            path, color=color, dtype=out_dtype, max_pixels=max_pixels, budget=budget, storage_options=storage_options,
+            frames=frames, reference=reference, depth=depth, scale=scale, gray_from=gray_from,
         )
-    return image[np.newaxis]
+        if image.shape != shape and pad_value is not None and fits_inside(image.shape, shape):
+            extra = [(0, 0)] * (image.ndim - 2) + [(0, n - m) for n, m in zip(shape[-2:], image.shape[-2:])]
+            image = np.pad(image, extra, constant_values=pad_value)
+        if image.shape != shape:
+            raise ShapeMismatch(
+                f"image {path!r} has shape {image.shape} but {reference!r}, the first image, has {shape}; "
+                f"all images of a collection must have the same size and channels "
+                f"(input.shapes: pad pads smaller images to the largest, group writes one result per shape)",
+                path,
+            )
+        if len(names) == 1:
+            return image[np.newaxis]
+        if block is None:
+            block = np.empty((len(names), *shape), dtype=image.dtype)
+        block[index] = image
+    return block

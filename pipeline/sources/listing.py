@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import glob
 import logging
 import os
+import re
 import stat
+from pathlib import PurePath
 from typing import Any, Iterator, Mapping
 
-from natsort import natsorted, ns
+from natsort import natsort_keygen, natsorted, ns
 
 from pipeline.errors import InputError, PipelineError
 from pipeline.storage import explain, filesystem, is_remote, local_or_url
@@ -32,6 +35,10 @@ _SPECIAL = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCH
             stat.S_IFBLK: "a block device"}
 
 log = logging.getLogger(__name__)
+
+_NATSORT_PATH = natsort_keygen(alg=ns.PATH)
+_NUMBERS = re.compile(r"(\d+)")
+_DECIMAL = re.compile(r"\.\d").match
 
 # A listed name, its scandir entry (None when it was not scanned: a literal name) and the real
 # path of its folder, ending in a separator: a plain entry's real path is that and its name.
@@ -66,6 +73,41 @@ def list_images(
     return list(files.values())
 
 
+def natural_key(path: str) -> tuple[Any, ...]:
+    """natsort's ``ns.PATH`` key (``img2`` before ``img10``, folders first, then name, then suffixes), fast.
+
+    natsort takes about 60 µs a name, a tenth of what a run spends on a thumbnail: ASCII names (all
+    but a few) are keyed here the same way (tests compare the keys), each folder once; others by natsort.
+
+    >>> sorted(["b/img1.png", "a/img10.png", "a/img2.png"], key=natural_key)
+    ['a/img2.png', 'a/img10.png', 'b/img1.png']
+    """
+    folder, base = os.path.split(path)
+    if not path.isascii() or base in ("", "."):  # (no file name: natsort keys the folder's)
+        return _NATSORT_PATH(path)
+    suffixes: list[str] = []
+    # PurePath(base).suffixes, without building a path
+    found = [] if base.endswith(".") else ["." + part for part in base.lstrip(".").split(".")[1:]]
+    for index, suffix in enumerate(reversed(found)):  # as natsort.utils.path_splitter
+        if _DECIMAL(suffix) or index > 1 or len(suffix) > 5:
+            break
+        suffixes.append(suffix)
+    suffixes.reverse()
+    base = base.replace("".join(suffixes), "")
+    return _folder_key(folder) + tuple(_ascii_key(part) for part in (base, *suffixes) if part)
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_key(folder: str) -> tuple[Any, ...]:
+    return tuple(_ascii_key(part) for part in PurePath(folder).parts) if folder else ()
+
+
+def _ascii_key(part: str) -> tuple[Any, ...]:
+    """Text and numbers alternating, text first (``""`` before a leading number), as natsort keys them."""
+    pieces = [int(piece) if piece[0].isdigit() else piece for piece in _NUMBERS.split(part) if piece]
+    return ("", *pieces) if pieces and isinstance(pieces[0], int) else tuple(pieces)
+
+
 def kind_of(mode: int) -> str:
     """What a ``st_mode`` says a path is, as messages name it."""
     if stat.S_ISREG(mode):
@@ -95,7 +137,7 @@ def _expand(entry: str, left_out: dict[str, str], folders: dict[str, str]) -> di
         raise InputError(f"input.paths: cannot list {entry!r}: {exc}") from None
     if not found:
         raise empty
-    return {name: found[name] for name in natsorted(found, alg=ns.PATH)}
+    return {name: found[name] for name in sorted(found, key=natural_key)}
 
 
 def _regular_files(
@@ -265,7 +307,7 @@ def _expand_remote(entry: str, storage_options: Mapping[str, Any] | None) -> lis
         raise
     except Exception as exc:
         raise InputError(f"input.paths: cannot list {entry!r}: {explain(exc, storage_options)}") from None
-    return natsorted((fs.unstrip_protocol(name) for name in matches), alg=ns.PATH)
+    return sorted((fs.unstrip_protocol(name) for name in matches), key=natural_key)
 
 
 def _no_match(entry: str) -> InputError:

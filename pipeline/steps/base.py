@@ -83,6 +83,10 @@ class Step(ABC):
         are the same whatever the block size."""
         return "-", True
 
+    def strategy_record(self, ndim: int, image: ImageShape, dtype: np.dtype) -> dict[str, Any]:
+        """What provenance adds to the strategy's name (a convolution's separable residual)."""
+        return {}
+
     def apply(self, array: da.Array, image: ImageShape) -> da.Array:
         """The step on a lazy (image, …) array: the block function on every block.
 

@@ -51,6 +51,7 @@ class Stage:
     chunks: tuple[int, ...]
     reproducible: bool = True  # False when an FFT makes the bytes depend on the block size
     channels: int = 1  # of each image after the pass
+    records: tuple[dict[str, Any], ...] = ()  # per step, what provenance adds to its strategy
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ def _stage(
     return Stage(
         tuple(members), " + ".join(step.name for step in chosen), halo, tuple(text for text, _ in described),
         tuple(array.shape), tuple(array.chunksize), all(reproducible for _, reproducible in described), out.channels,
+        tuple(step.strategy_record(ndim, image, array.dtype) for step in chosen),
     )
 
 

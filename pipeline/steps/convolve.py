@@ -153,6 +153,11 @@ class ConvolveStep(WindowedStep):
         plan = self.bound(ndim, image.spatial_ndim, dtype, periodic=self.wraps).kernel
         return plan.describe(), plan.reproducible
 
+    def strategy_record(self, ndim: int, image: ImageShape, dtype: np.dtype) -> dict[str, Any]:
+        """How well the kernel splits into 1-D passes for this dtype (whether or not it is run so)."""
+        split = self.bound(ndim, image.spatial_ndim, dtype, periodic=self.wraps).kernel.separation
+        return {} if split is None else {"separation": split.record()}
+
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
                    periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
         bound = self.bound(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic)

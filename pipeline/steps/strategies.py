@@ -5,9 +5,13 @@ origin)`` (the oracle), only faster:
 
 * ``direct`` — OpenCV ``filter2D`` for 2-D float blocks (one ``sepFilter2D`` pass for a kernel along
   one axis), ``scipy.ndimage.correlate`` otherwise;
-* ``separable`` — an exact SVD rank test splits the kernel into ``r`` outer products of 1-D vectors;
-  each is one 1-D pass per axis (OpenCV ``sepFilter2D`` in 2-D, ``scipy.ndimage.correlate1d`` in
-  N-D) and the ``r`` results are summed;
+* ``separable`` — the kernel is split into ``r`` outer products of 1-D vectors (the SVD), each one
+  1-D pass per axis (OpenCV ``sepFilter2D`` in 2-D, ``scipy.ndimage.correlate1d`` in N-D), and the
+  ``r`` results are summed. A split is accepted when it reproduces the kernel to a few ulp of the
+  compute dtype (``separation_tolerance``), not only exactly: a Gaussian pasted as a float32
+  matrix is an outer product rounded to float32, of full rank to an exact test, and its separable
+  form differs from it by less than float32's own rounding of the weights. A constant kernel (a
+  box, typed or built) is split into constant vectors. The residual is recorded in provenance;
 * ``fft`` — for large kernels that do not separate: OpenCV's DFT-based ``filter2D`` in 2-D,
   ``scipy.signal.oaconvolve`` (overlap-add) in N-D.
 
@@ -42,7 +46,7 @@ AVX-512, NEON) or library version may round differently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -55,8 +59,11 @@ from pipeline.steps.opencv_filters import (
 Strategy = Literal["direct", "separable", "fft"]
 STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")
 
-# Singular values below this fraction of the largest are rounding noise, not rank.
-RANK_TOLERANCE = 1e-9
+# A separable form may differ from the kernel by this many ulp of the compute dtype (relative sum of
+# absolute differences), plus the float64 SVD's own error: the result then moves by less than the
+# compute dtype's rounding of the weights (float32: 4.8e-7 of |kernel|·|input|, 20x inside 1e-5).
+SEPARATION_ULPS = 4
+SVD_ULPS = 32
 Engine = Literal["opencv", "scipy"]
 # Costs in "direct taps" of each engine, measured with one thread on float32 blocks.
 # OpenCV, 2048x2048: ≈ 0.25 ms per tap direct or separable (filter2D 3x3 ≈ 2.7 ms, sepFilter2D
@@ -78,6 +85,7 @@ class KernelStrategy:
     engine: Engine  # what really computes the strategy: a forced one OpenCV cannot do runs on scipy
     # separable: r terms, each one 1-D vector per axis (length-1 vectors on non-filtered axes)
     factors: tuple[tuple[np.ndarray, ...], ...] = ()
+    separation: Separation | None = None  # how well the kernel splits, whatever strategy was chosen
 
     @property
     def reproducible(self) -> bool:
@@ -107,40 +115,102 @@ def _cost(strategy: str, weights: np.ndarray, rank: int, engine: str) -> float:
     return FFT_COST_IN_TAPS[engine]
 
 
-def separate(weights: np.ndarray, *, max_rank: int = MAX_SEPARABLE_RANK) -> tuple[tuple[np.ndarray, ...], ...] | None:
-    """Exact low-rank split of a kernel into sums of outer products of 1-D vectors, or None.
+@dataclass(frozen=True)
+class Separation:
+    """A kernel's split into outer products, and how far the split is from the kernel."""
 
-    2-D kernels use the SVD (rank r → r terms). Kernels with more filtered axes are split only when
-    they are a single outer product (rank 1 in every unfolding).
+    factors: tuple[tuple[np.ndarray, ...], ...]
+    residual: float  # sum |kernel - split| / sum |kernel|
+    tolerance: float  # the largest residual accepted for the compute dtype
+    constant: bool  # every weight the same (a box): split into constant vectors
+
+    def record(self) -> dict[str, Any]:
+        """What the store's provenance says of it."""
+        return {
+            "rank": len(self.factors),
+            "constant": self.constant,
+            "residual": float(f"{self.residual:.3g}"),
+            "tolerance": float(f"{self.tolerance:.3g}"),
+        }
+
+
+def separation_tolerance(dtype: np.dtype | str = np.float64) -> float:
+    """The largest relative residual a separable form may have for blocks of ``dtype``.
+
+    A few ulp of the compute dtype (integer blocks are computed in float64), plus what the float64
+    SVD itself rounds: a float32-rounded outer product (residual ≈ 2e-8) splits for float32 blocks,
+    not for float64 ones, where the split would change the result by far more than an ulp.
+    """
+    kind = np.dtype(dtype)
+    compute = kind if kind.kind == "f" and kind.itemsize >= 4 else np.dtype(np.float64)
+    return SEPARATION_ULPS * float(np.finfo(compute).eps) + SVD_ULPS * float(np.finfo(np.float64).eps)
+
+
+def separate(
+    weights: np.ndarray, *, dtype: np.dtype | str = np.float64, max_rank: int = MAX_SEPARABLE_RANK
+) -> tuple[tuple[np.ndarray, ...], ...] | None:
+    """A low-rank split of a kernel into sums of outer products of 1-D vectors, or None.
+
+    Accepted when it reproduces the kernel within ``separation_tolerance(dtype)``; see ``separation``.
+    """
+    split = separation(weights, dtype=dtype, max_rank=max_rank)
+    return split.factors if split is not None and split.residual <= split.tolerance else None
+
+
+def separation(
+    weights: np.ndarray, *, dtype: np.dtype | str = np.float64, max_rank: int = MAX_SEPARABLE_RANK
+) -> Separation | None:
+    """The best split of at most ``max_rank`` terms and its residual; None if the kernel has fewer than two filtered axes.
+
+    A constant kernel splits into constant vectors. 2-D kernels take the fewest SVD terms that
+    reach the tolerance (or ``max_rank``); kernels with more filtered axes split only as a single
+    outer product (rank 1 in every unfolding). The split's residual may exceed the tolerance: then
+    it does not separate (``separate`` says None), and provenance says how far it was.
     """
     axes = [axis for axis, m in enumerate(weights.shape) if m > 1]
     if len(axes) < 2:
         return None
-    core = weights.reshape([weights.shape[axis] for axis in axes])
+    tolerance = separation_tolerance(dtype)
+    core = np.asarray(weights, dtype=np.float64).reshape([weights.shape[axis] for axis in axes])
+    total = float(np.abs(core).sum())
+    if total == 0:
+        return None
+    mean = float(core.mean())
+    residual = float(np.abs(core - mean).sum()) / total
+    if residual <= tolerance:
+        root = abs(mean) ** (1.0 / len(axes))
+        vectors = [np.full(m, root * (np.sign(mean) if i == 0 else 1.0)) for i, m in enumerate(core.shape)]
+        return Separation((_embed(vectors, axes, weights.ndim),), residual, tolerance, True)
     if len(axes) == 2:
         u, s, vt = np.linalg.svd(core)
-        rank = int(np.sum(s > s[0] * RANK_TOLERANCE)) if s[0] > 0 else 0
-        if rank == 0 or rank > max_rank:
-            return None
-        terms = [(u[:, i] * np.sqrt(s[i]), vt[i] * np.sqrt(s[i])) for i in range(rank)]
+        terms: list[tuple[np.ndarray, ...]] = []
+        approx = np.zeros_like(core)
+        for i in range(min(max_rank, int(np.count_nonzero(s)))):
+            terms.append((u[:, i] * np.sqrt(s[i]), vt[i] * np.sqrt(s[i])))
+            approx += np.outer(*terms[-1])
+            residual = float(np.abs(core - approx).sum()) / total
+            if residual <= tolerance:
+                break
     else:
-        vectors = _rank_one(core)
-        if vectors is None:
-            return None
-        terms = [tuple(vectors)]
-    return tuple(_embed(term, axes, weights.ndim) for term in terms)
+        terms = [tuple(_rank_one(core))]
+        residual = float(np.abs(core - _outer(terms[0])).sum()) / total
+    return Separation(tuple(_embed(term, axes, weights.ndim) for term in terms), residual, tolerance, False)
 
 
-def _rank_one(core: np.ndarray) -> list[np.ndarray] | None:
-    """Vectors whose outer product is ``core`` (any ndim), or None if it is not rank one."""
+def _rank_one(core: np.ndarray) -> list[np.ndarray]:
+    """Vectors whose outer product is nearest ``core`` (any ndim), one unfolding's leading singular pair at a time."""
     if core.ndim == 1:
         return [core.copy()]
     unfolded = core.reshape(core.shape[0], -1)
     u, s, vt = np.linalg.svd(unfolded, full_matrices=False)
-    if s[0] == 0 or (len(s) > 1 and s[1] > s[0] * RANK_TOLERANCE):
-        return None
-    rest = _rank_one((vt[0] * s[0]).reshape(core.shape[1:]))
-    return None if rest is None else [u[:, 0], *rest]
+    return [u[:, 0], *_rank_one((vt[0] * s[0]).reshape(core.shape[1:]))]
+
+
+def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    product = vectors[0]
+    for vector in vectors[1:]:
+        product = np.multiply.outer(product, vector)
+    return product
 
 
 def _embed(term: tuple[np.ndarray, ...], axes: list[int], ndim: int) -> tuple[np.ndarray, ...]:
@@ -168,7 +238,8 @@ def choose_strategy(
     (2048² float32: ``ndimage.correlate`` 70 ms for 5x5, filter2D 4 ms; ``oaconvolve`` 280 ms, more
     than 129 direct taps). A forced strategy that OpenCV cannot honour runs on scipy, as the plan says.
     """
-    factors = separate(weights) or ()
+    split = separation(weights, dtype=dtype)
+    factors = split.factors if split is not None and split.residual <= split.tolerance else ()
     engines = {name: _engine_for(name, weights, engine, dtype) for name in STRATEGIES}
     applicable = [
         name for name in STRATEGIES if (name != "separable" or factors) and (name != "fft" or weights.size > 1)
@@ -186,6 +257,7 @@ def choose_strategy(
         strategy=chosen,
         engine=engines[chosen],
         factors=factors if chosen == "separable" else (),
+        separation=split,
     )
 
 

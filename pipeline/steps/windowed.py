@@ -161,3 +161,6 @@ class _Filtering(WindowedStep):
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
         return self.step.strategy_of(ndim, image, dtype)
+
+    def strategy_record(self, ndim: int, image: ImageShape, dtype: np.dtype) -> dict[str, Any]:
+        return self.step.strategy_record(ndim, image, dtype)

@@ -20,7 +20,9 @@ from pipeline.budget import BlockBudget, whole_image_budget, worker_budget
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
-from pipeline.sources.frames import frame_sources
+from pipeline.sources.arrays import list_array_sources
+from pipeline.sources.decode import OPENCV_SUFFIXES
+from pipeline.sources.frames import frame_sources, is_array_entry
 from pipeline.sources.shapes import group_by_shape
 from pipeline.pixels import value_range
 from pipeline.sources.images import ImageSpec, declared_shape, fits_inside, list_images, probe, stack_images
@@ -30,6 +32,12 @@ from pipeline.steps.chain import Stage, build_steps, chain, leading_reach, outpu
 from pipeline.steps.normalize import unit_range_to
 from pipeline.steps.pyramid import pyramid
 from pipeline.storage import file_size
+
+# Small whole images are grouped, up to this many bytes of a chunk (in the compute dtype), into one
+# task and one store chunk: a dask task and a chunk write each cost about a millisecond, several
+# times the decoding of a thumbnail. 1 MiB chunks read back quickly one at a time, and larger ones
+# measured no faster to write.
+GROUP_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,20 @@ class JobPlan:
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        """The store's chunk: one image, one tile of one, or one slice of a volume."""
-        return store_chunks(self.spec, self.image, self.steps)
+        """The store's chunk: small images several together, one image, one tile of one, or one slice of a volume.
+
+        Shards already pack images into files: their chunks stay one image each, unless
+        ``output.images_per_chunk`` says otherwise.
+        """
+        chunks = store_chunks(self.spec, self.image, self.steps)
+        if self.config.output.shards is not None and self.config.output.images_per_chunk == "auto":
+            return (1, *chunks[1:])
+        return chunks
+
+    @property
+    def downscale(self) -> tuple[int, int]:
+        """How much the steps divide y and x (pools and strides)."""
+        return _downscale(self.steps)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -64,15 +84,20 @@ class JobPlan:
     @property
     def read_record(self) -> dict[str, Any]:
         """How the inputs are read, for the store's provenance: a rerun reads them the same way."""
-        return {"tile": list(self.spec.tile) if self.spec.tile else None, "slab": self.spec.slab if self.spec.volume else None}
+        return {
+            "tile": list(self.spec.tile) if self.spec.tile else None,
+            "slab": self.spec.slab if self.spec.volume else None,
+            "gray_from": self.spec.gray_from if self.spec.color == "gray" else None,
+        }
 
     @property
     def step_provenance(self) -> list[dict[str, Any]]:
         """Each step's provenance, with the strategy, fusion and halo chosen for it."""
         records = [step.provenance() for step in self.steps]
         for stage in self.stages:
-            for member, strategy in zip(stage.steps, stage.strategies):
-                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo))
+            details = stage.records or ({},) * len(stage.steps)
+            for member, strategy, detail in zip(stage.steps, stage.strategies, details):
+                records[member].update(strategy=strategy, fused_steps=list(stage.steps), halo=list(stage.halo), **detail)
         return records
 
     @property
@@ -85,7 +110,7 @@ class JobPlan:
         config = self.config.model_dump(mode="json")
         identity = {
             "steps": [
-                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo")}
+                {k: v for k, v in step.items() if k not in ("strategy", "fused_steps", "halo", "separation")}
                 for step in self.step_provenance
             ],
             "color": self.config.input.color_mode,
@@ -131,8 +156,8 @@ class JobPlan:
         return pyramid(self.result(start, stop), self.config.output.levels)
 
     def result(self, start: int = 0, stop: int | None = None) -> da.Array:
-        """The lazy result for images ``start:stop``, one chunk per image, in the output dtype."""
-        return _lazy_result(self.config, self.sources[start:stop], self.spec, self.steps, self.compute_dtype)[0]
+        """The lazy result for images ``start:stop``, in the output dtype: a chunk per task (per image, when large)."""
+        return _lazy_result(self.config, self.sources[start:stop], self.spec, self.steps, self.compute_dtype, start)[0]
 
     def describe(self) -> dict[str, Any]:
         """What `pipeline plan` shows: each stage's strategy, halo, shape, chunks and output bytes, and the estimates.
@@ -156,10 +181,13 @@ class JobPlan:
         return {"stages": stages, **self.estimates(), "compute_dtype": self.compute_dtype, "read": self.reading()}
 
     def reading(self) -> str:
-        """How the inputs are read, in a line: whole, by tiles (a set size rounded to file tiles), by slabs."""
+        """How the inputs are read, in a line: whole, by tiles (a set size rounded to file tiles), by slabs;
+        for gray JPEGs, whether gray is their luma plane."""
         if self.spec.volume:
             return f"by slabs of {self.spec.chunks[0]} slices"
         if self.spec.tile is None:
+            if self.spec.color == "gray" and self.spec.reference.lower().endswith(OPENCV_SUFFIXES):
+                return "whole, gray " + ("from the JPEG luma plane" if self.spec.gray_from == "luma" else "from RGB (BT.601)")
             return "whole"
         tile = "x".join(map(str, self.spec.tile))
         setting = self.config.input.tile
@@ -174,13 +202,19 @@ class JobPlan:
         block = int(np.prod(self.spec.chunks)) * item
         largest = max([block] + [int(np.prod(stage.chunks)) * item for stage in self.stages])
         # A task holds the decoded block, its float copy, an input and output per kernel, the cast.
-        written = int(np.prod(task_chunks(self.spec, self.image, self.steps)[1:])) * np.dtype(self.dtype).itemsize
-        per_task = block + 2 * largest + written
-        first_file = file_size(self.sources[0], self.spec.storage_options)
-        (one_image,) = dask.optimize(self.result(0, 1))
+        group = self.spec.images_per_task
+        written = int(np.prod(task_chunks(self.spec, self.image, self.steps))) * np.dtype(self.dtype).itemsize
+        per_task = block * group + 2 * largest + written
+        # An array's images are read as stored (uncompressed sizes: a store's chunk sizes are not listed).
+        first_file = (
+            int(np.prod(self.spec.shape)) * np.dtype(self.spec.dtype).itemsize
+            if self.spec.array is not None
+            else file_size(self.sources[0], self.spec.storage_options)
+        )
+        (one_group,) = dask.optimize(self.result(0, group))
         return {
             "images": len(self.sources),
-            "tasks": len(one_image.__dask_graph__()) * len(self.sources),
+            "tasks": len(one_group.__dask_graph__()) * -(-len(self.sources) // group),
             "workers": workers,
             "peak_memory_per_task": per_task,
             "peak_memory_all_workers": per_task * workers,
@@ -204,6 +238,20 @@ def compute_dtype(config: PipelineConfig) -> str:
 
 def list_sources(config: PipelineConfig) -> list[str]:
     """The job's images: its files, or each frame of them when the first file holds several."""
+    entries = [config.input.paths] if isinstance(config.input.paths, str) else list(config.input.paths)
+    arrays = [is_array_entry(entry) for entry in entries]
+    if any(arrays):
+        if not all(arrays):
+            raise InputError(
+                f"input.paths mixes arrays ({entries[arrays.index(True)]!r}) and image files "
+                f"({entries[arrays.index(False)]!r}); list them in separate jobs"
+            )
+        if config.input.shapes != "strict":
+            raise InputError(f"input.shapes: {config.input.shapes} applies to image files; arrays are read as they are")
+        return list_array_sources(
+            entries, volume=config.input.layout == "volume", options=config.input.storage_options,
+            allow_incomplete=config.input.allow_incomplete,
+        )
     files = list_images(config.input.paths, config.input.storage_options)
     if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
         return files
@@ -224,7 +272,9 @@ def build_plan(
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early.
 
     ``recorded_read``, what a store being resumed or extended recorded of how its inputs were read
-    (``JobPlan.read_record``), fixes the tiles: the store's own shape never decides how to read.
+    (``JobPlan.read_record``), fixes the tiles and where gray comes from (RGB for stores that
+    recorded none: they were written before the luma plane was read): the store's own shape never
+    decides how to read.
     """
     sources = tuple(list_sources(config) if sources is None else sources)
     dtype = compute_dtype(config)
@@ -242,6 +292,10 @@ def build_plan(
     if config.input.shapes == "pad":
         spec, source_shapes = _padded_spec(config, spec, sources)
     one_image, stages, image = _lazy_result(config, sources[:1], spec, steps, dtype)
+    group = images_per_task(config, spec, image, dtype)
+    if group > 1:
+        spec = replace(spec, images_per_task=group)
+        one_image, stages, image = _lazy_result(config, sources[:group], spec, steps, dtype)
     stages = tuple(replace(stage, shape=(len(sources), *stage.shape[1:])) for stage in stages)
     return JobPlan(config, sources, spec, dtype, steps, stages, image, str(one_image.dtype), source_shapes)
 
@@ -263,6 +317,29 @@ def _padded_spec(
                 source,
             )
     return replace(spec, shape=largest, pad_value=config.input.pad_value), tuple(shapes)
+
+
+def images_per_task(config: PipelineConfig, spec: ImageSpec, image: ImageShape, dtype: str) -> int:
+    """Whole images per task and chunk: ``output.images_per_chunk``, or as many as fit GROUP_BYTES.
+
+    Not bounded by the collection's size: a store that ``--append`` grows from a few images would
+    keep their small chunks for good.
+
+    An image is as large as the larger of its input and its result, in the compute dtype; images
+    read by tiles or slabs, and arrays (read by their own chunks), are never grouped. A set ``execution.batch_size`` holds whole groups (a
+    batch that ended inside one would leave it for the next batch to write again).
+    """
+    if spec.tile is not None or spec.volume or spec.array is not None:
+        return 1
+    chosen = config.output.images_per_chunk
+    if chosen != "auto":
+        return chosen
+    largest = max(int(np.prod(spec.shape)), int(np.prod(image.shape))) * np.dtype(dtype).itemsize
+    group = max(1, GROUP_BYTES // max(largest, 1))
+    batch = config.execution.batch_size
+    if batch != "auto":
+        group = max(size for size in range(1, min(group, batch) + 1) if batch % size == 0)
+    return group
 
 
 def planned_workers(config: PipelineConfig) -> int:
@@ -290,6 +367,8 @@ def _probe_first_readable(
                 budget=budget,
                 recorded_tile=recorded_read["tile"] if recorded_read is not None else "unset",
                 scale=config.input.scale,
+                allow_incomplete=config.input.allow_incomplete,
+                gray_from=config.input.gray_from if recorded_read is None else recorded_read.get("gray_from") or "rgb",
             )
         except InputError:
             if source is candidates[-1]:
@@ -298,9 +377,10 @@ def _probe_first_readable(
 
 
 def _lazy_result(
-    config: PipelineConfig, sources: Sequence[str], spec: ImageSpec, steps: Sequence[Step], dtype: str
+    config: PipelineConfig, sources: Sequence[str], spec: ImageSpec, steps: Sequence[Step], dtype: str, start: int = 0
 ) -> tuple[da.Array, tuple[Stage, ...], ImageShape]:
-    images = stack_images(sources, spec, dtype=dtype)
+    """The result of ``sources``, image ``start`` of the collection first: groups of images keep to its grid."""
+    images = stack_images(sources, spec, dtype=dtype, start=start)
 
     def with_halo(depth: dict[int, int]) -> da.Array:
         return stack_images(sources, spec, dtype=dtype, halo=depth)
@@ -311,7 +391,8 @@ def _lazy_result(
     scale = unit_range_to(np.dtype(config.output.dtype)) if chained.unit_range else 1.0
     result = cast_to(chained.array, config.output.dtype, scale=scale)
     # Whole store chunks per task; valid/full on tiles or slabs may leave ragged chunks to realign.
-    return result.rechunk(task_chunks(spec, chained.image, steps)), chained.stages, chained.image
+    chunks = (images.chunks[0], *task_chunks(spec, chained.image, steps)[1:])
+    return result.rechunk(chunks), chained.stages, chained.image
 
 
 def _downscale(steps: Sequence[Step]) -> tuple[int, int]:
@@ -325,7 +406,7 @@ def _downscale(steps: Sequence[Step]) -> tuple[int, int]:
 
 
 def store_chunks(spec: ImageSpec, image: ImageShape, steps: Sequence[Step] = ()) -> tuple[int, ...]:
-    """The chunk of a new store: one image, one tile of one, one slice of a volume (channels whole).
+    """The chunk of a new store: small images, one image, one tile of one, one slice of a volume (channels whole).
 
     A volume's slabs are sized by the memory budget, which may differ on the next run: one slice
     per chunk lets any slab write whole chunks.
@@ -335,10 +416,10 @@ def store_chunks(spec: ImageSpec, image: ImageShape, steps: Sequence[Step] = ())
 
 
 def task_chunks(spec: ImageSpec, image: ImageShape, steps: Sequence[Step] = ()) -> tuple[int, ...]:
-    """The chunk one task computes and writes: one image, one tile of one, one slab of a volume."""
+    """The chunk one task computes and writes: small images, one image, one tile of one, one slab of a volume."""
     down = dict(zip(("y", "x"), _downscale(steps)))
     tile = dict(zip(("y", "x"), spec.tile or ()))
-    chunks = [1]
+    chunks = [spec.images_per_task]
     for name, size in zip(image.axes, image.shape):
         if name == "z" and spec.volume:
             chunks.append(min(spec.chunks[0], size))

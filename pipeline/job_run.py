@@ -22,9 +22,9 @@ from pipeline.errors import Interrupted, OutputError, PipelineError, Terminated,
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.batches import batch_size, write_batches
-from pipeline.plan import JobPlan, build_plan, list_sources
+from pipeline.job_plan import JobPlan, build_plan, list_sources
 from pipeline.sinks.grouped import create_grouped_root, member_path, record_groups, stored_groups
-from pipeline.sinks.layout import shard_shape
+from pipeline.sinks.layout import SPACE_UNITS, shard_shape
 from pipeline.sinks.ledger import pending_batches, recorded_stats
 from pipeline.sinks.lock import StoreLock
 from pipeline.sinks.zarr_store import (
@@ -188,7 +188,7 @@ def _record_failure(path: str, options: dict[str, Any], exc: BaseException) -> N
 def _report_start(config: PipelineConfig, parts: list[Part], sizes: list[int], executor: Executor, reporter: Reporter) -> None:
     images = sum(len(part.plan.sources) for part in parts)
     pending = sum(int(part.pending.sum()) for part in parts)
-    batches = sum(len(list(pending_batches(~part.pending, size))) for part, size in zip(parts, sizes))
+    batches = sum(len(list(pending_batches(~part.pending, size, aligned=True))) for part, size in zip(parts, sizes))
     reporter.start(
         store=config.output.path,
         images=images,
@@ -255,6 +255,8 @@ def _prepare_groups(config: PipelineConfig, *, exists: bool, append: bool, repor
 def _prepare(config: PipelineConfig, *, exists: bool, append: bool, reporter: Reporter) -> tuple[JobPlan, np.ndarray]:
     """Create, resume or extend the store; return the plan and a per-image 'still to do' mask."""
     plan, pending = _open_or_create(config, exists=exists, append=append, reporter=reporter)
+    if plan.spec.array is not None and plan.spec.array.note:
+        reporter.warning(plan.spec.array.note)
     narrowing = plan.narrowing()
     if narrowing:
         reporter.warning(narrowing)
@@ -303,6 +305,7 @@ def _open_or_create(
         mark_resumed(path, storage_options=options)
         return plan, ~open_result(path, storage_options=options).done
     plan = build_plan(config, listed)
+    pixel_size, unit = output_scale(plan)
     layout = StoreLayout(
         shape=plan.shape,
         chunks=plan.chunks,
@@ -313,8 +316,8 @@ def _open_or_create(
         levels=config.output.levels,
         shards=shard_shape(config.output.shards, plan.chunks),
         ome_version="0.4" if config.output.format == "ome-0.4" else "0.5",
-        pixel_size=tuple(config.output.pixel_size) if config.output.pixel_size else None,
-        unit=config.output.unit,
+        pixel_size=pixel_size,
+        unit=unit,
     )
     provenance = {
         "version": __version__,
@@ -324,12 +327,29 @@ def _open_or_create(
         "axes": list(plan.axes),
         "compute_dtype": plan.compute_dtype,
         "read": plan.read_record,
+        **({"input_array": plan.spec.array.describe()} if plan.spec.array is not None else {}),
         "started": utc_now(),
     }
     create_store(path, layout, sources=plan.sources, provenance=provenance, storage_options=options)
     if plan.source_shapes:
         record_source_shapes(path, 0, plan.source_shapes, options)
     return plan, np.ones(len(plan.sources), dtype=bool)
+
+
+def output_scale(plan: JobPlan) -> tuple[tuple[float, ...] | None, str | None]:
+    """The result's pixel size and unit: output.pixel_size, else those of an OME-Zarr or store read as input.
+
+    An input's sizes are those of its pixels: pools and strides make the result's pixels larger.
+    """
+    output = plan.config.output
+    if output.pixel_size:
+        return tuple(output.pixel_size), output.unit
+    array = plan.spec.array
+    if array is None or not array.pixel_size or len(array.pixel_size) != sum(a in "zyx" for a in plan.image.axes):
+        return None, output.unit
+    down = plan.downscale
+    size = (*array.pixel_size[:-2], array.pixel_size[-2] * down[0], array.pixel_size[-1] * down[1])
+    return size, output.unit or (array.unit if array.unit in SPACE_UNITS else None)
 
 
 def recorded_read(stored: StoredResult) -> dict[str, Any]:

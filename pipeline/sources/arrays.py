@@ -1,0 +1,372 @@
+"""Arrays as inputs: a Zarr array, an OME-Zarr image, a store this pipeline wrote, ``.npy`` files.
+
+The array's axes map onto the pipeline's (image, [c | z], y, x) by name: OME-NGFF axes, Zarr v3
+``dimension_names`` (our own stores carry them), or, for arrays without names (``.npy``, Zarr v2),
+by their number: (y, x), (image, y, x), (image, c, y, x); with ``input.layout: volume`` (z, y, x)
+and (image, z, y, x). Each image along the image axis is one source, named ``<entry>#<index>``
+like a frame of a multi-page file, so batches, the ledger, resume and ``--append`` (new images
+along the first axis) work as for files.
+
+Tasks read their block, with its halo, straight from the store (as tiles of huge TIFFs are read
+from the file): Zarr by slicing, ``.npy`` through a memory map (ranged reads for remote files),
+so no array is ever loaded whole and tasks depend on nothing but the store.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import dask.array as da
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.pixels import full_scale
+from pipeline.sources.frames import is_array_entry, split_source
+from pipeline.storage import absolute, filesystem, is_remote, local_or_url
+
+Options = Mapping[str, Any] | None
+
+# Names other tools give the axes, mapped to ours. A time axis is read as images (one line says so).
+_ROLE_OF_NAME = {
+    "image": "image", "t": "image", "time": "image", "n": "image", "sample": "image", "index": "image", "b": "image",
+    "c": "c", "channel": "c", "ch": "c",
+    "z": "z", "y": "y", "x": "x",
+}
+# Axis roles of arrays without names, by their number of axes.
+_BY_NDIM = {2: ("y", "x"), 3: ("image", "y", "x"), 4: ("image", "c", "y", "x")}
+_BY_NDIM_VOLUME = {3: ("z", "y", "x"), 4: ("image", "z", "y", "x")}
+_OUR_ATTRS = "pipeline"  # the attributes this pipeline's stores keep their provenance and status in
+_NATURAL = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class ArrayInput:
+    """One array an input entry names, and how its axes map onto the pipeline's."""
+
+    entry: str  # the store, group or file as the job names it
+    path: str  # the array inside the store ("" for a root array or a .npy file)
+    kind: str  # npy | zarr | ome-zarr | pipeline
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    roles: tuple[str, ...]  # per axis of the array: image, c, z, y or x
+    names: tuple[str, ...]  # the array's own axis names ("" where it has none)
+    pixel_size: tuple[float, ...] | None = None  # along the space axes (z, y, x present), from OME metadata
+    unit: str | None = None
+    channel_names: tuple[str, ...] | None = None
+    note: str | None = None  # e.g. "axis 't' read as images"
+
+    @property
+    def images(self) -> int:
+        return self.shape[self.roles.index("image")] if "image" in self.roles else 1
+
+    def image_shape(self) -> tuple[int, ...]:
+        """One image's shape in our axis order: ([c | z,] y, x)."""
+        sizes = dict(zip(self.roles, self.shape))
+        return tuple(sizes[role] for role in ("c", "z", "y", "x") if role in sizes)
+
+    def block_chunks(self) -> tuple[int, int]:
+        """The array's own chunk along y and x: tiles are read in whole ones."""
+        sizes = dict(zip(self.roles, self.chunks))
+        return sizes["y"], sizes["x"]
+
+    def describe(self) -> dict[str, Any]:
+        """What a store made from this array records of it (provenance)."""
+        return {
+            "store": self.entry, "array": self.path, "kind": self.kind, "shape": list(self.shape),
+            "dtype": self.dtype, "axes": list(self.names), "read_as": list(self.roles),
+            **({"pixel_size": list(self.pixel_size), "unit": self.unit} if self.pixel_size else {}),
+            **({"channel_names": list(self.channel_names)} if self.channel_names else {}),
+        }
+
+
+def list_array_sources(
+    entries: Sequence[str], *, volume: bool, options: Options = None, allow_incomplete: bool = False
+) -> list[str]:
+    """Every image the entries name: ``<entry>#<index>`` along an image axis, or the entry itself."""
+    sources: list[str] = []
+    for entry in entries:
+        for name in expand_entry(entry, options):
+            array = resolve_array(name, volume=volume, options=options, allow_incomplete=allow_incomplete)
+            sources.extend([name] if "image" not in array.roles else [f"{name}#{i}" for i in range(array.images)])
+    if not sources:
+        raise InputError(f"input.paths: {', '.join(map(repr, entries))} names no arrays (no .npy files match)")
+    return sources
+
+
+def expand_entry(entry: str, options: Options) -> list[str]:
+    """A glob of ``.npy`` files, naturally sorted; every other entry as it is."""
+    if not glob.has_magic(entry):
+        return [entry]
+    if is_remote(entry):
+        fs, inner = filesystem(entry, options, where="input.paths")
+        protocol = entry.split("://", 1)[0]
+        found = [f"{protocol}://{path}" for path in fs.glob(inner)]
+    else:
+        found = glob.glob(entry, recursive=True)
+    return sorted(found, key=lambda name: [int(part) if part.isdigit() else part for part in _NATURAL.split(name)])
+
+
+def array_of(source: str) -> tuple[str, int | None]:
+    """``a.zarr#3`` → (``a.zarr``, 3); an entry without an index → (entry, None)."""
+    return split_source(source)
+
+
+def resolve_array(entry: str, *, volume: bool = False, options: Options = None, allow_incomplete: bool = False) -> ArrayInput:
+    """Open an entry's metadata (no pixels) and map its axes; one clear InputError if it cannot be read."""
+    entry = local_or_url(entry)
+    if entry.rstrip("/").lower().endswith(".npy"):
+        shape, dtype, order = npy_header(entry, options)
+        if order == "F":
+            raise InputError(f"array {entry!r} is stored in Fortran order; save it in C order (np.ascontiguousarray)", entry)
+        return _mapped(entry, "", "npy", shape, dtype, shape, None, volume=volume)
+    zarr = _zarr()
+    try:
+        node = zarr.open(store=entry, mode="r", storage_options=dict(options or {}) or None)
+    except Exception as exc:
+        raise InputError(f"input.paths: {entry!r} is not a Zarr array or group that can be read ({_reason(exc)})", entry) from None
+    if isinstance(node, zarr.Array):
+        return _from_zarr_array(entry, "", node, "zarr", volume=volume)
+    attrs = dict(node.attrs)
+    ours = attrs.get(_OUR_ATTRS)
+    if isinstance(ours, dict) and "groups" in ours:
+        raise InputError(
+            f"store {entry!r} holds one result per image shape; name one of its groups "
+            f"({', '.join(ours['groups'])}), e.g. {entry.rstrip('/') + '/' + next(iter(ours['groups']))!r}",
+            entry,
+        )
+    if isinstance(ours, dict) and "0" in node:
+        status = ours.get("status", "unknown")
+        if status != "complete" and not allow_incomplete:
+            raise InputError(
+                f"store {entry!r} is {status}, not complete: finish it first (rerun its job), or set "
+                f"input.allow_incomplete: true to read it as it is (images not yet written read as its fill value)",
+                entry,
+            )
+        config = ours.get("config", {}).get("output", {})
+        array = node["0"]
+        found = _from_zarr_array(entry, "0", array, "pipeline", volume=volume)
+        size, unit = config.get("pixel_size"), config.get("unit")
+        return _with_scale(found, tuple(size) if size else None, unit)
+    multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    if multiscales:
+        return _from_ome(entry, node, multiscales[0], attrs, volume=volume)
+    arrays = sorted(name for name, _ in node.arrays())
+    raise InputError(
+        f"input.paths: {entry!r} is a Zarr group without OME-NGFF multiscales; name one of its arrays"
+        + (f" ({', '.join(arrays[:5])}), e.g. {entry.rstrip('/') + '/' + arrays[0]!r}" if arrays else " (it holds none)"),
+        entry,
+    )
+
+
+def _from_zarr_array(entry: str, path: str, array: Any, kind: str, *, volume: bool, names: Sequence[str] | None = None) -> ArrayInput:
+    if names is None:
+        names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
+    chunks = tuple(array.chunks)
+    return _mapped(entry, path, kind, tuple(array.shape), np.dtype(array.dtype), chunks, names, volume=volume)
+
+
+def _from_ome(entry: str, group: Any, multiscale: dict[str, Any], attrs: dict[str, Any], *, volume: bool) -> ArrayInput:
+    """Level 0 of an OME-NGFF image: axes, pixel sizes and units from its metadata."""
+    axes = multiscale.get("axes") or []
+    names = [axis["name"] if isinstance(axis, dict) else str(axis) for axis in axes]
+    dataset = multiscale["datasets"][0]
+    path = dataset["path"]
+    try:
+        array = group[path]
+    except KeyError:
+        raise InputError(f"OME-Zarr {entry!r}: its level 0 array {path!r} is missing", entry) from None
+    found = _from_zarr_array(entry, path, array, "ome-zarr", volume=volume, names=names or None)
+    scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
+    space = [i for i, axis in enumerate(axes) if isinstance(axis, dict) and axis.get("type") == "space"]
+    size = tuple(float(scale[i]) for i in space) if scale and space else None
+    units = {axis.get("unit") for axis in axes if isinstance(axis, dict) and axis.get("type") == "space"} - {None}
+    omero = (attrs.get("ome") or attrs).get("omero") or {}
+    labels = tuple(str(channel.get("label", "")) for channel in omero.get("channels", [])) or None
+    found = _with_scale(found, size, units.pop() if len(units) == 1 else None)
+    return ArrayInput(**{**found.__dict__, "channel_names": labels})
+
+
+def _with_scale(found: ArrayInput, size: tuple[float, ...] | None, unit: str | None) -> ArrayInput:
+    return ArrayInput(**{**found.__dict__, "pixel_size": size, "unit": unit})
+
+
+def _mapped(
+    entry: str, path: str, kind: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+    names: Sequence[str] | None, *, volume: bool,
+) -> ArrayInput:
+    """The roles of the array's axes, by name or by number; one line when they cannot map."""
+    where = f"array {entry!r}" + (f" (array {path!r} in it)" if path else "")
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise InputError(f"{where} holds {dtype} values; give an array of integers or real floats", entry)
+    note = None
+    if names and any(names):
+        roles = []
+        for name in names:
+            role = _ROLE_OF_NAME.get(str(name).lower())
+            if role is None:
+                raise InputError(
+                    f"{where} has axes {tuple(names)}; axis {name!r} is none of image (t), c, z, y, x — "
+                    f"save the array with those axis names", entry,
+                )
+            roles.append(role)
+        timed = [name for name in names if str(name).lower() in ("t", "time")]
+        if timed:
+            note = f"axis {timed[0]!r} of {entry!r} is read as images, one per time point"
+    else:
+        table = _BY_NDIM_VOLUME if volume else _BY_NDIM
+        if len(shape) not in table:
+            raise InputError(
+                f"{where} has {len(shape)} axes without names; arrays without names are read as "
+                + ", ".join(str(axes) for axes in table.values())
+                + " — save it with axis names (Zarr v3 dimension_names)", entry,
+            )
+        roles = list(table[len(shape)])
+    duplicated = sorted({role for role in roles if roles.count(role) > 1})
+    if duplicated or "y" not in roles or "x" not in roles or ("c" in roles and "z" in roles):
+        raise InputError(
+            f"{where} has axes {tuple(names or roles)}, which do not map onto (image, [c or z], y, x)"
+            + (f": {duplicated[0]!r} appears twice (e.g. both image and t)" if duplicated else ""), entry,
+        )
+    if volume != ("z" in roles):
+        raise InputError(
+            f"{where} {'has' if 'z' in roles else 'has no'} z axis; set input.layout: "
+            f"{'volume' if 'z' in roles else 'images'} to read it", entry,
+        )
+    return ArrayInput(
+        entry=entry, path=path, kind=kind, shape=tuple(int(n) for n in shape), dtype=str(dtype),
+        chunks=tuple(int(n) for n in chunks), roles=tuple(roles), names=tuple(str(n) for n in (names or ())), note=note,
+    )
+
+
+def npy_header(path: str, options: Options = None) -> tuple[tuple[int, ...], np.dtype, str]:
+    """A ``.npy`` file's shape, type and order, from its header only."""
+    try:
+        with _open(path, options) as file:
+            shape, fortran, dtype = _read_header(file)
+    except Exception as exc:
+        raise InputError.unreadable(path, exc) from None
+    return tuple(shape), np.dtype(dtype), "F" if fortran else "C"
+
+
+def _read_header(file: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """shape, Fortran order and dtype from an open ``.npy`` file, left at the start of its data."""
+    major, _ = np.lib.format.read_magic(file)
+    reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return reader(file)
+
+
+def _open(path: str, options: Options):
+    if not is_remote(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path, options, where="input.paths")
+    return fs.open(inner, "rb")
+
+
+def array_stack(
+    sources: Sequence[str], *, array: ArrayInput, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
+    halo: Mapping[int, int] | None = None, scale: str = "native", options: Options = None, allow_incomplete: bool = False,
+) -> da.Array:
+    """(image, [c | z,] y, x) of ``sources``; chunks of ``chunks`` per image, each read with its ``halo``.
+
+    ``shape`` and ``chunks`` are one image's, in our axis order; ``halo`` ({axis: samples}, axes of
+    the stack) widens each block by that much of its neighbours where the image has them, read
+    from the store (the layout of dask's ``overlap`` with ``boundary="none"``).
+    """
+    halo = dict(halo or {})
+    regions = [
+        [(max(0, start - halo.get(axis + 1, 0)), min(size, start + step + halo.get(axis + 1, 0))) for start in range(0, size, step)]
+        for axis, (size, step) in enumerate(zip(shape, chunks))
+    ]
+    block_chunks = ((1,), *(tuple(stop - start for start, stop in axis) for axis in regions))
+    images = []
+    for source in sources:
+        entry, index = array_of(source)
+        found = array if entry == array.entry else resolve_array(entry, volume="z" in array.roles, options=options, allow_incomplete=allow_incomplete)
+        if found.image_shape() != array.image_shape() or found.roles != array.roles:
+            raise InputError(
+                f"array {entry!r} holds images of shape {found.image_shape()} but {array.entry!r}, the first, holds "
+                f"{array.image_shape()}; all images of a collection must have the same size and channels", entry,
+            )
+        if scale == "native" and found.dtype != array.dtype:
+            raise InputError(
+                f"array {entry!r} holds {found.dtype} but {array.entry!r}, the first, holds {array.dtype}; "
+                f"set input.scale: unit to read arrays of several types together", entry,
+            )
+        images.append(
+            da.map_blocks(
+                _read_block, chunks=block_chunks, dtype=dtype, meta=np.empty((0,) * (1 + len(shape)), dtype=dtype),
+                entry=absolute(found.entry), path=found.path, kind=found.kind, index=index, roles=found.roles,
+                regions=regions, out_dtype=dtype, scale=scale, options=dict(options or {}),
+            )
+        )
+    return da.concatenate(images, axis=0)
+
+
+def _read_block(
+    *, entry: str, path: str, kind: str, index: int | None, roles: tuple[str, ...], regions: list[list[tuple[int, int]]],
+    out_dtype: str, scale: str, options: dict[str, Any], block_id: tuple[int, ...],
+) -> np.ndarray:
+    ours = [role for role in ("c", "z", "y", "x") if role in roles]
+    wanted = {role: slice(*axis[i]) for role, axis, i in zip(ours, regions, block_id[1:])}
+    selection = tuple(index if role == "image" else wanted[role] for role in roles)
+    try:
+        stored = _open_array(entry, path, kind, options)
+        block = np.asarray(stored[selection])
+    except Exception as exc:
+        raise InputError.unreadable(entry + (f"#{index}" if index is not None else ""), exc) from None
+    left = [role for role in roles if role != "image"]
+    block = np.transpose(block, [left.index(role) for role in ours]).astype(out_dtype)
+    if scale == "unit" and full_scale(stored.dtype) != 1.0:
+        block /= block.dtype.type(full_scale(stored.dtype))
+    return block[np.newaxis]
+
+
+def _open_array(entry: str, path: str, kind: str, options: dict[str, Any]) -> Any:
+    """The stored array, opened in the task (a worker may be another process on another host)."""
+    if kind == "npy":
+        if not is_remote(entry):
+            return np.load(entry, mmap_mode="r")
+        return _RemoteNpy(entry, options)
+    zarr = _zarr()
+    return zarr.open_array(store=entry, path=path or None, mode="r", storage_options=options or None)
+
+
+class _RemoteNpy:
+    """A remote C-order ``.npy`` read by ranged requests: only the rows a block needs are fetched."""
+
+    def __init__(self, url: str, options: Options) -> None:
+        self.url, self.options = url, options
+        with _open(url, options) as file:
+            self.shape, _, self.dtype = _read_header(file)
+            self.offset = file.tell()
+
+    def __getitem__(self, selection: tuple[Any, ...]) -> np.ndarray:
+        # Fetch the contiguous run of rows of the first sliced axis that the selection touches.
+        lead = [s for s in selection if not isinstance(s, slice)]
+        first = len(lead)
+        rows = selection[first] if first < len(selection) else slice(None)
+        start, stop, _ = rows.indices(self.shape[first]) if isinstance(rows, slice) else (rows, rows + 1, 1)
+        inner = math.prod(self.shape[first + 1 :]) * self.dtype.itemsize
+        before = sum(i * math.prod(self.shape[k + 1 :]) for k, i in enumerate(lead)) * self.dtype.itemsize
+        with _open(self.url, self.options) as file:
+            file.seek(self.offset + before + start * inner)
+            data = file.read((stop - start) * inner)
+        block = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[first + 1 :]))
+        rest = selection[first + 1 :]
+        return block[(slice(None), *rest)] if isinstance(rows, slice) else block[(0, *rest)]
+
+
+def _zarr() -> Any:
+    import zarr  # imported where arrays are read: image-only runs never pay for it
+
+    return zarr
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().split("\n")[0]
+    return text or type(exc).__name__
