@@ -40,11 +40,14 @@ $(BENCH_STAMP): $(DEV_STAMP) pyproject.toml
 	touch $(BENCH_STAMP)
 
 # Timings and peak memory of the pipeline against dask-image, plain loops and the I/O floor, then the
-# layer and learn workloads (benchmarks/layers.py) and many small images (benchmarks/small_files.py); see benchmarks/README.md. Pass options with ARGS, e.g. `make bench ARGS=--quick`.
+# layer workload (benchmarks/layers.py), many small images (benchmarks/small_files.py) and learning
+# (benchmarks/learn.py; `make bench TORCH=1` also times PyTorch learning the same kernel); see
+# benchmarks/README.md. Pass options with ARGS, e.g. `make bench ARGS=--quick`.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)
 	$(BIN)/python benchmarks/layers.py $(if $(findstring --quick,$(ARGS)),--quick,)
 	$(BIN)/python benchmarks/small_files.py $(if $(findstring --quick,$(ARGS)),--quick,)
+	$(BIN)/python benchmarks/learn.py $(if $(findstring --quick,$(ARGS)),--quick,) $(if $(TORCH),--torch,)
 
 clean:
 	rm -rf out .pytest_cache .hypothesis

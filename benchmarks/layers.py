@@ -1,4 +1,4 @@
-"""Benchmark the layer and learn workloads, in one run, interleaved: whole processes, medians of repeats.
+"""Benchmark the layer workload, in one run, interleaved: whole processes, medians of repeats.
 
     python benchmarks/layers.py               # 48 photographs 2048² (the benchmark's mosaics), 3 repeats
     python benchmarks/layers.py --quick       # 8 images, 1 repeat
@@ -9,19 +9,16 @@ Cases (each a fresh process, its output checked):
   blosc-lz4 Zarr; ``floor`` — the same job without steps (decode, write); ``torch`` — a plain
   PyTorch CPU loop doing the same job (decode with OpenCV, conv2d + relu + max_pool2d, the same
   Zarr codec), when torch is installed (never a dependency of the package);
-* ``learn-15`` (and 5, 31) — `pipeline learn` of an NxN kernel by lstsq from the images paired with
-  their filtered versions; ``apply-15`` — `pipeline run` applying that kernel to the same images;
 * ``bank`` — the layer's compute alone, GFLOP/s of the chosen strategy against the machine's sgemm
   rate, single-threaded (as a dask worker runs it).
 
-Writes benchmarks/results/layers.json.
+Writes benchmarks/results/layers.json. The learn workload is benchmarks/learn.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -132,39 +129,9 @@ def main() -> None:
             results["cases"].setdefault(name, []).append(run["seconds"])
     results["medians"] = {name: statistics.median(times) for name, times in results["cases"].items()}
     results["bank"] = bank_rate()
-    print(json.dumps({"medians": results["medians"], "bank": results["bank"]}, indent=2), flush=True)
-    results["learn"] = learn_cases(folder, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "layers.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(json.dumps({"medians": results["medians"], "bank": results["bank"], "learn": results["learn"]}, indent=2))
-
-
-def learn_cases(folder: Path, args: argparse.Namespace) -> dict:
-    """lstsq of NxN kernels from the images and their filtered versions, against applying the kernel."""
-    from scipy import ndimage
-
-    out: dict = {}
-    targets_job = WORK / "targets.yaml"
-    for size in (5, 15, 31):
-        kernel = ndimage.gaussian_filter(np.pad([[1.0]], size // 2), size / 6)
-        np.save(WORK / f"k{size}.npy", kernel)
-        targets_job.write_text(yaml.safe_dump({"input": {"paths": str(folder)}, "steps": [{"convolve": {
-            "kernel": str(WORK / f"k{size}.npy"), "mode": "valid", "correlate": True}}],
-            "output": {"path": str(WORK / f"t{size}.zarr"), "overwrite": True, "dtype": "float64"}}), encoding="utf-8")
-        measure([PIPELINE, "run", str(targets_job), "--quiet"], cwd=str(WORK))
-        shutil.rmtree(WORK / f"t{size}", ignore_errors=True)  # targets of an earlier run with other images
-        measure([PIPELINE, "export", str(WORK / f"t{size}.zarr"), str(WORK / f"t{size}"), "--format", "tiff", "--overwrite"], cwd=str(WORK))
-        learn = WORK / f"learn{size}.yaml"
-        learn.write_text(yaml.safe_dump({"inputs": {"paths": str(folder)}, "targets": {"paths": str(WORK / f"t{size}")},
-                                         "kernel": {"shape": [size, size]}, "output": {"path": str(WORK / f"fit{size}"), "overwrite": True}}),
-                         encoding="utf-8")
-        learned = median_run([PIPELINE, "learn", str(learn), "--quiet"], args.repeats)
-        applied = median_run([PIPELINE, "run", str(WORK / f"fit{size}" / "job.yaml"), "--quiet", "--overwrite"], args.repeats)
-        error = float(np.abs(np.load(WORK / f"fit{size}" / "kernel.npy") - kernel).max() / np.abs(kernel).max())
-        out[f"{size}x{size}"] = {"learn_s": learned["seconds"], "apply_s": applied["seconds"],
-                                 "ratio": learned["seconds"] / applied["seconds"], "kernel_error": error,
-                                 "learn_peak_rss_mib": learned["peak_rss_mib"]}
-    return out
+    print(json.dumps({"medians": results["medians"], "bank": results["bank"]}, indent=2))
 
 
 if __name__ == "__main__":

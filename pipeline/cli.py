@@ -251,7 +251,7 @@ def validate(
 
 def _validate_learn(config: Path, overrides: list[str]) -> None:
     """A learn job file: its models, and the pairing of its collections (headers are read when it runs)."""
-    from pipeline.learn_job import pair_sources
+    from pipeline.learn_pairs import pair_sources
     from pipeline.learn_config import load_learn_config
 
     cfg = load_learn_config(config, overrides)

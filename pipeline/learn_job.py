@@ -1,15 +1,14 @@
 """One learn job end to end: pair the collections, fit the kernel over every pair, write what to apply.
 
-``lstsq`` accumulates the normal equations of every pair (``learning.normal_equations``: no design
-matrix) in ONE pass, batch by batch, each batch a Dask tree reduction on the run's scheduler, then
-solves them (``learning.solve``). ``sgd``/``adam`` start from a seeded kernel and descend the
-squared error over mini-batches of pairs, the gradients computed as tasks too. Either way the
-output folder receives ``kernel.npy`` (and ``bias.npy``), ``job.yaml`` applying them with
-``pipeline run``, ``report.json`` and ``kernel.png``.
+``lstsq`` accumulates the normal equations of every piece of every pair (``learning.normal_equations``:
+no design matrix) in ONE pass, batch by batch, each batch a Dask tree reduction on the run's
+scheduler, then solves them (``learning.solve``). ``sgd``/``adam`` start from a seeded kernel and
+descend the squared error over mini-batches of pairs, the gradients of their pieces computed as
+tasks too. Either way the output folder receives ``kernel.npy`` (and ``bias.npy``), ``job.yaml``
+applying them with ``pipeline run``, ``report.json`` and ``kernel.png``.
 
-A pair is read whole (one task per pair): the targets either have the inputs' size, only the
-positions whose window lies inside the image counting, or the ``valid`` size (smaller by the
-kernel's extent less one), as ``scipy.signal.correlate(..., mode="valid")`` writes them.
+A piece is a pair read whole, or one tile (one slab) of a huge pair (``learn_pairs``): the tasks
+hold one piece each, so memory follows the piece, not the image or the collection.
 """
 
 from __future__ import annotations
@@ -23,28 +22,19 @@ from typing import Any, Sequence
 import dask
 import numpy as np
 
+from pipeline.budget import worker_budget
 from pipeline.errors import ConfigError, InputError, OutputError
 from pipeline.events import Reporter
-from pipeline.execution import open_executor
-from pipeline.config import InputConfig
+from pipeline.execution import open_executor, resolve_workers
 from pipeline.learn_config import LearnConfig
-from pipeline.learning import Adam, NormalParts, SGD, accumulate, init_weights, loss_and_gradient, solve, tile_window
-from pipeline.pixels import convert_pixels
-from pipeline.sources.images import read_image
-from pipeline.sources.listing import list_images
-from pipeline.sources.volume import read_slices, stack_shape
+from pipeline.learn_outputs import write_outputs
+from pipeline.learn_pairs import Pair, Piece, pair_shape, pair_sources, piece_arrays, pieces
+from pipeline.learning import Adam, LossGradient, NormalParts, SGD, accumulate, init_weights, loss_and_gradient, solve
 from pipeline.storage import absolute
-from pipeline.steps.strategies import NUMPY_PAD_MODES
 
 FILES = ("kernel.npy", "bias.npy", "job.yaml", "report.json", "kernel.png")
 # Warn when the normal matrix is this badly conditioned: the data barely determine the kernel.
 ILL_CONDITIONED = 1e8
-
-
-@dataclass(frozen=True)
-class Pair:
-    input: str
-    target: str
 
 
 @dataclass(frozen=True)
@@ -58,86 +48,32 @@ class LearnSummary:
     seconds: float
 
 
-def pair_sources(config: LearnConfig) -> tuple[list[Pair], str]:
-    """The (input, target) pairs and how they were paired: by file name, or by sorted order."""
-    inputs = list_images(config.inputs.paths, config.inputs.storage_options)
-    targets = list_images(config.targets.paths, config.targets.storage_options)
-    stems = {Path(path).stem: path for path in targets}
-    by_name = len(stems) == len(targets) and all(Path(path).stem in stems for path in inputs)
-    how = config.pairing if config.pairing != "auto" else ("names" if by_name else "order")
-    if how == "names":
-        missing = [path for path in inputs if Path(path).stem not in stems]
-        if missing:
-            raise InputError(f"targets: no target named like {missing[0]!r} ({len(missing)} inputs without one); "
-                             f"name them alike or set pairing: order", missing[0])
-        return [Pair(path, stems[Path(path).stem]) for path in inputs], "names"
-    if len(inputs) != len(targets):
-        raise InputError(
-            f"inputs and targets do not pair: {len(inputs)} input files but {len(targets)} target files "
-            f"(paired by sorted order; the first unpaired: {(inputs + targets)[min(len(inputs), len(targets))]!r})"
+def piece_parts(piece: Piece, config: LearnConfig) -> NormalParts:
+    """The normal-equation parts of one piece (a task)."""
+    x, y = piece_arrays(piece, config)
+    return accumulate(x, y, config.kernel.shape, bias=config.kernel.bias)
+
+
+def piece_gradient(piece: Piece, config: LearnConfig, weights: np.ndarray, bias: np.ndarray | None) -> LossGradient:
+    x, y = piece_arrays(piece, config)
+    return loss_and_gradient(x, y, weights, bias, activation=config.kernel.activation)
+
+
+def plan_pieces(config: LearnConfig, pairs: Sequence[Pair], budget: int) -> tuple[tuple[int, int], list[list[Piece]]]:
+    """(C, K) and each pair's pieces, from the headers: every pair must have the first one's channels."""
+    shapes = [pair_shape(pair, config) for pair in pairs]
+    channels, outputs = shapes[0].channels, shapes[0].outputs
+    if config.kernel.channels is not None and tuple(config.kernel.channels) != (channels, outputs):
+        raise ConfigError(
+            f"kernel.channels {list(config.kernel.channels)} but the inputs have {channels} channels and the targets "
+            f"{outputs} (input.color and targets.color decide them)"
         )
-    return [Pair(a, b) for a, b in zip(inputs, targets)], "order"
-
-
-def read_pair(pair: Pair, config: LearnConfig) -> tuple[np.ndarray, np.ndarray]:
-    """x (C, *spatial) and y (K, *spatial) in float64; a valid-sized target is placed on the input's grid."""
-    x, y = _read(pair.input, config.inputs), _read(pair.target, config.targets)
-    kernel = tuple(config.kernel.shape)
-    spatial = x.shape[1:]
-    if len(kernel) != len(spatial):
-        raise ConfigError(f"kernel.shape {list(kernel)} has {len(kernel)} axes but the images have {len(spatial)}")
-    if any(m > n for m, n in zip(kernel, spatial)):
-        raise ConfigError(f"kernel.shape {list(kernel)} is larger than the image {list(spatial)} of {pair.input!r}")
-    if not np.isfinite(y).all():
-        raise InputError(f"target {pair.target!r} holds NaN or infinite values; a fit needs finite targets", pair.target)
-    valid = tuple(n - m + 1 for n, m in zip(spatial, kernel))
-    if y.shape[1:] == valid and valid != spatial:
-        full = np.zeros((y.shape[0], *spatial))
-        full[(slice(None), *(slice(m // 2, m // 2 + v) for m, v in zip(kernel, valid)))] = y
-        y = full
-    elif y.shape[1:] != spatial:
-        raise InputError(
-            f"target {pair.target!r} has shape {list(y.shape[1:])} but its input {pair.input!r} has {list(spatial)}; "
-            f"a target has the input's size or the valid size {list(valid)}", pair.target,
-        )
-    if config.kernel.mode == "same":  # every position counts: the border rule extends the input
-        pads = [(0, 0)] + [(m // 2, m - 1 - m // 2) for m in kernel]
-        x = np.pad(x, pads, mode=NUMPY_PAD_MODES[config.kernel.boundary])
-        y = np.pad(y, pads)
-    return x, y
-
-
-def _read(path: str, settings: InputConfig) -> np.ndarray:
-    """One image (C, y, x) — or one volume (1, z, y, x) with ``layout: volume`` — in float64."""
-    if settings.layout == "volume":
-        depth = stack_shape(path)[0]
-        slices = [convert_pixels(plane, color="gray", dtype="float64", scale=settings.scale) for plane in read_slices(path, 0, depth)]
-        return np.stack(slices)[np.newaxis]
-    image = read_image(path, color=settings.color_mode, dtype="float64", scale=settings.scale, storage_options=settings.storage_options)
-    return image[np.newaxis] if settings.color_mode == "gray" else image
-
-
-def _window(x: np.ndarray, kernel: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]:
-    spatial = x.shape[1:]
-    own = tuple(slice(0, n) for n in spatial)
-    window = tile_window(spatial, kernel, own)
-    return window.x, own, window.valid
-
-
-def pair_parts(pair: Pair, config: LearnConfig) -> NormalParts:
-    """The normal-equation parts of one pair (a task)."""
-    x, y = read_pair(pair, config)
-    kernel = tuple(config.kernel.shape)
-    reads, own, valid = _window(x, kernel)
-    return accumulate(x[(slice(None), *reads)], y[(slice(None), *own)], kernel, bias=config.kernel.bias, valid_region=valid)
-
-
-def pair_gradient(pair: Pair, config: LearnConfig, weights: np.ndarray, bias: np.ndarray | None) -> Any:
-    x, y = read_pair(pair, config)
-    kernel = tuple(config.kernel.shape)
-    reads, own, valid = _window(x, kernel)
-    return loss_and_gradient(x[(slice(None), *reads)], y[(slice(None), *own)], weights, bias,
-                             activation=config.kernel.activation, valid_region=valid)
+    for pair, shape in zip(pairs, shapes):
+        if (shape.channels, shape.outputs) != (channels, outputs):
+            raise InputError(f"pair ({pair.input!r}, {pair.target!r}) has {shape.channels} input and {shape.outputs} "
+                             f"target channels but the first pair {channels} and {outputs}; give every pair the same channels",
+                             pair.input)
+    return (channels, outputs), [pieces(pair, shape, config, budget) for pair, shape in zip(pairs, shapes)]
 
 
 def _tree_sum(values: Sequence[Any]) -> Any:
@@ -156,44 +92,52 @@ def learn(config: LearnConfig, *, reporter: Reporter | None = None) -> LearnSumm
     _check_folder(folder, config.output.overwrite)
     pairs, pairing = pair_sources(config)
     pairs = [Pair(absolute(p.input), absolute(p.target)) for p in pairs]
-    x, y = read_pair(pairs[0], config)  # shapes and channels checked before any task runs
-    channels, outputs = x.shape[0], y.shape[0]
-    if config.kernel.channels is not None and tuple(config.kernel.channels) != (channels, outputs):
-        raise ConfigError(
-            f"kernel.channels {list(config.kernel.channels)} but the inputs have {channels} channels and the targets "
-            f"{outputs} (input.color and targets.color decide them)"
-        )
+    workers = 1 if config.execution.scheduler == "sync" else resolve_workers(config.execution.workers)
+    # shapes and channels checked from the headers before any task runs
+    (channels, outputs), planned = plan_pieces(config, pairs, worker_budget(config.execution.memory_budget, workers))
     shape = (outputs, channels, *config.kernel.shape)
     with open_executor(config.execution) as executor:
-        batch = max(1, 4 * executor.workers)
         if config.method == "lstsq":
-            weights, bias, fit = _least_squares(config, pairs, shape, executor, reporter, batch)
+            weights, bias, fit = _least_squares(config, planned, shape, executor, reporter, max(1, 4 * executor.workers))
         else:
-            weights, bias, fit = _descend(config, pairs, shape, executor, reporter)
+            weights, bias, fit = _descend(config, planned, shape, executor, reporter)
     reporter.finish()
+    tasks = sum(len(found) for found in planned)
     report = {"method": config.method, "pairs": len(pairs), "pairing": pairing, "kernel_shape": list(shape),
               "mode": config.kernel.mode, "correlate": config.kernel.correlate, "bias": config.kernel.bias,
-              "l2": config.kernel.l2, **fit, "inputs": [p.input for p in pairs[:20]], "targets": [p.target for p in pairs[:20]],
+              "l2": config.kernel.l2, **fit, "pieces": tasks, "pairs_read_whole": sum(not found[0].by_region for found in planned),
+              "inputs": [p.input for p in pairs[:20]], "targets": [p.target for p in pairs[:20]],
               "seconds": round(time.perf_counter() - started, 3)}
     stored = weights if config.kernel.correlate else _flipped(weights)
-    from pipeline.learn_outputs import write_outputs
-
     write_outputs(folder, config, stored, bias, report, pairs[:3])
     return LearnSummary(str(folder), len(pairs), config.method, stored, bias, report, time.perf_counter() - started)
 
 
-def _least_squares(config: LearnConfig, pairs: list[Pair], shape: tuple[int, ...], executor: Any, reporter: Reporter,
-                   batch: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+def _batches(planned: list[list[Piece]], tasks: int) -> list[tuple[int, list[list[Piece]]]]:
+    """(index of the first pair, the pairs' pieces) of consecutive pairs holding about ``tasks`` pieces."""
+    batches: list[tuple[int, list[list[Piece]]]] = []
+    first, held = 0, 0
+    for index, found in enumerate(planned):
+        held += len(found)
+        if held >= tasks or index == len(planned) - 1:
+            batches.append((first, planned[first : index + 1]))
+            first, held = index + 1, 0
+    return batches
+
+
+def _least_squares(config: LearnConfig, planned: list[list[Piece]], shape: tuple[int, ...], executor: Any,
+                   reporter: Reporter, batch: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     total = NormalParts.zeros(config.kernel.shape, shape[1], shape[0], bias=config.kernel.bias)
-    reporter.start(images=len(pairs), pending=len(pairs), done=0, batches=math.ceil(len(pairs) / batch),
+    batches = _batches(planned, batch)
+    reporter.start(images=len(planned), pending=len(planned), done=0, batches=len(batches),
                    batch_size=batch, scheduler=config.execution.scheduler, dashboard=executor.dashboard)
-    for start in range(0, len(pairs), batch):
+    for start, chunk in batches:
         began = time.perf_counter()
-        chunk = pairs[start : start + batch]
-        (parts,) = executor.results(_tree_sum([dask.delayed(pair_parts)(pair, config) for pair in chunk]))
+        tasks = [dask.delayed(piece_parts)(piece, config) for found in chunk for piece in found]
+        (parts,) = executor.results(_tree_sum(tasks))
         total = total + parts
         reporter.advance(len(chunk))
-        _batch_line(reporter, start, len(chunk), len(pairs), began)
+        _batch_line(reporter, start, len(chunk), len(planned), began)
     solution = solve(total, l2=config.kernel.l2)
     if solution.underdetermined:
         raise InputError(
@@ -208,23 +152,24 @@ def _least_squares(config: LearnConfig, pairs: list[Pair], shape: tuple[int, ...
     return solution.weights, solution.bias, fit
 
 
-def _descend(config: LearnConfig, pairs: list[Pair], shape: tuple[int, ...], executor: Any,
+def _descend(config: LearnConfig, planned: list[list[Piece]], shape: tuple[int, ...], executor: Any,
              reporter: Reporter) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    training = config.training
+    training, count = config.training, len(planned)
     weights, bias = init_weights(shape, training.seed, bias=config.kernel.bias)
     optimizer = Adam(training.learning_rate) if config.method == "adam" else SGD(training.learning_rate, training.momentum)
     order = np.random.default_rng(training.seed)
     losses: list[float] = []
-    reporter.start(images=len(pairs) * training.epochs, pending=len(pairs) * training.epochs, done=0,
+    reporter.start(images=count * training.epochs, pending=count * training.epochs, done=0,
                    batches=training.epochs, batch_size=training.batch, scheduler=config.execution.scheduler,
                    dashboard=executor.dashboard)
     for epoch in range(training.epochs):
         began = time.perf_counter()
-        shuffled = [pairs[i] for i in order.permutation(len(pairs))]
+        shuffled = [planned[i] for i in order.permutation(count)]
         epoch_loss = positions = 0.0
-        for start in range(0, len(shuffled), training.batch):
+        for start in range(0, count, training.batch):
             chunk = shuffled[start : start + training.batch]
-            (step,) = executor.results(_tree_sum([dask.delayed(pair_gradient)(pair, config, weights, bias) for pair in chunk]))
+            tasks = [dask.delayed(piece_gradient)(piece, config, weights, bias) for found in chunk for piece in found]
+            (step,) = executor.results(_tree_sum(tasks))
             scale = 1.0 / max(step.count, 1)
             params = [weights] + ([bias] if bias is not None else [])
             grads = [step.weights * scale] + ([step.bias * scale] if bias is not None else [])
@@ -233,7 +178,7 @@ def _descend(config: LearnConfig, pairs: list[Pair], shape: tuple[int, ...], exe
             epoch_loss, positions = epoch_loss + step.loss, positions + step.count
             reporter.advance(len(chunk), loss=step.loss / max(step.count, 1))
         losses.append(epoch_loss / max(positions, 1))
-        _batch_line(reporter, epoch * len(pairs), len(pairs), len(pairs) * training.epochs, began, loss=losses[-1])
+        _batch_line(reporter, epoch * count, count, count * training.epochs, began, loss=losses[-1])
         if _converged(losses, training.tolerance):
             break
     fit = {"loss": losses, "epochs": len(losses), "final_mse": losses[-1], "rmse": [math.sqrt(losses[-1])],

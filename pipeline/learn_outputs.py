@@ -19,14 +19,15 @@ import cv2
 import imageio.v3 as iio
 import numpy as np
 import yaml
-from scipy import ndimage
+from scipy import signal
 
 from pipeline.errors import OutputError
+from pipeline.learn_pairs import example
 from pipeline.sinks.export import to_displayable
 
 if TYPE_CHECKING:
-    from pipeline.learn_job import Pair
     from pipeline.learn_config import LearnConfig
+    from pipeline.learn_pairs import Pair
 
 CELL = 160
 
@@ -76,14 +77,15 @@ def _plain(value: Any) -> Any:
 def _picture(config: LearnConfig, weights: np.ndarray, bias: np.ndarray | None, examples: Sequence[Pair],
              report: dict[str, Any]) -> np.ndarray:
     """Row 1: the kernels (first channel of each output, nearest-neighbour enlarged); then one row per
-    example: input, target, prediction; for a descent, the loss curve in the last cell of row 1."""
-    from pipeline.learn_job import read_pair
-
+    example: input, target, prediction (the middle of each pair); for a descent, the loss curve in the last
+    cell of row 1."""
     kernels = [weights[k, 0] if weights.ndim == 4 else weights[k, 0, weights.shape[2] // 2] for k in range(min(3, weights.shape[0]))]
     rows = [[_enlarged(kernel) for kernel in kernels] + ([_curve(report["loss"])] if "loss" in report else [])]
     for pair in examples:
-        x, y = read_pair(pair, config)
-        prediction = sum(ndimage.correlate(x[c], weights[0, c], mode="constant") for c in range(x.shape[0]))
+        x, y = example(pair, config)  # the windows of the counted positions, and their targets
+        correlation = weights if config.kernel.correlate else np.flip(weights, axis=tuple(range(2, weights.ndim)))
+        prediction = sum(signal.correlate(x[c], correlation[0, c], mode="valid") for c in range(x.shape[0]))
+        x = x[(slice(None), *(slice(m // 2, m // 2 + n) for m, n in zip(config.kernel.shape, y.shape[1:])))]
         prediction = prediction + (0.0 if bias is None else bias[0])
         if config.kernel.activation == "relu":
             prediction = np.maximum(prediction, 0)

@@ -238,3 +238,54 @@ def test_a_descent_reports_its_loss_per_epoch(tmp_path: Path, write_config, run_
     report = json.loads((tmp_path / "fit" / "report.json").read_text())
     losses = [float(line.split(", loss ")[1].split()[0]) for line in lines]
     np.testing.assert_allclose(losses, report["loss"], rtol=1e-5)
+
+
+def _tiled_pairs(root: Path, kernel: np.ndarray, count: int = 2, shape: tuple[int, int] = (70, 66)) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tiled TIFF pairs (16x16 file tiles), noisy valid-sized targets: the fit is not exact."""
+    pairs = [(x, _valid(x, kernel) + RNG.normal(0, 2.0, (shape[0] - kernel.shape[0] + 1, shape[1] - kernel.shape[1] + 1)))
+             for x in _photos(count, shape)]
+    for folder in ("inputs", "targets"):
+        (root / folder).mkdir(exist_ok=True)
+    for index, (x, y) in enumerate(pairs):
+        tifffile.imwrite(root / "inputs" / f"p{index}.tif", x, tile=(16, 16), photometric="minisblack")
+        tifffile.imwrite(root / "targets" / f"p{index}.tif", y, tile=(16, 16), photometric="minisblack")
+    return pairs
+
+
+def test_a_tiled_tiff_pair_learned_by_small_tiles_equals_the_whole_fit(tmp_path: Path, write_config, run_cli) -> None:
+    pairs = _tiled_pairs(tmp_path, RNG.standard_normal((5, 5)))
+    design = np.concatenate([sliding_window_view(x, (5, 5)).reshape(-1, 25) for x, _ in pairs])
+    design = np.hstack([design, np.ones((len(design), 1))])
+    expected, *_ = np.linalg.lstsq(design, np.concatenate([y.ravel() for _, y in pairs]), rcond=None)
+    for tile, scheduler in (("whole", "threads"), (16, "threads"), (16, "sync"), (32, "processes")):
+        job = _job(write_config, tmp_path, {"shape": [5, 5], "bias": True}, execution={"scheduler": scheduler, "workers": 2},
+                   output={"path": str(tmp_path / "fit"), "overwrite": True})
+        assert_ok(run_cli("learn", job, "--set", f"inputs.tile={tile}"))
+        learned, report = _fit(tmp_path)
+        # 70x66 in tiles of 16: 5x5, the last column counting nothing (its windows would leave the image)
+        assert report["pieces"] == {"whole": 2, 16: 2 * 5 * 4, 32: 2 * 3 * 2}[tile], tile
+        np.testing.assert_allclose(np.append(learned[0, 0].ravel(), np.load(tmp_path / "fit" / "bias.npy")), expected,
+                                   rtol=1e-8, err_msg=f"tile {tile}, {scheduler}")
+
+
+def test_a_descent_by_tiles_repeats_bit_for_bit_and_follows_the_whole_one(tmp_path: Path, write_config, run_cli) -> None:
+    kernel = np.array([[0.5, -1.0, 0.25], [1.0, 0.0, -0.5], [0.25, 0.5, -0.75]])
+    _tiled_pairs(tmp_path, kernel, count=3, shape=(40, 36))
+    training = {"epochs": 30, "learning_rate": 0.01, "batch": 2, "seed": 5, "tolerance": 0.0}
+    job = _job(write_config, tmp_path, {"shape": [3, 3], "bias": True}, method="adam", training=training,
+               output={"path": str(tmp_path / "fit"), "overwrite": True}, execution={"scheduler": "threads", "workers": 2})
+    fits = {}
+    for tile in (16, 16, "whole"):
+        assert_ok(run_cli("learn", job, "--set", f"inputs.tile={tile}"))
+        fits.setdefault(tile, []).append(np.load(tmp_path / "fit" / "kernel.npy"))
+    assert np.array_equal(fits[16][0], fits[16][1])  # the same seed and tiles: the same bits
+    np.testing.assert_allclose(fits[16][0], fits["whole"][0], rtol=1e-9, atol=1e-12)
+
+
+def test_pairs_of_other_channels_than_the_first_get_one_line(tmp_path: Path, write_config, run_cli) -> None:
+    inputs = _photos(2, (20, 22))
+    _write_pairs(tmp_path, inputs, [_valid(x, EDGE) for x in inputs])
+    rgb = np.repeat(inputs[1][..., None], 3, axis=-1).astype(np.float32)
+    tifffile.imwrite(tmp_path / "inputs" / "p01.tif", rgb, photometric="rgb")
+    job = _job(write_config, tmp_path, {"shape": [3, 3]}, color="keep")
+    assert_error(run_cli("learn", job), 3, "p01.tif", "has 3 input and 1 target channels but the first pair 1 and 1")

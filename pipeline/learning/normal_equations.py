@@ -205,6 +205,9 @@ def _add_band_term(lags: np.ndarray, x: np.ndarray, x_hat: np.ndarray, banded: t
         m, inner = kernel[axis], valid[axis]
         edges = np.take(edges, np.r_[0:m - 1, inner:inner + m - 1], axis=1 + axis)
         partners = np.take(partners, np.r_[0:3 * (m - 1), inner:inner + 3 * (m - 1)], axis=1 + axis)
+    if banded and not rest:
+        _add_corner_term(lags, edges, partners, kernel, pairs)
+        return
     edges_hat = spectra(edges, rest_axes, rest_shape) if banded else x_hat
     term_shape = tuple(n for axis, m in enumerate(kernel) for n in ((m,) if axis in banded else (1, 2 * m - 1)))
     # Whole-tile spectra are large: as many channel pairs at a time as fit in the budget.
@@ -226,6 +229,31 @@ def _add_band_term(lags: np.ndarray, x: np.ndarray, x_hat: np.ndarray, banded: t
                 term = _cut_off(term, kernel[axis], 1 + axis)
             lags[(slice(first, first + len(firsts)), *index)] += term.reshape(len(firsts), *term_shape)
             first += len(firsts)
+
+
+def _add_corner_term(lags: np.ndarray, edges: np.ndarray, partners: np.ndarray, kernel: tuple[int, ...],
+                     pairs: list[tuple[int, int]]) -> None:
+    """The term of every axis cut to its bands: plain products of the corners' samples, no FFT.
+
+    ``(2 (m - 1) (2 m - 1))**D`` products; the lags of the last axis are taken at once (a sliding
+    window of the partners), the others one by one: a loop of ``(2 m - 1)**(D - 1)`` steps.
+    """
+    ndim, last = len(kernel), len(kernel) - 1
+    firsts, seconds = np.array(pairs).T
+    m = kernel[last]
+    window = np.r_[0:m - 1, 3 * (m - 1):4 * (m - 1)][None, :] + np.arange(2 * m - 1)[:, None]  # (lag, edge sample)
+    corners = edges[firsts][..., None, :]  # (pair, *edges, 1, edges of the last axis)
+    for shifts in itertools.product(*(range(2 * kernel[axis] - 1) for axis in range(last))):
+        shifted = partners
+        for axis, shift in enumerate(shifts):
+            size = kernel[axis]
+            shifted = np.take(shifted, np.r_[0:size - 1, 3 * (size - 1):4 * (size - 1)] + shift, axis=1 + axis)
+        term = corners * np.take(shifted[seconds], window, axis=ndim)  # (pair, *edges, lag, edge)
+        term = _cut_off(term, m, ndim + 1)
+        for axis in range(last):
+            term = _cut_off(term, kernel[axis], 1 + axis)
+        index = tuple(i for axis in range(last) for i in (slice(None), shifts[axis])) + (slice(None), slice(None))
+        lags[(slice(None), *index)] += np.swapaxes(term, -1, -2)
 
 
 def _box_sums(x: np.ndarray, valid: tuple[int, ...], kernel: tuple[int, ...]) -> np.ndarray:
