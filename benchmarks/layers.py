@@ -209,13 +209,26 @@ def memory_case(args: argparse.Namespace, steps: list) -> dict:
     """The layer job's peak RSS on 4×N images (the N mosaics, each listed four times) against N."""
     runs = {}
     for images in (args.images, 4 * args.images):
-        folder = ensure_collection(images, distinct=args.images)
+        folder = _hard_links(images, args.images)
         job = layer_job(folder, WORK / f"memory{images}.zarr", steps, WORK / f"memory{images}.yaml")
         runs[images] = median_run([PIPELINE, "run", str(job), "--quiet"], 1)
         shutil.rmtree(WORK / f"memory{images}.zarr", ignore_errors=True)
     small, large = (runs[n]["peak_rss_mib"] for n in (args.images, 4 * args.images))
     return {"images": [args.images, 4 * args.images], "peak_rss_mib": [small, large], "ratio": large / small,
             "seconds": [runs[n]["seconds"] for n in (args.images, 4 * args.images)]}
+
+
+def _hard_links(images: int, distinct: int) -> Path:
+    """A folder of ``images`` hard links cycling over ``distinct`` mosaics: distinct files to the
+    listing, which keeps a file reached by two symbolic links once."""
+    folder = WORK / f"n{images}-of-{distinct}-hard"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(ensure_collection(distinct).glob("*.jpg"))
+    for i in range(images):
+        link = folder / f"img-{i:04d}.jpg"
+        if not link.exists():
+            os.link(sources[i % distinct].resolve(), link)
+    return folder
 
 
 def _same_result(ours: Path, theirs: Path) -> bool:

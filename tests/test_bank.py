@@ -96,19 +96,6 @@ def test_bands_hand_over_the_window_of_the_whole_result(rng, monkeypatch, strate
         assert joined.tobytes() == (want if how is None else reduce(want)).tobytes()
 
 
-@pytest.mark.parametrize("mode", BORDERS)
-def test_gemm_pads_its_bands_as_numpy_pads_the_block(rng, mode) -> None:
-    from pipeline.steps.bank import _pad, _PaddedRows
-
-    for shape, kernel in (((2, 7, 9), (5, 3)), ((1, 2, 3), (9, 9)), ((3, 1, 1), (2, 2)), ((2, 40, 5), (3, 8))):
-        block = np.moveaxis(rng.uniform(-1, 1, (*shape[1:], shape[0])), -1, 0)
-        want = _pad(block, kernel, mode, CVAL)
-        rows = _PaddedRows(block, kernel, mode, CVAL)
-        assert rows.shape == want.shape
-        for start, stop in ((0, want.shape[1]), (1, 3), (want.shape[1] - 2, want.shape[1])):
-            assert np.array_equal(rows[start:stop], want[:, start:stop]), (shape, kernel, start)
-
-
 @pytest.mark.parametrize("strategy", BANK_STRATEGIES)
 @pytest.mark.parametrize("mode", BORDERS)
 def test_kernels_longer_than_the_block(rng, strategy, mode) -> None:

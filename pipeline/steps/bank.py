@@ -45,6 +45,7 @@ from numpy.lib.stride_tricks import as_strided
 from scipy import fft
 
 from pipeline.errors import KernelError
+from pipeline.steps.padding import PaddedRows, pad_block
 from pipeline.steps.strategies import NUMPY_PAD_MODES, KernelStrategy, choose_engine, correlate_block, choose_strategy
 
 BANK_STRATEGIES: tuple[str, ...] = ("direct", "gemm", "fft")
@@ -188,17 +189,17 @@ def correlate_bank(
     if edge_mode not in NUMPY_PAD_MODES:
         raise KernelError(f"edge mode must be one of {', '.join(NUMPY_PAD_MODES)}; got {edge_mode!r}")
     if plan.strategy == "gemm" and block.ndim == 3 and bands is not None:
-        _gemm(_PaddedRows(block, plan.weights.shape[2:], edge_mode, cval), plan.weights, plan.bias, start, bands)
+        _gemm(PaddedRows(block, plan.weights.shape[2:], edge_mode, cval), plan.weights, plan.bias, start, bands)
         return None
     if plan.strategy == "direct":
         result = _direct(block, plan, edge_mode, cval)
     elif plan.strategy == "fft":
-        result = _fft(_pad(block, plan.weights.shape[2:], edge_mode, cval), plan, block.shape[1:])
+        result = _fft(pad_block(block, plan.weights.shape[2:], edge_mode, cval), plan, block.shape[1:])
     elif block.ndim == 2:  # 1-D kernels: rows of a one-row image
-        rows = _PaddedRows(block[:, None], (1, *plan.weights.shape[2:]), edge_mode, cval)
+        rows = PaddedRows(block[:, None], (1, *plan.weights.shape[2:]), edge_mode, cval)
         result = _gemm(rows, plan.weights[:, :, None], plan.bias, (0, *start[-1:]))[:, 0]
     else:
-        result = _gemm(_PaddedRows(block, plan.weights.shape[2:], edge_mode, cval), plan.weights, plan.bias, start)
+        result = _gemm(PaddedRows(block, plan.weights.shape[2:], edge_mode, cval), plan.weights, plan.bias, start)
     if bands is None:
         return result
     result = result[(slice(None), *bands.window)]
@@ -278,49 +279,6 @@ def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, list[fl
 # --- strategies -------------------------------------------------------------------------------
 
 
-def _pad(block: np.ndarray, kernel: tuple[int, ...], edge_mode: str, cval: float) -> np.ndarray:
-    """The block extended by what the kernel reads beyond it (scipy's centring), with the border rule."""
-    widths = [(0, 0)] + [(m // 2, m - 1 - m // 2) for m in kernel]
-    extra = {"constant_values": cval} if edge_mode == "constant" else {}
-    return np.pad(block, widths, mode=NUMPY_PAD_MODES[edge_mode], **extra)
-
-
-class _PaddedRows:
-    """Rows of ``_pad(block, kernel, ...)`` made on demand, so that gemm's bands never need the
-    whole block padded (a copy as large as the block, in fresh pages, for every image).
-
-    np.pad pads one axis after the other, each sample taking the value of one source sample (or
-    the constant), so a padded band is the source rows its padded row indices name, padded along
-    x by its padded column indices: the indices are np.pad's own, of ``arange``.
-    """
-
-    def __init__(self, block: np.ndarray, kernel: tuple[int, ...], edge_mode: str, cval: float) -> None:
-        self.block, self.cval, self.constant = block, cval, edge_mode == "constant"
-        (kh, kw), (channels, height, width) = kernel, block.shape
-        extra = {"constant_values": -1} if self.constant else {}  # -1: the constant, not a sample
-        self.rows = np.pad(np.arange(height), (kh // 2, kh - 1 - kh // 2), mode=NUMPY_PAD_MODES[edge_mode], **extra)
-        self.columns = np.pad(np.arange(width), (kw // 2, kw - 1 - kw // 2), mode=NUMPY_PAD_MODES[edge_mode], **extra)
-        self.left = kw // 2
-        self.shape = (channels, height + kh - 1, width + kw - 1)
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        """Padded rows ``rows`` (a slice of the padded block's rows), all channels and columns."""
-        sources = self.rows[rows]
-        width = self.block.shape[2]
-        band = np.empty((self.shape[0], len(sources), self.shape[2]), dtype=self.block.dtype)
-        inner = band[:, :, self.left : self.left + width]
-        if len(sources) and sources[0] >= 0 and np.array_equal(sources, np.arange(sources[0], sources[0] + len(sources))):
-            inner[...] = self.block[:, sources[0] : sources[0] + len(sources)]  # away from the edges: a slice
-        else:
-            inner[...] = self.block[:, np.maximum(sources, 0)]
-            inner[:, sources < 0] = self.cval
-        for edge in (slice(0, self.left), slice(self.left + width, None)):
-            band[:, :, edge] = inner[:, :, np.maximum(self.columns[edge], 0)]
-            if self.constant:
-                band[:, :, edge][..., self.columns[edge] < 0] = self.cval
-        return band
-
-
 def _direct(block: np.ndarray, plan: BankStrategy, edge_mode: str, cval: float) -> np.ndarray:
     out = np.empty((len(plan.pairs), *block.shape[1:]), dtype=block.dtype)
     for k, row in enumerate(plan.pairs):
@@ -365,7 +323,7 @@ def _spectrum(kernel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return spectrum
 
 
-def _gemm(padded: _PaddedRows, weights: np.ndarray, bias: np.ndarray | None, start: tuple[int, ...],
+def _gemm(padded: PaddedRows, weights: np.ndarray, bias: np.ndarray | None, start: tuple[int, ...],
           bands: Bands | None = None) -> np.ndarray | None:
     """MEC lowering + one fixed-shape BLAS call per ``GEMM_TILE`` pixels of an output row.
 

@@ -13,7 +13,7 @@ before it and the write after it.
 ``resize`` steps (valid/full, strides, pools) and ``whole`` steps (normalize) each end a pass; a
 pool whose windows do not overlap joins the pass before it when the pass's blocks lie on its grid
 (whole images always do), and a ``same`` layer followed by pointwise steps and such a pool then
-runs band by band (``_banded``): rows of its result through the activations and the pool as soon
+runs band by band (banded.py): rows of its result through the activations and the pool as soon
 as they are computed, so the K full-size maps of an image never exist, only the pooled ones.
 
 A source that can read its chunks again with a halo (tiles of a huge TIFF, slabs of a volume)
@@ -33,6 +33,7 @@ import numpy as np
 from dask.array.overlap import ensure_minimum_chunksize
 
 from pipeline.errors import KernelError
+from pipeline.steps.banded import banded, bands_into_pool
 from pipeline.steps.base import ImageShape, Step, blockwise_chunks
 from pipeline.steps.convolve import Convolution, ConvolveStep
 
@@ -250,49 +251,14 @@ def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape
     if last < 0 and keep is not None:
         block = block[keep]
     for index, step in enumerate(steps):
-        if index == last and _bands_into_pool(steps[index:]):
-            return _banded(block, step, steps[index + 1 :], image, keep=keep, periodic=periodic, origin=origin)
+        if index == last and bands_into_pool(steps[index:]):
+            return banded(block, step, steps[index + 1 :], image, keep=keep, periodic=periodic, origin=origin)
         if step.fusion == "neighbourhood":
             block = step.block(block, image, keep=keep if index == last else None, periodic=periodic, origin=origin)
         else:
             block = step.block(block, image)
         image = step.output(image)
     return block
-
-
-def _bands_into_pool(steps: Sequence[Step]) -> bool:
-    """A layer computed band by band, then pointwise steps, then the pool ending the pass."""
-    return (hasattr(steps[0], "same_bands") and len(steps) > 1 and hasattr(steps[-1], "joins_pass")
-            and all(step.fusion == "pointwise" for step in steps[1:-1]))
-
-
-def _banded(block: np.ndarray, layer: Step, tail: Sequence[Step], image: ImageShape, *,
-            keep: tuple[slice, ...] | None, **options: Any) -> np.ndarray:
-    """The layer's result through the tail (pointwise steps, a pool) band by band of rows: each
-    band is pooled while it is in cache, and only the pooled block is ever allocated."""
-    spatial = image.spatial_ndim
-    kept = tuple(range(n)[cut] for n, cut in zip(block.shape, keep or (slice(None),) * block.ndim))
-    layered = layer.output(image)
-    band_image = ImageShape((*layered.shape[:-spatial], *map(len, kept[-spatial:])), layered.axes)
-    out_image = band_image
-    for step in tail:
-        out_image = step.output(out_image)
-    out = np.empty((len(kept[0]), *out_image.shape), dtype=block.dtype)
-    pool, rows = tail[-1], tail[-1].stride[0]
-    # a max or min pool goes first, on 1/area of the values, when the steps before it commute with it
-    first_pool = (pool.pool.function in ("max", "min") and layer.bands_without_negative_zeros(block.dtype)
-                  and all(getattr(step, "order_preserving", False) for step in tail[:-1]))
-    steps = (*tail[:-1],) if first_pool else tail
-
-    def take(index: int, first: int, band: np.ndarray) -> None:
-        piece, piece_image = band[np.newaxis], ImageShape(band.shape, band_image.axes)
-        for step in steps:
-            piece, piece_image = step.block(piece, piece_image), step.output(piece_image)
-        out[index, ..., first // rows : first // rows + piece.shape[-2], :] = piece[0]
-
-    reduce = (lambda band: pool.pool.apply(band)) if first_pool else None
-    layer.same_bands(block, image, take, rows=rows, reduce=reduce, keep=keep, **options)
-    return out
 
 
 def _pass_haloed(
