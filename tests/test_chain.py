@@ -259,9 +259,10 @@ def _unfused(steps, x: np.ndarray) -> np.ndarray:
        boundary=st.sampled_from(["reflect", "nearest", "mirror", "wrap", "constant"]),
        activation=st.sampled_from(sorted(ACTIVATIONS)), function=st.sampled_from(["max", "mean", "min"]),
        size_stride=st.sampled_from([(2, 2), (3, 3), (2, 3), (1, 2)]), padding=st.sampled_from(["valid", "same"]),
-       band_rows=st.sampled_from([1, 3, 7, 1000]))
+       band_rows=st.sampled_from([1, 3, 7, 1000]), layer_stride=st.sampled_from([1, 1, 2]))
 def test_a_layer_activation_and_pool_band_by_band_equal_scipy_then_skimage(
-    data, mode: str, boundary: str, activation: str, function: str, size_stride, padding: str, band_rows: int
+    data, mode: str, boundary: str, activation: str, function: str, size_stride, padding: str, band_rows: int,
+    layer_stride: int,
 ) -> None:
     from pipeline.steps import bank
     from pipeline.steps.chain import chain
@@ -273,18 +274,20 @@ def test_a_layer_activation_and_pool_band_by_band_equal_scipy_then_skimage(
     on_grid = (x.shape[2],) if stride == 1 else data.draw(st.sampled_from([(x.shape[2],), (stride * 4, x.shape[2] - stride * 4)]))
     chunks = (1, 3, on_grid, data.draw(st.sampled_from([(x.shape[3],), (stride * 3, x.shape[3] - stride * 3)])))
     act = {"function": "clip", "min": -0.5, "max": 1.0} if activation == "clip" else activation
-    steps = steps_from({"layer": {"weights": BANK.tolist(), "bias": BANK_BIAS.tolist(), "mode": mode, "boundary": boundary}},
+    steps = steps_from({"layer": {"weights": BANK.tolist(), "bias": BANK_BIAS.tolist(), "mode": mode, "boundary": boundary,
+                                  "stride": layer_stride}},
                        {"activation": act}, {"pool": {"function": function, "size": size, "stride": stride, "padding": padding}})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bank, "GEMM_BAND_PIXELS", band_rows * (bank.GEMM_TILE + 16))  # bands of a few rows
         chained = chain(da.from_array(x, chunks=chunks), steps)
-        if mode == "same":  # the pool joins the layer's pass
+        if mode == "same" and layer_stride == 1:  # the pool joins the layer's pass
             assert [stage.steps for stage in chained.stages] == [(0, 1, 2)]
         got = chained.array.compute(scheduler="sync")
         # the same bytes as the unfused steps, which hold the layer's K maps whole (one chunk per image)
         whole = chain(da.from_array(x, chunks=(1, 3, *x.shape[2:])), steps).array.compute(scheduler="sync")
         assert whole.tobytes() == _unfused(steps, x).tobytes()
-    want = _pool_oracle(ACTIVATIONS[activation](_layer_oracle(x, mode, boundary)), function, size, stride, padding)
+    layered = _layer_oracle(x, mode, boundary)[..., ::layer_stride, ::layer_stride]  # PyTorch's stride
+    want = _pool_oracle(ACTIVATIONS[activation](layered), function, size, stride, padding)
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
