@@ -40,6 +40,7 @@ class Run:
     tree_rss_mib: float  # largest sampled RSS sum of the process tree (psutil)
     inner_seconds: float | None  # in-process time the case printed, if it did
     output: str
+    cpu_seconds: float | None = None  # user + system CPU time of the process (wait4)
 
 
 class RunFailed(RuntimeError):
@@ -71,6 +72,7 @@ def measure(argv: list[str], *, cwd: str, env: dict[str, str] | None = None) -> 
         tree_rss_mib=sampler.peak / MIB,
         inner_seconds=_last_float(stdout),
         output=stdout.strip(),
+        cpu_seconds=usage.get("cpu_seconds"),
     )
 
 
@@ -114,7 +116,8 @@ def _wrap(report: str, argv: list[str]) -> int:
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)  # output: inherited from the wrapper
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
-    Path(report).write_text(json.dumps({"seconds": seconds, "maxrss_kib": usage.ru_maxrss}))
+    Path(report).write_text(json.dumps({"seconds": seconds, "maxrss_kib": usage.ru_maxrss,
+                                        "cpu_seconds": usage.ru_utime + usage.ru_stime}))
     return os.waitstatus_to_exitcode(status)
 
 

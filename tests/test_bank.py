@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
-from pipeline.steps.bank import BANK_STRATEGIES, correlate_bank, choose_bank_strategy
+from pipeline.steps.bank import BANK_STRATEGIES, Bands, correlate_bank, choose_bank_strategy
 
 BORDERS = ("reflect", "nearest", "mirror", "wrap", "constant")
 CVAL = 0.5
@@ -68,6 +68,32 @@ def test_gemm_over_several_tiles_and_bands(rng, dtype, threads, start) -> None:
     with threadpool_limits(threads):
         got = correlate_bank(block, choose_bank_strategy(weights, bias, dtype=dtype, strategy="gemm"), start=start)
     assert_matches_oracle(got, block, weights, bias, "reflect")
+
+
+@pytest.mark.parametrize("strategy", BANK_STRATEGIES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", BORDERS)
+def test_bands_hand_over_the_window_of_the_whole_result(rng, monkeypatch, strategy, threads, mode) -> None:
+    from pipeline.steps import bank
+
+    monkeypatch.setattr(bank, "GEMM_BAND_PIXELS", 4 * (2 * bank.GEMM_TILE + 16))  # rows of two tiles: bands of 4
+    weights, bias = random_bank(rng, 3, 2, (5, 4))
+    block = np.moveaxis(rng.uniform(-1, 1, (23, 300, 2)).astype(np.float32), -1, 0)  # channels last in memory
+    plan = choose_bank_strategy(weights, bias, dtype=np.float32, strategy=strategy)
+    whole = correlate_bank(block, plan, edge_mode=mode, cval=CVAL, start=(0, 7))
+    window = (slice(3, 22), slice(1, 299))
+    reduce = lambda band: np.maximum(band[:, 0::2][:, : band.shape[1] // 2], band[:, 1::2])  # noqa: E731
+    for how in (None, reduce):
+        got: dict[int, np.ndarray] = {}
+        bands = Bands(lambda first, band: got.__setitem__(first, band.copy()), rows=2, window=window, reduce=how)
+        with threadpool_limits(threads):
+            assert correlate_bank(block, plan, edge_mode=mode, cval=CVAL, start=(0, 7), bands=bands) is None
+        if strategy == "gemm":
+            assert sorted(got) == list(range(0, 19, 4))  # bands of 4 rows, the last of 3
+        want = whole[(slice(None), *window)]
+        # with a reduce, gemm adds the bias after the max: the same bytes still
+        joined = np.concatenate([got[first] for first in sorted(got)], axis=1)
+        assert joined.tobytes() == (want if how is None else reduce(want)).tobytes()
 
 
 @pytest.mark.parametrize("strategy", BANK_STRATEGIES)

@@ -204,3 +204,117 @@ def test_the_range_follows_activations_and_pools() -> None:
 def test_a_pool_larger_than_the_image_names_the_step(images: np.ndarray) -> None:
     with pytest.raises(KernelError, match=r"steps.1 \(max pool 20x20\): pool size \[20, 20\] is larger than the image \[12, 13\]"):
         apply_steps(da.from_array(images, chunks=4), steps_from(conv("blur"), {"pool": {"size": 20}}))
+
+
+# --- a layer, activations and a pool in one pass, band by band -------------------------------------
+
+BANK = np.random.default_rng(12).standard_normal((4, 3, 5, 3))  # K=4, C=3, an odd 5x3 window
+BANK_BIAS = np.random.default_rng(13).standard_normal(4)
+ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0), "tanh": np.tanh, "clip": lambda x: np.clip(x, -0.5, 1.0)}
+
+
+def _colour(shape: tuple[int, ...]) -> np.ndarray:
+    """(n, 3, y, x) float32 with a block of zeros (no -0.0 may come out of it) and odd sizes."""
+    x = np.random.default_rng(14).normal(size=shape).astype(np.float32)
+    x[:, :, : shape[2] // 3, : shape[3] // 2] = 0
+    return x
+
+
+def _layer_oracle(x: np.ndarray, mode: str, boundary: str) -> np.ndarray:
+    """Σ_c scipy correlate(x_c, w[k, c]) + b_k."""
+    if mode == "same":
+        correlate = lambda image, kernel: ndimage.correlate(image, kernel, mode=boundary)  # noqa: E731
+    else:
+        correlate = lambda image, kernel: signal.correlate(image, kernel, mode=mode, method="direct")  # noqa: E731
+    x = x.astype(np.float64)
+    return np.asarray([[sum(correlate(image[c], BANK[k, c]) for c in range(3)) + BANK_BIAS[k] for k in range(4)] for image in x])
+
+
+def _pool_oracle(x: np.ndarray, function: str, size: int, stride: int, padding: str) -> np.ndarray:
+    """skimage's block_reduce for windows that tile the image; explicit windows for strides of their own."""
+    from skimage.measure import block_reduce
+
+    how = {"max": np.max, "min": np.min, "mean": np.mean}[function]
+    if stride != size:
+        return _pooled(x, size, stride, how)
+    if padding == "valid":
+        x = x[..., : x.shape[-2] // size * size, : x.shape[-1] // size * size]
+        return block_reduce(x, (1, 1, size, size), how)
+    ragged = {"max": (np.max, -np.inf), "min": (np.min, np.inf), "mean": (np.nanmean, np.nan)}[function]
+    return block_reduce(x, (1, 1, size, size), ragged[0], cval=ragged[1])
+
+
+def _unfused(steps, x: np.ndarray) -> np.ndarray:
+    """The steps' block functions one after the other on the whole block: every map held whole."""
+    from pipeline.steps.chain import default_image
+
+    image = default_image(da.from_array(x), 2)
+    for step in steps:
+        x, image = step.block(x, image), step.output(image)
+    return x
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(data=st.data(), mode=st.sampled_from(["same", "same", "valid", "full"]),
+       boundary=st.sampled_from(["reflect", "nearest", "mirror", "wrap", "constant"]),
+       activation=st.sampled_from(sorted(ACTIVATIONS)), function=st.sampled_from(["max", "mean", "min"]),
+       size_stride=st.sampled_from([(2, 2), (3, 3), (2, 3), (1, 2)]), padding=st.sampled_from(["valid", "same"]),
+       band_rows=st.sampled_from([1, 3, 7, 1000]), layer_stride=st.sampled_from([1, 1, 2]))
+def test_a_layer_activation_and_pool_band_by_band_equal_scipy_then_skimage(
+    data, mode: str, boundary: str, activation: str, function: str, size_stride, padding: str, band_rows: int,
+    layer_stride: int,
+) -> None:
+    from pipeline.steps import bank
+    from pipeline.steps.chain import chain
+
+    size, stride = size_stride
+    if size != stride:
+        padding = "valid"
+    x = _colour((2, 3, 23, 19))
+    on_grid = (x.shape[2],) if stride == 1 else data.draw(st.sampled_from([(x.shape[2],), (stride * 4, x.shape[2] - stride * 4)]))
+    chunks = (1, 3, on_grid, data.draw(st.sampled_from([(x.shape[3],), (stride * 3, x.shape[3] - stride * 3)])))
+    act = {"function": "clip", "min": -0.5, "max": 1.0} if activation == "clip" else activation
+    steps = steps_from({"layer": {"weights": BANK.tolist(), "bias": BANK_BIAS.tolist(), "mode": mode, "boundary": boundary,
+                                  "stride": layer_stride}},
+                       {"activation": act}, {"pool": {"function": function, "size": size, "stride": stride, "padding": padding}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bank, "GEMM_BAND_PIXELS", band_rows * (bank.GEMM_TILE + 16))  # bands of a few rows
+        chained = chain(da.from_array(x, chunks=chunks), steps)
+        if mode == "same" and layer_stride == 1:  # the pool joins the layer's pass
+            assert [stage.steps for stage in chained.stages] == [(0, 1, 2)]
+        got = chained.array.compute(scheduler="sync")
+        # the same bytes as the unfused steps, which hold the layer's K maps whole (one chunk per image)
+        whole = chain(da.from_array(x, chunks=(1, 3, *x.shape[2:])), steps).array.compute(scheduler="sync")
+        assert whole.tobytes() == _unfused(steps, x).tobytes()
+    layered = _layer_oracle(x, mode, boundary)[..., ::layer_stride, ::layer_stride]  # PyTorch's stride
+    want = _pool_oracle(ACTIVATIONS[activation](layered), function, size, stride, padding)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("function", ["max", "mean"])
+def test_tiles_of_a_banded_pass_give_the_whole_images_bytes(monkeypatch, function: str) -> None:
+    from pipeline.steps import bank
+    from pipeline.steps.chain import chain
+
+    monkeypatch.setattr(bank, "GEMM_BAND_PIXELS", 3 * (bank.GEMM_TILE + 16))
+    x = _colour((1, 3, 41, 300))  # wider than one BLAS call: tiles line their calls up with the image
+    steps = steps_from({"layer": {"weights": BANK.tolist(), "bias": BANK_BIAS.tolist()}}, {"activation": "relu"},
+                       {"pool": {"function": function, "size": 2}})
+    whole = chain(da.from_array(x, chunks=-1), steps)
+    assert [stage.steps for stage in whole.stages] == [(0, 1, 2)]
+    want = whole.array.compute(scheduler="sync")
+    for chunks in ((1, 3, (10, 31), (100, 200)), (1, 3, (6, 6, 29), (64, 236)), (1, 3, (2,) * 20 + (1,), 300)):
+        tiled = chain(da.from_array(x, chunks=chunks), steps)
+        assert [stage.steps for stage in tiled.stages] == [(0, 1, 2)], chunks
+        assert tiled.array.compute(scheduler="sync").tobytes() == want.tobytes(), chunks
+
+
+def test_a_pool_off_its_grid_or_with_overlapping_windows_keeps_a_pass_of_its_own() -> None:
+    from pipeline.steps.chain import chain
+
+    x = _colour((1, 3, 12, 12))
+    layer_ = {"layer": {"weights": BANK.tolist()}}
+    for chunks, pool in (((1, 3, (5, 7), 12), {"size": 2}), ((1, 3, 12, 12), {"size": 3, "stride": 2})):
+        chained = chain(da.from_array(x, chunks=chunks), steps_from(layer_, {"activation": "relu"}, {"pool": pool}))
+        assert [stage.steps for stage in chained.stages] == [(0, 1), (2,)]

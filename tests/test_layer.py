@@ -74,6 +74,13 @@ def test_a_stride_keeps_every_sth_sample_of_the_stride_1_result(mode: str, strid
         np.testing.assert_allclose(got, oracle(IMAGES, WEIGHTS, BIAS, mode, stride=stride), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_a_strided_same_layer_on_chunks_keeps_its_border_rule(boundary: str) -> None:
+    steps = steps_from(layer(bias=BIAS, boundary=boundary, cval=-0.5, stride=2))  # wrap: the far side's halo
+    got = chain(da.from_array(IMAGES, chunks=(1, 2, 4, 5)), steps).array.compute(scheduler="sync")
+    np.testing.assert_allclose(got, oracle(IMAGES, WEIGHTS, BIAS, "same", boundary, -0.5, stride=2), rtol=1e-10, atol=1e-10)
+
+
 def test_gray_images_get_a_channel_axis_and_built_in_banks_see_the_channels_mean() -> None:
     gray = IMAGES[:, 0]
     steps = steps_from({"layer": {"weights": "sobel"}})

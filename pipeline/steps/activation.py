@@ -44,6 +44,14 @@ class Activation:
             return f"clip {self.low}..{self.high}"
         return self.function
 
+    @property
+    def order_preserving(self) -> bool:
+        """Whether ``f(max(x)) == max(f(x))`` to the bit (and for min) when ``x`` holds no -0.0 (a gemm
+        layer's result does not), so that f commutes with a max or min pool: f never decreases and
+        is a comparison, which neither rounds nor makes a zero of the other sign (leaky_relu's
+        product can: a tiny negative times the slope is -0.0)."""
+        return self.function in ("relu", "clip")
+
     def apply(self, block: np.ndarray) -> np.ndarray:
         """The activation of ``block``, in its dtype (in place on a writeable float block; integers become float64)."""
         if block.dtype.kind != "f":
@@ -112,6 +120,10 @@ class ActivationStep(Step):
 
     def value_range(self, low: float, high: float) -> tuple[float, float]:
         return self.activation.value_range(low, high)
+
+    @property
+    def order_preserving(self) -> bool:
+        return self.activation.order_preserving
 
     def block(self, block: np.ndarray, image: ImageShape) -> np.ndarray:
         return self.activation.apply(block)

@@ -38,12 +38,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from scipy import fft
 
 from pipeline.errors import KernelError
+from pipeline.steps.padding import PaddedRows, pad_block
 from pipeline.steps.strategies import NUMPY_PAD_MODES, KernelStrategy, choose_engine, correlate_block, choose_strategy
 
 BANK_STRATEGIES: tuple[str, ...] = ("direct", "gemm", "fft")
@@ -79,6 +81,29 @@ COST_CONSTANTS = {
 }
 GEMM_CHANNEL_GROUP = 4
 ENGINES = ("opencv", "scipy")
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The bank's result handed over band by band instead of returned whole.
+
+    ``take(first, band)`` receives bands of ``window``'s rows, in order of nothing (``gemm`` may run
+    bands on several threads): ``band`` is ``(K, n, columns)``, its first row ``first`` rows after
+    the window's, and is scratch, valid during the call only. Every band but the last holds a
+    multiple of ``rows`` rows (a pool's stride, so that no window straddles two bands). ``window``
+    cuts the block's same-sized result (spatial axes; default: all of it). Strategies that compute
+    the result whole hand it over as one band.
+
+    ``reduce`` (a max or min pool) shrinks each band before ``take`` gets it. ``gemm`` applies it
+    before adding the bias, to a band smaller by the pool's area: the same bytes, since rounding
+    ``x + b`` never reverses the order of two values; strategies that compute the result whole
+    reduce it after.
+    """
+
+    take: Callable[[int, np.ndarray], None]
+    rows: int = 1
+    window: tuple[slice, ...] = ()
+    reduce: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,27 +173,38 @@ def choose_bank_strategy(weights, bias=None, *, dtype, strategy: str = "auto") -
 
 
 def correlate_bank(
-    block: np.ndarray, plan: BankStrategy, *, edge_mode: str = "reflect", cval: float = 0.0, start: tuple[int, ...] = ()
-) -> np.ndarray:
+    block: np.ndarray, plan: BankStrategy, *, edge_mode: str = "reflect", cval: float = 0.0, start: tuple[int, ...] = (),
+    bands: Bands | None = None,
+) -> np.ndarray | None:
     """``sum_c scipy.ndimage.correlate(block[c], plan.weights[k, c], mode=edge_mode, cval=cval) + bias[k]``.
 
     ``block`` is ``(C, *spatial)`` float32 or float64; the result ``(K, *spatial)`` has its dtype.
     ``start`` is the index of the block's first sample in the whole image (default: the origin);
     ``gemm`` lines its BLAS calls up with the image's columns with it, so that a pixel's bytes do
-    not depend on where the image was cut into blocks.
+    not depend on where the image was cut into blocks. With ``bands`` the result is handed to
+    ``bands.take`` band by band (the same bytes) and None is returned: ``gemm`` on 2-D kernels
+    then never holds more than a band of the K maps.
     """
     _check_block(block, plan)
     if edge_mode not in NUMPY_PAD_MODES:
         raise KernelError(f"edge mode must be one of {', '.join(NUMPY_PAD_MODES)}; got {edge_mode!r}")
+    if plan.strategy == "gemm" and block.ndim == 3 and bands is not None:
+        _gemm(PaddedRows(block, plan.weights.shape[2:], edge_mode, cval), plan.weights, plan.bias, start, bands)
+        return None
     if plan.strategy == "direct":
-        return _direct(block, plan, edge_mode, cval)
-    padded = _pad(block, plan.weights.shape[2:], edge_mode, cval)
-    if plan.strategy == "fft":
-        return _fft(padded, plan, block.shape[1:])
-    if block.ndim == 2:  # 1-D kernels: rows of a one-row image
-        start = (0, *start[-1:])
-        return _gemm(padded[:, None], plan.weights[:, :, None], plan.bias, start)[:, 0]
-    return _gemm(padded, plan.weights, plan.bias, start)
+        result = _direct(block, plan, edge_mode, cval)
+    elif plan.strategy == "fft":
+        result = _fft(pad_block(block, plan.weights.shape[2:], edge_mode, cval), plan, block.shape[1:])
+    elif block.ndim == 2:  # 1-D kernels: rows of a one-row image
+        rows = PaddedRows(block[:, None], (1, *plan.weights.shape[2:]), edge_mode, cval)
+        result = _gemm(rows, plan.weights[:, :, None], plan.bias, (0, *start[-1:]))[:, 0]
+    else:
+        result = _gemm(PaddedRows(block, plan.weights.shape[2:], edge_mode, cval), plan.weights, plan.bias, start)
+    if bands is None:
+        return result
+    result = result[(slice(None), *bands.window)]
+    bands.take(0, result if bands.reduce is None else bands.reduce(result))
+    return None
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -243,13 +279,6 @@ def cost_terms(weights: np.ndarray, pairs, dtype: np.dtype) -> dict[str, list[fl
 # --- strategies -------------------------------------------------------------------------------
 
 
-def _pad(block: np.ndarray, kernel: tuple[int, ...], edge_mode: str, cval: float) -> np.ndarray:
-    """The block extended by what the kernel reads beyond it (scipy's centring), with the border rule."""
-    widths = [(0, 0)] + [(m // 2, m - 1 - m // 2) for m in kernel]
-    extra = {"constant_values": cval} if edge_mode == "constant" else {}
-    return np.pad(block, widths, mode=NUMPY_PAD_MODES[edge_mode], **extra)
-
-
 def _direct(block: np.ndarray, plan: BankStrategy, edge_mode: str, cval: float) -> np.ndarray:
     out = np.empty((len(plan.pairs), *block.shape[1:]), dtype=block.dtype)
     for k, row in enumerate(plan.pairs):
@@ -294,19 +323,28 @@ def _spectrum(kernel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return spectrum
 
 
-def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, start: tuple[int, ...]) -> np.ndarray:
-    """MEC lowering + one fixed-shape BLAS call per ``GEMM_TILE`` pixels of an output row."""
+def _gemm(padded: PaddedRows, weights: np.ndarray, bias: np.ndarray | None, start: tuple[int, ...],
+          bands: Bands | None = None) -> np.ndarray | None:
+    """MEC lowering + one fixed-shape BLAS call per ``GEMM_TILE`` pixels of an output row.
+
+    Without ``bands``, the result whole; with them, only the window's rows are computed, each band
+    handed over as soon as it is (columns are computed whole: the calls stay lined up).
+    """
     out_channels, channels, kh, kw = weights.shape
-    dtype, item = padded.dtype, padded.itemsize
+    dtype, item = padded.block.dtype, padded.block.itemsize
     height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    window = (bands.window if bands else ()) + (slice(None),) * 2
+    first, last, _ = window[0].indices(height)
+    columns = window[1].indices(width)
     lead = (start[-1] if start else 0) % GEMM_TILE  # the block's first column inside its tile
     tiles = -(-(lead + width) // GEMM_TILE)
     row = tiles * GEMM_TILE + GEMM_ROW_PAD_BYTES // item
-    rows = max(1, min(height, GEMM_BAND_PIXELS // row))
+    multiple = bands.rows if bands else 1
+    rows = max(multiple, min(last - first, GEMM_BAND_PIXELS // row) // multiple * multiple)
     matrix = weights.transpose(0, 2, 1, 3).reshape(out_channels, -1).astype(dtype)  # (dy, c, dx) columns
     shift = (np.zeros(out_channels) if bias is None else bias).astype(dtype)[:, None, None]
-    result = np.empty((out_channels, height, width), dtype=dtype)
-    bands = range(0, height, rows)
+    result = None if bands else np.empty((out_channels, height, width), dtype=dtype)
+    starts = range(first, last, rows)
 
     def run(worker: int, workers: int) -> None:
         # zeros: the columns outside the block stay 0 (finite) for every band
@@ -321,17 +359,23 @@ def _gemm(padded: np.ndarray, weights: np.ndarray, bias: np.ndarray | None, star
             product, shape=(rows, tiles, out_channels, GEMM_TILE),
             strides=(row * item, GEMM_TILE * item, rows * row * item, item),
         )
-        for y0 in bands[worker::workers]:
-            n = min(rows, height - y0)
+        for y0 in starts[worker::workers]:
+            n = min(rows, last - y0)
+            band = padded[y0 : y0 + n + kh - 1].transpose(1, 0, 2)
             for dx in range(kw):
-                source = padded[:, y0 : y0 + n + kh - 1, dx : dx + width]
-                lowered[: n + kh - 1, :, dx, lead : lead + width] = source.transpose(1, 0, 2)
+                lowered[: n + kh - 1, :, dx, lead : lead + width] = band[:, :, dx : dx + width]
             np.matmul(matrix, patches[:n], out=out[:n])
-            np.add(product[:, :n, lead : lead + width], shift, out=result[:, y0 : y0 + n])
+            if bands is None:
+                np.add(product[:, :n, lead : lead + width], shift, out=result[:, y0 : y0 + n])
+            else:
+                band = product[:, :n, lead + columns[0] : lead + columns[1]]
+                if bands.reduce is not None:
+                    band = bands.reduce(band)
+                bands.take(y0 - first, np.add(band, shift, out=band))
 
     with _ONE_BLAS_THREAD as allowed:
-        workers = min(allowed, len(bands))
-        if workers == 1:
+        workers = min(allowed, len(starts))
+        if workers <= 1:
             run(0, 1)
         else:
             with ThreadPoolExecutor(workers) as pool:

@@ -10,7 +10,11 @@ neighbours from the far side (dask's periodic halo). When an image is one chunk 
 pass needs no halo at all and is one blockwise task per image, which dask fuses with the decode
 before it and the write after it.
 
-``resize`` steps (valid/full, strides, pools) and ``whole`` steps (normalize) each end a pass.
+``resize`` steps (valid/full, strides, pools) and ``whole`` steps (normalize) each end a pass; a
+pool whose windows do not overlap joins the pass before it when the pass's blocks lie on its grid
+(whole images always do), and a ``same`` layer followed by pointwise steps and such a pool then
+runs band by band (banded.py): rows of its result through the activations and the pool as soon
+as they are computed, so the K full-size maps of an image never exist, only the pooled ones.
 
 A source that can read its chunks again with a halo (tiles of a huge TIFF, slabs of a volume)
 replaces the halo exchange for the first pass: each block is read with its halo, filtered, and only
@@ -29,6 +33,7 @@ import numpy as np
 from dask.array.overlap import ensure_minimum_chunksize
 
 from pipeline.errors import KernelError
+from pipeline.steps.banded import banded, bands_into_pool
 from pipeline.steps.base import ImageShape, Step, blockwise_chunks
 from pipeline.steps.convolve import Convolution, ConvolveStep
 
@@ -99,6 +104,8 @@ def chain(
             array, image = array[:, np.newaxis], ImageShape((1, *image.shape), ("c", *image.axes))
             haloed = None if haloed is None else _with_channel_axis(haloed)
         members = _pass_members(steps, index, image) if first.fusion in ("neighbourhood", "pointwise") else (index,)
+        if first.fusion in ("neighbourhood", "pointwise"):
+            members = _with_pool(array, steps, members, image, haloed if index == 0 else None)
         checked = image
         for member in members:  # each step checked on what it gets, so that an error names its step
             with _named(steps, member):
@@ -143,6 +150,17 @@ def _pass_members(steps: Sequence[Step], index: int, image: ImageShape) -> tuple
     return tuple(members)
 
 
+def _with_pool(array: da.Array, steps: Sequence[Step], members: tuple[int, ...], image: ImageShape,
+               haloed: HaloedSource | None) -> tuple[int, ...]:
+    """The members and the pool after them, when the pool can pool the pass's blocks on their own."""
+    after = members[-1] + 1
+    joins = getattr(steps[after], "joins_pass", None) if after < len(steps) else None
+    if joins is None:
+        return members
+    chunks = _pass_input(array, [steps[i] for i in members], image, haloed)[0].chunks[-2:]
+    return (*members, after) if image.spatial_ndim >= 2 and joins(chunks) else members
+
+
 def _reach(steps: Sequence[Step], image: ImageShape) -> tuple[int, ...]:
     spatial = image.spatial_ndim
     total = [0] * spatial
@@ -182,21 +200,17 @@ def overlapped_pass(
     array: da.Array, steps: Sequence[Step], image: ImageShape, *, haloed: HaloedSource | None = None
 ) -> tuple[da.Array, ImageShape]:
     """One pass: the steps in turn on every block, with the summed halo; returns the array and its image."""
-    out = image
+    out = pooled = image
     for step in steps:
-        out = step.output(out)
-    depth, whole, wrap = _depths(array, steps, image)
-    if whole:
-        array = array.rechunk(whole)
-    reread = haloed is not None and bool(depth) and not wrap and not whole
-    if depth and not reread:  # no chunk smaller than its halo (dask's overlap would rechunk otherwise)
-        array = array.rechunk({axis: ensure_minimum_chunksize(reach, array.chunks[axis]) for axis, reach in depth.items()})
-    periodic = wrap and not whole
-    # spatial sizes are kept by a pass; channels a layer changes are taken whole
+        pooled, out = out, step.output(out)  # pooled: the image a pool ending the pass gets
+    array, depth, wrap, periodic, reread = _pass_input(array, steps, image, haloed)
+    # spatial sizes are kept by a pass, but for a pool ending it; channels a layer changes are taken whole
     array, chunks = blockwise_chunks(array, image, ImageShape((*out.shape[: len(out.shape) - image.spatial_ndim], *image.shape[len(image.shape) - image.spatial_ndim :]), out.axes))
+    if hasattr(steps[-1], "joins_pass"):
+        chunks = (*chunks[:-2], *steps[-1].chunks_of(array.chunks[-2:], pooled))
     options = dict(
         chunks=chunks, dtype=array.dtype, meta=np.empty((0,) * array.ndim, dtype=array.dtype),
-        steps=tuple(steps), image=image,
+        steps=tuple(steps), image=image, grid=array.chunks,
     )
     if not depth:  # every block holds its neighbours (whole images): a plain blockwise task fuses
         return array.map_blocks(_pass_block, **options), out
@@ -207,23 +221,39 @@ def overlapped_pass(
     return source.map_blocks(_pass_haloed, halo=depth, wrapped=wrap, periodic=periodic, **options), out
 
 
+def _pass_input(array: da.Array, steps: Sequence[Step], image: ImageShape, haloed: HaloedSource | None
+                ) -> tuple[da.Array, dict[int, int], bool, bool, bool]:
+    """The array rechunked for a pass, its halo, whether the halo wraps, whether the steps may rely
+    on that (no axis taken whole), and whether the source is read again with the halo instead."""
+    depth, whole, wrap = _depths(array, steps, image)
+    if whole:
+        array = array.rechunk(whole)
+    reread = haloed is not None and bool(depth) and not wrap and not whole
+    if depth and not reread:  # no chunk smaller than its halo (dask's overlap would rechunk otherwise)
+        array = array.rechunk({axis: ensure_minimum_chunksize(reach, array.chunks[axis]) for axis, reach in depth.items()})
+    return array, depth, wrap, wrap and not whole, reread
+
+
 def overlapped_pass_array(array: da.Array, steps: Sequence[Step], image: ImageShape) -> da.Array:
     return overlapped_pass(array, steps, image)[0]
 
 
 def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape, keep: tuple[slice, ...] | None = None,
-                periodic: bool = False, origin: tuple[int, ...] | None = None, block_info: dict | None = None) -> np.ndarray:
+                grid: tuple[tuple[int, ...], ...], periodic: bool = False, origin: tuple[int, ...] | None = None,
+                block_info: dict | None = None) -> np.ndarray:
     """The steps in turn; the last neighbourhood step returns only ``keep``, the rest runs on that.
 
     ``origin`` is where the block's first sample lies in the image (spatial axes): engines whose
     bytes depend on how their work is cut (BLAS) line it up with the image, whatever the tiling.
     """
     if origin is None and block_info is not None:
-        origin = tuple(start for start, _ in block_info[None]["array-location"][-image.spatial_ndim:])
+        origin = tuple(start for start, _ in _location(block_info, grid)[-image.spatial_ndim:])
     last = max((i for i, step in enumerate(steps) if step.fusion == "neighbourhood"), default=-1)
     if last < 0 and keep is not None:
         block = block[keep]
     for index, step in enumerate(steps):
+        if index == last and bands_into_pool(steps[index:]):
+            return banded(block, step, steps[index + 1 :], image, keep=keep, periodic=periodic, origin=origin)
         if step.fusion == "neighbourhood":
             block = step.block(block, image, keep=keep if index == last else None, periodic=periodic, origin=origin)
         else:
@@ -240,10 +270,17 @@ def _pass_haloed(
     ``wrapped``: the halo came from the far side at the array's edges too; ``periodic``: the steps
     may rely on it instead of wrapping by themselves (no axis of the pass was taken whole).
     """
-    location = block_info[None]["array-location"]
+    location = _location(block_info, options["grid"])
     keep = _own_samples(halo, location, wrapped)
     origin = tuple(start - own.start for (start, _), own in zip(location, keep))
     return _pass_block(block, keep=keep, periodic=periodic, origin=origin[-options["image"].spatial_ndim:], **options)
+
+
+def _location(block_info: dict, grid: tuple[tuple[int, ...], ...]) -> list[tuple[int, int]]:
+    """Where a task's block lies in the pass's input (chunks ``grid``; the output's are pooled when a
+    pool ends the pass)."""
+    starts = [sum(sizes[:index]) for sizes, index in zip(grid, block_info[None]["chunk-location"])]
+    return [(start, start + sizes[index]) for start, sizes, index in zip(starts, grid, block_info[None]["chunk-location"])]
 
 
 def _own_samples(halo: dict[int, int], location: Sequence[tuple[int, int]], periodic: bool) -> tuple[slice, ...]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from pipeline.errors import KernelError
-from pipeline.steps.bank import BankStrategy, correlate_bank, choose_bank_strategy
+from pipeline.steps.bank import Bands, BankStrategy, correlate_bank, choose_bank_strategy
 from pipeline.steps.banks import BANKS, build_bank
 from pipeline.steps.base import ImageShape
 from pipeline.steps.convolve import kernel_range
@@ -114,16 +114,40 @@ class LayerStep(WindowedStep):
 
         ``origin`` lines the bank's BLAS calls up with the image, so tiles give the whole image's bytes.
         """
-        edge = "reflect" if periodic or self.mode != "same" else self.boundary
-        cval = self.cval if edge == "constant" else 0.0
-        start = tuple(origin[-len(self.window):]) if origin else ()
-        plan = self.bank_strategy(block.dtype)
-        images = [correlate_bank(one, plan, edge_mode=edge, cval=cval, start=start) for one in block]
+        plan, options = self._bank(block, periodic, origin)
+        images = [correlate_bank(one, plan, **options) for one in block]
         # one image per block (the usual case) takes no copy: stacking 16 maps of 2048² costs 0.4 s
         out = images[0][np.newaxis] if len(images) == 1 else np.stack(images)
         if keep is None:
             return out
         return out[(keep[0], slice(None), *keep[2:])]
+
+    def same_bands(self, block: np.ndarray, image: ImageShape, take: Callable[[int, int, np.ndarray], None], *,
+                   rows: int = 1, reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+                   keep: tuple[slice, ...] | None = None, periodic: bool = False,
+                   origin: tuple[int, ...] | None = None) -> None:
+        """``same_block``'s result handed to ``take(index, first_row, band)`` band by band (bank.Bands),
+        ``index`` counting the images kept; each band but the last a multiple of ``rows`` rows,
+        shrunk by ``reduce`` (a max or min pool) first."""
+        images = range(block.shape[0])[keep[0]] if keep else range(block.shape[0])
+        window = tuple(keep[-len(self.window):]) if keep else ()
+        plan, options = self._bank(block, periodic, origin)
+        for index, one in enumerate(images):
+            bands = Bands(lambda first, band, index=index: take(index, first, band), rows=rows, window=window, reduce=reduce)
+            correlate_bank(block[one], plan, bands=bands, **options)
+
+    def bands_without_negative_zeros(self, dtype: np.dtype) -> bool:
+        """Whether the bands ``same_bands`` hands over hold no -0.0: BLAS sums from +0.0 and the
+        bias added keeps it so (per-kernel filters and FFTs may make a -0.0)."""
+        return self.bank_strategy(dtype).strategy == "gemm" and len(self.window) == 2
+
+    def _bank(self, block: np.ndarray, periodic: bool, origin: tuple[int, ...] | None) -> tuple[BankStrategy, dict[str, Any]]:
+        """The bank for a block's dtype and correlate_bank's options (border rule, where the block starts)."""
+        edge = "reflect" if periodic or self.mode != "same" else self.boundary
+        cval = self.cval if edge == "constant" else 0.0
+        start = tuple(origin[-len(self.window):]) if origin else ()
+        options = {"edge_mode": edge, "cval": cval, "start": start}
+        return self.bank_strategy(block.dtype), options
 
     def value_range(self, low: float, high: float) -> tuple[float, float]:
         outside = {"full": 0.0, "same": self.cval if self.boundary == "constant" else None}.get(self.mode)

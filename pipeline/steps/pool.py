@@ -164,13 +164,24 @@ class PoolStep(Step):
     def block(self, block: np.ndarray, image: ImageShape, outputs: tuple[int, int] | None = None) -> np.ndarray:
         return self.pool.apply(block, outputs=outputs)
 
+    def joins_pass(self, chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
+        """Whether blocks of these (y, x) chunks pool on their own, so the pool can end its
+        neighbours' pass: windows do not overlap, and every chunk but the last is on the grid."""
+        return not any(self.pool.overlap) and all(
+            size % stride == 0 for sizes, stride in zip(chunks, self.pool.stride) for size in sizes[:-1]
+        )
+
+    def chunks_of(self, chunks: tuple[tuple[int, ...], tuple[int, ...]], image: ImageShape) -> tuple[tuple[int, ...], ...]:
+        """The (y, x) chunks of the pooled result of blocks of ``chunks`` of ``image``."""
+        out = self.output(image).shape[-2:]
+        return tuple(tuple(self._windows(sizes, axis, n)) for axis, (sizes, n) in enumerate(zip(chunks, out)))
+
     def apply_resize(self, array: da.Array, image: ImageShape, overlapped: Any) -> da.Array:
         """Blocks realigned to whole multiples of the stride (tiles already are), each pooled on its own.
 
         Overlapping windows (size > stride) also read ``size - stride`` samples after the block.
         """
         axes = (array.ndim - 2, array.ndim - 1)
-        out = self.output(image)
         grid = {axis: _on_grid(array.chunks[axis], self.pool.stride[i]) for i, axis in enumerate(axes)}
         array = array.rechunk(grid)
         overlap = self.pool.overlap
@@ -179,7 +190,7 @@ class PoolStep(Step):
                 axis: _on_grid(array.chunks[axis], self.pool.stride[i], minimum=reach)
                 for i, (axis, reach) in enumerate(zip(axes, overlap)) if reach
             })
-        counts = [tuple(self._windows(array.chunks[axis], i, n)) for i, (axis, n) in enumerate(zip(axes, out.shape[-2:]))]
+        counts = list(self.chunks_of(array.chunks[-2:], image))
         chunks = (*array.chunks[:-2], *counts)
         meta = np.empty((0,) * array.ndim, dtype=array.dtype)
         if not any(overlap) or all(len(array.chunks[axis]) == 1 for axis in axes):

@@ -138,7 +138,10 @@ class _Filtering(WindowedStep):
 
     def __init__(self, step: WindowedStep) -> None:
         self.step = step
-        self.mode, self.boundary, self.cval, self.stride = "same", "reflect", 0.0, (1,) * len(step.stride)
+        # a strided `same` step keeps its border rule (a `wrap` needs the far side's halo); what
+        # valid/full touch beyond the image is cropped, so any rule does
+        self.boundary, self.cval = (step.boundary, step.cval) if step.mode == "same" else ("reflect", 0.0)
+        self.mode, self.stride = "same", (1,) * len(step.stride)
 
     @property
     def name(self) -> str:
@@ -157,7 +160,7 @@ class _Filtering(WindowedStep):
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
                    periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
-        return self.step.same_block(block, image, keep=keep, origin=origin)
+        return self.step.same_block(block, image, keep=keep, periodic=periodic, origin=origin)
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
         return self.step.strategy_of(ndim, image, dtype)
