@@ -62,10 +62,7 @@ def load_job(job: Job, *, overrides: Sequence[str] = ()) -> PipelineConfig:
         job = job.model_dump(mode="json")
     if isinstance(job, (str, Path)):
         return load_config(job, tuple(overrides))
-    raw = copy.deepcopy(dict(job))
-    for override in overrides:
-        apply_override(raw, override)
-    return validate_config(raw, source="job")
+    return validate_config(_overridden(job, overrides), source="job")
 
 
 def plan(job: Job, *, overrides: Sequence[str] = ()):
@@ -145,11 +142,16 @@ def learn(job: str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
     if isinstance(job, (str, Path)):
         config = load_learn_config(job, tuple(overrides))
     else:
-        raw = copy.deepcopy(dict(job))
-        for override in overrides:
-            apply_override(raw, override)
-        config = validate_model(LearnConfig, raw, source="job")
+        config = validate_model(LearnConfig, _overridden(job, overrides), source="job")
     return learn_kernel(config, reporter=CallbackReporter(progress))
+
+
+def _overridden(job: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of a job's contents with the ``--set``-style overrides applied (the caller's dict is kept)."""
+    raw = copy.deepcopy(dict(job))
+    for override in overrides:
+        apply_override(raw, override)
+    return raw
 
 
 class CallbackReporter(Reporter):

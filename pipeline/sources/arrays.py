@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +24,9 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.pixels import full_scale
-from pipeline.sources.frames import is_array_entry, split_source
+from pipeline.sources.frames import split_source
+from pipeline.sources.listing import natural_key
+from pipeline.sources.tiled import block_regions
 from pipeline.storage import absolute, filesystem, is_remote, local_or_url
 
 Options = Mapping[str, Any] | None
@@ -40,7 +41,6 @@ _ROLE_OF_NAME = {
 _BY_NDIM = {2: ("y", "x"), 3: ("image", "y", "x"), 4: ("image", "c", "y", "x")}
 _BY_NDIM_VOLUME = {3: ("z", "y", "x"), 4: ("image", "z", "y", "x")}
 _OUR_ATTRS = "pipeline"  # the attributes this pipeline's stores keep their provenance and status in
-_NATURAL = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,7 @@ def expand_entry(entry: str, options: Options) -> list[str]:
         found = [f"{protocol}://{path}" for path in fs.glob(inner)]
     else:
         found = glob.glob(entry, recursive=True)
-    return sorted(found, key=lambda name: [int(part) if part.isdigit() else part for part in _NATURAL.split(name)])
-
-
-def array_of(source: str) -> tuple[str, int | None]:
-    """``a.zarr#3`` → (``a.zarr``, 3); an entry without an index → (entry, None)."""
-    return split_source(source)
+    return sorted(found, key=natural_key)
 
 
 def resolve_array(entry: str, *, volume: bool = False, options: Options = None, allow_incomplete: bool = False) -> ArrayInput:
@@ -278,14 +273,11 @@ def array_stack(
     from the store (the layout of dask's ``overlap`` with ``boundary="none"``).
     """
     halo = dict(halo or {})
-    regions = [
-        [(max(0, start - halo.get(axis + 1, 0)), min(size, start + step + halo.get(axis + 1, 0))) for start in range(0, size, step)]
-        for axis, (size, step) in enumerate(zip(shape, chunks))
-    ]
+    regions = [block_regions(size, step, halo.get(axis + 1, 0)) for axis, (size, step) in enumerate(zip(shape, chunks))]
     block_chunks = ((1,), *(tuple(stop - start for start, stop in axis) for axis in regions))
     images = []
     for source in sources:
-        entry, index = array_of(source)
+        entry, index = split_source(source)
         found = array if entry == array.entry else resolve_array(entry, volume="z" in array.roles, options=options, allow_incomplete=allow_incomplete)
         if found.image_shape() != array.image_shape() or found.roles != array.roles:
             raise InputError(

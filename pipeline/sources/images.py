@@ -7,7 +7,6 @@ decoded inside its own task, converted to the compute dtype on the input's own s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -16,14 +15,14 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-from pipeline.budget import BlockBudget, ImageBudget, slab_depth, tile_shape, working_set
+from pipeline.budget import BlockBudget, ImageBudget, slab_depth
 from pipeline.errors import InputError, ShapeMismatch
 from pipeline.pixels import Color, GrayFrom, Scale, channels_after, check_depth, convert_pixels
-from pipeline.sources.arrays import ArrayInput, array_of, array_stack, resolve_array
+from pipeline.sources.arrays import ArrayInput, array_stack, resolve_array
 from pipeline.sources.decode import check_size, decode, image_suffix
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, is_array_entry, split_source
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
-from pipeline.sources.tiled import choose_tile, tiff_layout, tiled_stack
+from pipeline.sources.tiled import budget_tile, choose_tile, fits_whole, tiff_layout, tiled_stack
 from pipeline.sources.volume import stack_dtype, stack_shape, stack_volumes, volume_shape
 from pipeline.storage import absolute, is_remote, opened
 
@@ -117,7 +116,7 @@ def probe(
     store. Slabs need no such record: a volume's store holds one slice per chunk.
     """
     options = dict(storage_options or {})
-    if is_array_entry(array_of(path)[0]):
+    if is_array_entry(split_source(path)[0]):
         return _probe_array(
             path, color=color, tile=tile, layout=layout, options=options, budget=budget,
             recorded_tile=recorded_tile, scale=scale, allow_incomplete=allow_incomplete,
@@ -178,7 +177,7 @@ def _probe_array(
     Images are read whole when they fit a worker's budget, else (``tile: auto``) by the largest
     tiles of whole array chunks that fit, or by the tile ``input.tile`` sets, rounded to chunks.
     """
-    entry, _ = array_of(source)
+    entry, _ = split_source(source)
     array = resolve_array(entry, volume=layout == "volume", options=options, allow_incomplete=allow_incomplete)
     shape = array.image_shape()
     if "c" in array.roles:
@@ -205,15 +204,10 @@ def _probe_array(
     step = array.block_chunks()
     if recorded_tile != "unset":
         chosen = None if recorded_tile is None else (int(recorded_tile[0]), int(recorded_tile[1]))
-    elif tile == "whole" or (tile == "auto" and step == shape[-2:]):
+    elif tile == "whole" or (tile == "auto" and (step == shape[-2:] or fits_whole(shape, budget))):
         chosen = None
-    elif tile == "auto":
-        pixel_bytes = budget.itemsize * math.prod(shape[:-2])
-        pixels = math.prod(shape[-2:])
-        fits = working_set(pixels, pixels, pixel_bytes) <= budget.bytes
-        chosen = None if fits else tile_shape(budget.bytes, pixel_bytes=pixel_bytes, halo=budget.reach(2), step=step)
     else:
-        chosen = tuple(max(unit, int(tile) // unit * unit) for unit in step)
+        chosen = budget_tile(tile, shape, budget=budget, step=step)
     if chosen is not None and tuple(chosen) == tuple(shape[-2:]):
         chosen = None
     return ImageSpec(shape=shape, tile=chosen, **common)

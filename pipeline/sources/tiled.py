@@ -71,15 +71,24 @@ def choose_tile(path: str, setting: str | int, shape: tuple[int, ...], *, budget
             f"input.tile: {path!r} is not a TIFF; only TIFF files can be read by tiles (set input.tile: whole)",
             path,
         )
-    pixel_bytes = budget.itemsize * math.prod(shape[:-2])
-    pixels = math.prod(shape[-2:])
-    if setting == "auto" and working_set(pixels, pixels, pixel_bytes) <= budget.bytes:  # whole: no halo
+    if setting == "auto" and fits_whole(shape, budget):  # whole: no halo
         return None
     _, file_tile, _ = tiff_layout(path)
+    return budget_tile(setting, shape, budget=budget, step=file_tile or (STRIP_TILE_STEP if setting == "auto" else (1, 1)))
+
+
+def fits_whole(shape: tuple[int, ...], budget: BlockBudget) -> bool:
+    """An image of ``shape`` ([c,] y, x) read whole (no halo) fits one worker's budget."""
+    pixels = math.prod(shape[-2:])
+    return working_set(pixels, pixels, budget.itemsize * math.prod(shape[:-2])) <= budget.bytes
+
+
+def budget_tile(setting: str | int, shape: tuple[int, ...], *, budget: BlockBudget, step: tuple[int, int]) -> tuple[int, int]:
+    """The tile of whole ``step``s (file tiles, array chunks): ``auto`` the largest that fits, a number rounded down."""
     if setting == "auto":
-        step = file_tile or STRIP_TILE_STEP
+        pixel_bytes = budget.itemsize * math.prod(shape[:-2])
         return tile_shape(budget.bytes, pixel_bytes=pixel_bytes, halo=budget.reach(2), step=step)
-    return tuple(max(unit, int(setting) // unit * unit) for unit in file_tile or (1, 1))
+    return tuple(max(unit, int(setting) // unit * unit) for unit in step)
 
 
 def tiled_stack(
