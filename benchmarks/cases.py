@@ -57,7 +57,7 @@ def create_output(path: str, count: int, shape: tuple[int, int]):
     """A plain Zarr v3 array laid out as the pipeline's: one chunk per image, its default codec."""
     import zarr
 
-    from pipeline.sinks.zarr_store import CODECS
+    from pipeline.sinks.codecs import CODECS  # the codec table alone: no dask, nothing else of the pipeline
 
     return zarr.create_array(
         store=path, shape=(count, *shape), chunks=(1, *shape), dtype="float32",
@@ -105,12 +105,14 @@ def run_floor(files: list[str], out: str, kernel: str) -> None:
     """
     import imageio.v3 as iio
 
-    from pipeline.sources.images import read_image
+    from pipeline.pixels import convert_pixels
+    from pipeline.sources.decode import decode
 
     target = create_output(out, len(files), iio.improps(files[0]).shape[:2])  # header only, no decode
 
     def one(index: int) -> None:
-        target[index] = read_image(files[index], gray_from="rgb")
+        pixels, bgr = decode(files[index])  # RGB (OpenCV's BGR order), as the pipeline's reader decodes it
+        target[index] = convert_pixels(pixels, color="gray", dtype="float32", bgr=bgr)
 
     _pool(one, len(files))
 
@@ -174,7 +176,7 @@ RUNNERS = {"floor": run_floor, "dask-image": run_dask_image, "scipy-loop": run_s
 # Imported before the in-process clock starts, so ``inner_seconds`` is the work alone (the wall
 # time, the headline figure, includes them anyway). Per case, so no case carries another's modules.
 IMPORTS = {
-    "floor": ["pipeline.sources.images"],
+    "floor": ["pipeline.sources.decode", "pipeline.pixels"],  # no dask: a plain script would not import it
     "dask-image": ["dask.array", "dask_image.imread", "dask_image.ndfilters"],
     "scipy-loop": ["imageio.v3", "scipy.ndimage"],
     "opencv-loop": ["imageio.v3"],
@@ -194,8 +196,8 @@ def main() -> None:
 
     import zarr  # noqa: F401  (every case writes zarr)
 
-    from pipeline.execution import limit_library_threads
-    from pipeline.sinks.zarr_store import CODECS  # noqa: F401
+    from pipeline.sinks.codecs import CODECS  # noqa: F401
+    from pipeline.threads import limit_library_threads
 
     # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
     limit_library_threads(1)

@@ -387,7 +387,7 @@ def _lazy_result(
 
     # Tiles and slabs can be read again with their halo; whole images have no neighbours to read.
     haloed = with_halo if spec.tile is not None or spec.volume else None
-    chained = chain(images, steps, image=ImageShape(spec.shape, spec.axes[1:]), haloed=haloed)
+    chained = chain(images, steps, image=ImageShape(spec.shape, spec.axes[1:], whole=spec.whole_only), haloed=haloed)
     scale = unit_range_to(np.dtype(config.output.dtype)) if chained.unit_range else 1.0
     result = cast_to(chained.array, config.output.dtype, scale=scale)
     # Whole store chunks per task; valid/full on tiles or slabs may leave ragged chunks to realign.

@@ -497,3 +497,32 @@ def test_plan_shows_each_stages_output_bytes(job, write_config, make_job, images
     shown = run_cli("plan", config)
     assert_ok(shown)
     assert "output bytes" in shown.stdout and shown.stdout.count(f"{4 * 46 * 62 * 8 / 1024:.1f} KiB") == 2
+
+
+def test_the_cli_starts_dask_without_xarray_and_xarray_still_imports(tmp_path: Path) -> None:
+    """dask.array imports xarray and pandas (≈ 0.5 s) only to recognise DataArrays; the CLI refuses that one import."""
+    pytest.importorskip("xarray")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", np.zeros((8, 8), np.uint8))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {{paths: {folder}}}\nsteps: [{{convolve: {{kernel: blur}}}}]\noutput: {{path: {tmp_path / 'o.zarr'}}}\n")
+    probe = (
+        "import atexit, sys\n"
+        "def said():\n"
+        "    import dask.array.core as core\n"
+        "    loaded = [name in sys.modules for name in ('xarray', 'pandas')]\n"
+        "    import xarray\n"
+        "    print(loaded, core.xr is None, xarray.DataArray.__name__)\n"
+        "atexit.register(said)\n"
+        f"sys.argv = ['pipeline', 'validate', {str(job)!r}]\n"
+        "from pipeline.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[False, False] True DataArray"
+    # the Python API leaves dask as it is
+    api = subprocess.run([sys.executable, "-c", "import pipeline, dask.array.core as c; print(c.xr is not None)"],
+                         capture_output=True, text=True, timeout=120)
+    assert api.stdout.strip() == "True", api.stderr

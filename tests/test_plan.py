@@ -134,3 +134,28 @@ def test_provenance_records_how_well_a_kernel_separates(mixed: Path) -> None:
     assert record["strategy"] == "separable (opencv)"
     assert record["separation"]["rank"] == 1 and not record["separation"]["constant"]
     assert 0 < record["separation"]["residual"] <= record["separation"]["tolerance"] < 1e-6
+
+
+def _box_job(folder: Path, out: Path):
+    steps = [{"convolve": {"kernel": "box", "params": {"size": 21}}}]
+    return validate_config(
+        {"input": {"paths": str(folder), "color": "gray"}, "steps": steps,
+         "output": {"path": str(out), "dtype": "float32"}, "execution": {"scheduler": "sync"}}
+    )
+
+
+@pytest.mark.parametrize("suffix, strategy", [(".jpg", "box (opencv)"), (".png", "box (opencv)"), (".tif", "separable (opencv)")])
+def test_a_large_box_runs_on_running_sums_only_for_files_always_read_whole(tmp_path: Path, suffix: str, strategy: str) -> None:
+    """A TIFF may be read by tiles under another memory budget, so its box stays a separable pass."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(2):
+        iio.imwrite(folder / f"{index}{suffix}", RNG.integers(0, 256, (40, 70), dtype=np.uint8))
+    out = tmp_path / "box.zarr"
+    plan = build_plan(_box_job(folder, out))
+    assert plan.stages[0].strategies == (strategy,)
+    run(_box_job(folder, out))
+    stored = zarr.open_group(str(out), mode="r")["0"][:]
+    for index in range(2):
+        pixels = iio.imread(folder / f"{index}{suffix}").astype(np.float64)
+        np.testing.assert_allclose(stored[index], ndimage.uniform_filter(pixels, 21, mode="reflect"), rtol=0, atol=1e-4)

@@ -369,3 +369,51 @@ def test_only_the_tail_of_a_row_is_copied(weights, monkeypatch: pytest.MonkeyPat
         correlate_block(RNG.normal(size=(64, width)).astype(np.float32), plan, edge_mode="reflect", cval=0.0)
     (strip,) = copies  # the 270-wide block's: 14 columns past whole vectors and the kernel's reach
     assert strip[0] == 64 and 14 < strip[1] <= 14 + weights.shape[1]
+
+
+# --- the box (OpenCV's running sums), only where every block is one whole image ---------------
+
+BOXES = {
+    "mean 31x31": (np.full((31, 31), 1 / 961), (0, 0)),
+    "mean 15x15": (np.full((15, 15), 1 / 225), (0, 0)),
+    "ones 16x16, origin (-1, 0)": (np.ones((16, 16)), (-1, 0)),
+    "-0.5 17x21": (np.full((17, 21), -0.5), (0, 0)),
+}
+
+
+@pytest.mark.parametrize("kernel", BOXES)
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_a_large_box_on_whole_images_is_a_box_filter_and_scipys_correlate(kernel: str, dtype) -> None:
+    weights, origin = BOXES[kernel]
+    plan = choose_strategy(weights[np.newaxis], (0, *origin), engine="opencv", dtype=dtype, whole=True)
+    assert plan.strategy == "box" and plan.describe() == "box (opencv)"
+    block = RNG.normal(size=(2, 57, 83)).astype(dtype) * 100  # two whole images
+    for mode, cval in [border for border in BORDERS if border[0] != "wrap"]:  # OpenCV has no wrap border
+        got = correlate_block(block, plan, edge_mode=mode, cval=cval)
+        want = ndimage.correlate(block.astype(np.float64), weights[np.newaxis], mode=mode, cval=cval, origin=[0, *origin])
+        tolerance = (1e-5 if dtype == F32 else 1e-12) * np.abs(weights).sum() * np.abs(block).max()
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=tolerance, err_msg=f"{kernel} {mode} {cval}")
+
+
+def test_the_box_filter_is_what_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    box = strategies.cv2.boxFilter
+    monkeypatch.setattr(strategies.cv2, "boxFilter", lambda *args, **kwargs: calls.append(1) or box(*args, **kwargs))
+    plan = choose_strategy(BOXES["mean 31x31"][0], (0, 0), engine="opencv", dtype=F32, whole=True)
+    correlate_block(RNG.normal(size=(64, 64)).astype(F32), plan, edge_mode="reflect", cval=0.0)
+    assert calls == [1]
+
+
+def test_a_box_is_separable_where_blocks_are_cut_and_never_a_box_by_request() -> None:
+    weights = BOXES["mean 31x31"][0]
+    assert choose_strategy(weights, (0, 0), engine="opencv", dtype=F32).strategy == "separable"
+    assert choose_strategy(weights, (0, 0), engine="scipy", dtype=F32, whole=True).strategy == "separable"
+    for strategy in STRATEGIES:
+        assert choose_strategy(weights, (0, 0), engine="opencv", dtype=F32, strategy=strategy, whole=True).strategy == strategy
+    # small boxes stay on sepFilter2D, which is as fast there; a kernel that is not constant is no box
+    assert choose_strategy(np.full((3, 3), 1 / 9), (0, 0), engine="opencv", dtype=F32, whole=True).strategy == "separable"
+    gauss = np.outer(*[np.exp(-np.arange(-7, 8) ** 2 / 12.5)] * 2)
+    assert choose_strategy(gauss, (0, 0), engine="opencv", dtype=F32, whole=True).strategy == "separable"
+    # a 3-D box is filtered along z too: not one plane's box
+    assert choose_strategy(np.full((5, 31, 31), 1.0), (0, 0, 0), engine="opencv", dtype=F32, whole=True).strategy != "box"

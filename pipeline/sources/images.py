@@ -79,6 +79,13 @@ class ImageSpec:
         return self.shape if self.tile is None else (*self.shape[:-2], *self.tile)
 
     @property
+    def whole_only(self) -> bool:
+        """Whether every image is one block whatever the memory budget: files that are never read by
+        tiles or slabs (TIFFs may be, under another budget; volumes and arrays are)."""
+        never_tiled = not split_source(self.reference)[0].lower().endswith(TIFF_SUFFIXES)
+        return self.tile is None and not self.volume and self.array is None and never_tiled
+
+    @property
     def axes(self) -> tuple[str, ...]:
         if self.volume:
             return ("image", "z", "y", "x")

@@ -20,7 +20,7 @@ The chain (chain.py), not the step, decides how neighbouring steps share a pass.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import dask.array as da
@@ -35,6 +35,9 @@ class ImageShape:
 
     shape: tuple[int, ...]
     axes: tuple[str, ...]
+    # Every image is always one block, whatever the tiling or memory budget (files only ever read
+    # whole): engines whose bytes depend on where a block starts may then run (strategies' box).
+    whole: bool = field(default=False, compare=False)
 
     @property
     def spatial_ndim(self) -> int:

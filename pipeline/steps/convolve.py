@@ -97,7 +97,7 @@ class BoundConvolution:
 
 
 def bind_convolution(
-    convolution: Convolution, *, ndim: int, spatial_ndim: int, dtype: np.dtype
+    convolution: Convolution, *, ndim: int, spatial_ndim: int, dtype: np.dtype, whole: bool = False
 ) -> BoundConvolution:
     kernel = _expand_kernel(np.asarray(convolution.weights, dtype=np.float64), ndim, spatial_ndim)
     kernel, origin = _correlation_form(kernel, correlate=convolution.correlate, mode=convolution.mode)
@@ -108,7 +108,7 @@ def bind_convolution(
         # from dask's periodic halo: any rule will do, so pick the one every engine has.
         edge_mode, cval = "reflect", 0.0
     engine = choose_engine(dtype, kernel, edge_mode)
-    plan = choose_strategy(kernel, origin, engine=engine, dtype=dtype, strategy=convolution.strategy)
+    plan = choose_strategy(kernel, origin, engine=engine, dtype=dtype, strategy=convolution.strategy, whole=whole)
     return BoundConvolution(convolution, plan, edge_mode, cval)
 
 
@@ -136,11 +136,12 @@ class ConvolveStep(WindowedStep):
     def window(self) -> tuple[int, ...]:
         return tuple(np.shape(self.convolution.weights))
 
-    def bound(self, ndim: int, spatial_ndim: int, dtype: np.dtype, *, periodic: bool = False) -> BoundConvolution:
-        """The kernel bound for blocks of ``ndim`` axes (``periodic``: a dask halo serves ``wrap``)."""
-        key = (ndim, spatial_ndim, np.dtype(dtype).str, periodic)
+    def bound(self, ndim: int, spatial_ndim: int, dtype: np.dtype, *, periodic: bool = False, whole: bool = False) -> BoundConvolution:
+        """The kernel bound for blocks of ``ndim`` axes (``periodic``: a dask halo serves ``wrap``;
+        ``whole``: every block is whole images, ``ImageShape.whole``)."""
+        key = (ndim, spatial_ndim, np.dtype(dtype).str, periodic, whole)
         if key not in self._plans:
-            bound = bind_convolution(self.convolution, ndim=ndim, spatial_ndim=spatial_ndim, dtype=np.dtype(dtype))
+            bound = bind_convolution(self.convolution, ndim=ndim, spatial_ndim=spatial_ndim, dtype=np.dtype(dtype), whole=whole)
             if self.wraps and not periodic:
                 # no periodic halo (the axis is whole): blocks wrap by themselves; OpenCV has no wrap border
                 plan = choose_strategy(bound.kernel.weights, bound.kernel.origin, engine="scipy", dtype=np.dtype(dtype),
@@ -150,7 +151,7 @@ class ConvolveStep(WindowedStep):
         return self._plans[key]
 
     def strategy_of(self, ndim: int, image: ImageShape, dtype: np.dtype) -> tuple[str, bool]:
-        plan = self.bound(ndim, image.spatial_ndim, dtype, periodic=self.wraps).kernel
+        plan = self.bound(ndim, image.spatial_ndim, dtype, periodic=self.wraps, whole=image.whole).kernel
         return plan.describe(), plan.reproducible
 
     def strategy_record(self, ndim: int, image: ImageShape, dtype: np.dtype) -> dict[str, Any]:
@@ -160,7 +161,7 @@ class ConvolveStep(WindowedStep):
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
                    periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
-        bound = self.bound(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic)
+        bound = self.bound(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic, whole=image.whole)
         return correlate_block(block, bound.kernel, edge_mode=bound.edge_mode, cval=bound.cval, keep=keep)
 
     def value_range(self, low: float, high: float) -> tuple[float, float]:

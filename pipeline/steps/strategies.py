@@ -33,9 +33,12 @@ image), so a job writes the same store with any tiling, budget or scheduler:
   (``opencv_filters.refilter_tail``);
 * OpenCV's ``filter2D`` turns into a DFT from ``opencv_dft_taps`` taps on: the cost model knows it,
   so a plan that says direct (opencv) has fewer taps (a forced ``direct`` with more runs on scipy);
-* OpenCV's ``boxFilter`` is not used: its running sums start at the block's first row and column,
-  so where they round (in float64 always, in float32 over a wide range of values) a sample would
-  depend on where its block starts. A constant kernel is a rank-1 ``sepFilter2D``.
+* OpenCV's ``boxFilter`` (running sums in float64: ≈ 7 ms a 2048² float32 plane whatever the size,
+  against ≈ 25 ms for a 31-tap ``sepFilter2D``) starts its sums at the block's first row and column,
+  so where they round a sample would depend on where its block starts. It runs only where every
+  block is one whole image whatever the tiling (``ImageShape.whole``: files never read by tiles or
+  slabs), so its sums always start at the image's corner; elsewhere a constant kernel is a rank-1
+  ``sepFilter2D``.
 
 ``fft`` is not reproducible (``KernelStrategy.reproducible``): the transform's size follows the block's,
 and so do its roundings, by a few ulp (OpenCV transforms float32 blocks in float64, which hides it
@@ -56,8 +59,8 @@ from pipeline.steps.opencv_filters import (
     CV_BORDERS, CV_DTYPES, PlaneFilter, filter_along, opencv_dft_taps, refilter_tail,
 )
 
-Strategy = Literal["direct", "separable", "fft"]
-STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")
+Strategy = Literal["direct", "separable", "fft", "box"]
+STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")  # what a job may ask for; "box" only by auto
 
 # A separable form may differ from the kernel by this many ulp of the compute dtype (relative sum of
 # absolute differences), plus the float64 SVD's own error: the result then moves by less than the
@@ -71,6 +74,9 @@ Engine = Literal["opencv", "scipy"]
 # scipy, 64x256x256: ndimage.correlate ≈ 2.5 ms per tap; correlate1d ≈ 1.5 ms per tap plus ≈ 20 ms
 # per pass → 8 taps of overhead per axis; oaconvolve ≈ 250 ms → 100 taps.
 FFT_COST_IN_TAPS: dict[str, float] = {"opencv": 180.0, "scipy": 100.0}
+# boxFilter, 2048x2048 float32, one thread: 3.5 ms (3x3) to 7.1 ms (31x31), whatever the size, against
+# sepFilter2D's 3.4 and 24.9 ms: it wins from about 15x15 on.
+BOX_COST_IN_TAPS = 28.0
 SEPARABLE_PASS_OVERHEAD: dict[str, float] = {"opencv": 0.0, "scipy": 8.0}
 MAX_SEPARABLE_RANK = 4
 
@@ -94,7 +100,8 @@ class KernelStrategy:
         ``direct`` and ``separable`` compute each sample by the same operations wherever it lies in
         whatever block, so tiling a job differently (another ``input.tile`` or memory budget, another
         machine of the same kind) writes the same bytes. ``fft`` does not: the transform's size
-        follows the block's, and its roundings (a few ulp) with it.
+        follows the block's, and its roundings (a few ulp) with it. ``box`` depends on where its
+        block starts, but is chosen only where every block is one whole image (``ImageShape.whole``).
         """
         return self.strategy != "fft"
 
@@ -107,6 +114,8 @@ class KernelStrategy:
 
 
 def _cost(strategy: str, weights: np.ndarray, rank: int, engine: str) -> float:
+    if strategy == "box":
+        return BOX_COST_IN_TAPS
     if strategy == "direct":
         return float(weights.size)
     if strategy == "separable":
@@ -228,7 +237,8 @@ def choose_engine(dtype: np.dtype, weights: np.ndarray, edge_mode: str) -> Engin
 
 
 def choose_strategy(
-    weights: np.ndarray, origin: tuple[int, ...], *, engine: Engine, dtype: np.dtype, strategy: str = "auto"
+    weights: np.ndarray, origin: tuple[int, ...], *, engine: Engine, dtype: np.dtype, strategy: str = "auto",
+    whole: bool = False,
 ) -> KernelStrategy:
     """Pick the cheapest strategy for correlation ``weights`` on ``engine`` (or honour a forced one).
 
@@ -237,6 +247,8 @@ def choose_strategy(
     ``opencv_dft_taps`` on, and direct below), scipy's way is dearer than another OpenCV strategy
     (2048² float32: ``ndimage.correlate`` 70 ms for 5x5, filter2D 4 ms; ``oaconvolve`` 280 ms, more
     than 129 direct taps). A forced strategy that OpenCV cannot honour runs on scipy, as the plan says.
+    ``whole`` (every block is one whole image) lets ``auto`` pick OpenCV's ``boxFilter`` for a
+    constant 2-D kernel.
     """
     split = separation(weights, dtype=dtype)
     factors = split.factors if split is not None and split.residual <= split.tolerance else ()
@@ -244,6 +256,11 @@ def choose_strategy(
     applicable = [
         name for name in STRATEGIES if (name != "separable" or factors) and (name != "fft" or weights.size > 1)
     ]
+    filtered = _filtered_axes(weights)
+    if strategy == "auto" and whole and engine == "opencv" and split is not None and split.constant and factors \
+            and len(filtered) == 2 and filtered[0] >= weights.ndim - 2:
+        applicable.append("box")
+        engines["box"] = "opencv"
     if strategy == "auto":
         own = [name for name in applicable if engines[name] == engine]
         chosen = min(own, key=lambda name: _cost(name, weights, len(factors), engine))
@@ -256,7 +273,7 @@ def choose_strategy(
         origin=origin,
         strategy=chosen,
         engine=engines[chosen],
-        factors=factors if chosen == "separable" else (),
+        factors=factors if chosen in ("separable", "box") else (),
         separation=split,
     )
 
@@ -329,7 +346,8 @@ def _opencv(block: np.ndarray, plan: KernelStrategy, edge_mode: str) -> np.ndarr
     out = np.empty_like(planes)
     for plane, target in zip(planes, out):
         filter_plane(plane, target)
-        refilter_tail(filter_plane, plane, target, (anchor[0], weights.shape[1] - 1 - anchor[0]), border)
+        if plan.strategy != "box":  # a box's block is always the whole image: its tail is always the same
+            refilter_tail(filter_plane, plane, target, (anchor[0], weights.shape[1] - 1 - anchor[0]), border)
     return out.reshape(block.shape)
 
 
@@ -337,6 +355,8 @@ def _plane_filter(
     plan: KernelStrategy, weights: np.ndarray, anchor: tuple[int, int], border: int, dtype: np.dtype
 ) -> PlaneFilter:
     """The plan's OpenCV calls on one 2-D plane."""
+    if plan.strategy == "box":
+        return _box_filter(weights, anchor, border)
     if plan.strategy == "separable":
         terms = [(term[-1].astype(dtype), term[-2].astype(dtype)) for term in plan.factors]
     elif plan.strategy == "direct" and 1 in weights.shape:  # along one axis: never filter2D's DFT
@@ -352,6 +372,21 @@ def _plane_filter(
             target += cv2.sepFilter2D(plane, -1, row, column, anchor=anchor, borderType=border)
 
     return passes
+
+
+def _box_filter(weights: np.ndarray, anchor: tuple[int, int], border: int) -> PlaneFilter:
+    """A constant kernel by OpenCV's running sums: the sum times the kernel's value (one pass when it is a mean)."""
+    height, width = weights.shape
+    value = float(weights.flat[0])
+    if abs(value * width * height - 1.0) < 1e-12:  # a mean (a box of size m: weights 1/m²), normalised in float64 inside
+        return lambda plane, target: cv2.boxFilter(plane, -1, (width, height), dst=target, anchor=anchor,
+                                                   normalize=True, borderType=border)
+
+    def scaled(plane: np.ndarray, target: np.ndarray) -> None:
+        cv2.boxFilter(plane, -1, (width, height), dst=target, anchor=anchor, normalize=False, borderType=border)
+        target *= target.dtype.type(value)
+
+    return scaled
 
 
 def _scipy(block: np.ndarray, plan: KernelStrategy, edge_mode: str, keep: tuple[slice, ...] | None) -> np.ndarray:
