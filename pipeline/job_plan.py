@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import dask
 import dask.array as da
 import numpy as np
 
-from pipeline.budget import BlockBudget, whole_image_budget, worker_budget
+from pipeline.budget import BlockBudget, whole_image_budget, worker_budget, working_set
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.execution import resolve_workers
-from pipeline.sources.arrays import list_array_sources
+from pipeline.sources.arrays import ArrayInput, in_array_order, list_array_sources
 from pipeline.sources.decode import OPENCV_SUFFIXES
 from pipeline.sources.frames import frame_sources, is_array_entry
 from pipeline.sources.shapes import group_by_shape
@@ -238,13 +238,21 @@ def compute_dtype(config: PipelineConfig) -> str:
 
 def list_sources(config: PipelineConfig) -> list[str]:
     """The job's images: its files, or each frame of them when the first file holds several."""
+    return list_inputs(config)[0]
+
+
+def list_inputs(config: PipelineConfig) -> tuple[list[str], dict[str, ArrayInput]]:
+    """The job's images, and the arrays they are images of, by entry (none for image files).
+
+    Give both to ``build_plan``: an array's metadata is then read once per run, here.
+    """
     entries = [config.input.paths] if isinstance(config.input.paths, str) else list(config.input.paths)
-    arrays = [is_array_entry(entry) for entry in entries]
-    if any(arrays):
-        if not all(arrays):
+    named = [is_array_entry(entry) for entry in entries]
+    if any(named):
+        if not all(named):
             raise InputError(
-                f"input.paths mixes arrays ({entries[arrays.index(True)]!r}) and image files "
-                f"({entries[arrays.index(False)]!r}); list them in separate jobs"
+                f"input.paths mixes arrays ({entries[named.index(True)]!r}) and image files "
+                f"({entries[named.index(False)]!r}); list them in separate jobs"
             )
         if config.input.shapes != "strict":
             raise InputError(f"input.shapes: {config.input.shapes} applies to image files; arrays are read as they are")
@@ -254,8 +262,8 @@ def list_sources(config: PipelineConfig) -> list[str]:
         )
     files = list_images(config.input.paths, config.input.storage_options)
     if config.input.layout == "volume":  # a multi-page file is one (z, y, x) image
-        return files
-    return frame_sources(files, _probe_first_readable(config, files).frames)
+        return files, {}
+    return frame_sources(files, _probe_first_readable(config, files).frames), {}
 
 
 def build_plans(config: PipelineConfig) -> dict[str, JobPlan]:
@@ -267,16 +275,21 @@ def build_plans(config: PipelineConfig) -> dict[str, JobPlan]:
 
 
 def build_plan(
-    config: PipelineConfig, sources: Sequence[str] | None = None, *, recorded_read: dict[str, Any] | None = None
+    config: PipelineConfig, sources: Sequence[str] | None = None, *, recorded_read: dict[str, Any] | None = None,
+    arrays: Mapping[str, ArrayInput] | None = None,
 ) -> JobPlan:
     """List (unless given) and probe the inputs, build the steps; raises Input/KernelError early.
 
+    ``arrays`` are the arrays ``list_inputs`` resolved with the given ``sources`` (their metadata
+    is not read again; an array missing from them is opened when its batch's graph is built).
     ``recorded_read``, what a store being resumed or extended recorded of how its inputs were read
     (``JobPlan.read_record``), fixes the tiles and where gray comes from (RGB for stores that
     recorded none: they were written before the luma plane was read): the store's own shape never
     decides how to read.
     """
-    sources = tuple(list_sources(config) if sources is None else sources)
+    if sources is None:
+        sources, arrays = list_inputs(config)
+    sources = tuple(sources)
     dtype = compute_dtype(config)
     # normalize rescales each image as a whole (all channels together, keeping colour balance)
     steps = tuple(build_steps(config.steps))
@@ -287,12 +300,12 @@ def build_plan(
         halo=leading_reach(steps),
         whole=whole_image_budget(config.execution.memory_budget, workers, resumed=recorded_read is not None),
     )
-    spec = _probe_first_readable(config, sources, budget, recorded_read)
+    spec = _probe_first_readable(config, sources, budget, recorded_read, arrays)
     source_shapes: tuple[tuple[int, ...], ...] = ()
     if config.input.shapes == "pad":
         spec, source_shapes = _padded_spec(config, spec, sources)
     one_image, stages, image = _lazy_result(config, sources[:1], spec, steps, dtype)
-    group = images_per_task(config, spec, image, dtype)
+    group = images_per_task(config, spec, image, dtype, sources=sources, budget=budget)
     if group > 1:
         spec = replace(spec, images_per_task=group)
         one_image, stages, image = _lazy_result(config, sources[:group], spec, steps, dtype)
@@ -319,27 +332,47 @@ def _padded_spec(
     return replace(spec, shape=largest, pad_value=config.input.pad_value), tuple(shapes)
 
 
-def images_per_task(config: PipelineConfig, spec: ImageSpec, image: ImageShape, dtype: str) -> int:
+def images_per_task(
+    config: PipelineConfig, spec: ImageSpec, image: ImageShape, dtype: str, *,
+    sources: Sequence[str] = (), budget: BlockBudget | None = None,
+) -> int:
     """Whole images per task and chunk: ``output.images_per_chunk``, or as many as fit GROUP_BYTES.
 
     Not bounded by the collection's size: a store that ``--append`` grows from a few images would
     keep their small chunks for good.
 
     An image is as large as the larger of its input and its result, in the compute dtype; images
-    read by tiles or slabs, and arrays (read by their own chunks), are never grouped. A set ``execution.batch_size`` holds whole groups (a
+    read by tiles or slabs are never grouped. A set ``execution.batch_size`` holds whole groups (a
     batch that ended inside one would leave it for the next batch to write again).
+
+    Arrays of ``sources`` are grouped only when they are one array's images in order (image i is
+    index i: the collection's grid is then the array's): a Zarr array by its chunk along the image
+    axis, so that each task reads its stored chunks once and the store keeps them together (or by
+    a divisor of it whose images fit a worker's ``budget``); a ``.npy`` stack, memory-mapped, as
+    small files are. Other arrays (several arrays, or not from their first image) take one image
+    per task unless ``output.images_per_chunk`` is set: no grid of groups would read each of their
+    chunks once.
     """
-    if spec.tile is not None or spec.volume or spec.array is not None:
+    if spec.tile is not None or spec.volume:
         return 1
     chosen = config.output.images_per_chunk
     if chosen != "auto":
         return chosen
-    largest = max(int(np.prod(spec.shape)), int(np.prod(image.shape))) * np.dtype(dtype).itemsize
-    group = max(1, GROUP_BYTES // max(largest, 1))
+    array = spec.array
+    if array is not None and not in_array_order(sources):
+        return 1
+    values = max(int(np.prod(spec.shape)), int(np.prod(image.shape)))
+    itemsize = np.dtype(dtype).itemsize
+    if array is None or array.kind == "npy":
+        sizes = range(1, max(1, GROUP_BYTES // max(values * itemsize, 1)) + 1)
+    else:
+        stored = array.image_chunk
+        sizes = [
+            size for size in range(1, stored + 1) if stored % size == 0
+            and (size == 1 or budget is None or working_set(size * values, size * values, itemsize) <= budget.bytes)
+        ]
     batch = config.execution.batch_size
-    if batch != "auto":
-        group = max(size for size in range(1, min(group, batch) + 1) if batch % size == 0)
-    return group
+    return max(size for size in sizes if batch == "auto" or batch % size == 0)
 
 
 def planned_workers(config: PipelineConfig) -> int:
@@ -352,6 +385,7 @@ def _probe_first_readable(
     sources: Sequence[str],
     budget: BlockBudget = BlockBudget(),
     recorded_read: dict[str, Any] | None = None,
+    arrays: Mapping[str, ArrayInput] | None = None,
 ) -> ImageSpec:
     """The spec from the first file; with ``on_error: skip``, from the first that can be read."""
     candidates = sources if config.input.on_error == "skip" else sources[:1]
@@ -369,6 +403,7 @@ def _probe_first_readable(
                 scale=config.input.scale,
                 allow_incomplete=config.input.allow_incomplete,
                 gray_from=config.input.gray_from if recorded_read is None else recorded_read.get("gray_from") or "rgb",
+                arrays=arrays,
             )
         except InputError:
             if source is candidates[-1]:

@@ -22,7 +22,7 @@ from pipeline.errors import Interrupted, OutputError, PipelineError, Terminated,
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.batches import batch_size, write_batches
-from pipeline.job_plan import JobPlan, build_plan, list_sources
+from pipeline.job_plan import JobPlan, build_plan, list_inputs, list_sources
 from pipeline.sinks.grouped import create_grouped_root, member_path, record_groups, stored_groups
 from pipeline.sinks.layout import SPACE_UNITS, shard_shape
 from pipeline.sinks.ledger import pending_batches, recorded_stats
@@ -268,7 +268,8 @@ def _open_or_create(
 ) -> tuple[JobPlan, np.ndarray]:
     """The plan and the images still to write; a complete store with nothing new is left untouched."""
     path, options = config.output.path, config.output.storage_options
-    listed = list_sources(config) if listed is None else listed
+    # an array input's metadata, read when it is listed, is handed to the plan (read once per run)
+    listed, arrays = list_inputs(config) if listed is None else (listed, {})
     if exists and not config.output.overwrite and stored_status(path, options) != "creating":
         if stored_groups(path, options) is not None:
             raise OutputError(
@@ -281,7 +282,7 @@ def _open_or_create(
         new = [source for source in listed if source not in seen]
         # One plan over the store's images and the new ones; it must be the stored job's, and it
         # reads the inputs as the store recorded (its tiles write whole chunks of the store).
-        plan = build_plan(config, known + new, recorded_read=recorded_read(stored))
+        plan = build_plan(config, known + new, recorded_read=recorded_read(stored), arrays=arrays)
         _check_same_job(stored.provenance, plan, path)
         if new and not append:
             raise OutputError(
@@ -304,7 +305,7 @@ def _open_or_create(
         remove_partial_writes(path)
         mark_resumed(path, storage_options=options)
         return plan, ~open_result(path, storage_options=options).done
-    plan = build_plan(config, listed)
+    plan = build_plan(config, listed, arrays=arrays)
     pixel_size, unit = output_scale(plan)
     layout = StoreLayout(
         shape=plan.shape,

@@ -7,14 +7,23 @@ CLI wrote; the chain test checks that one run's store is the next run's input.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import yaml
 import zarr
 from scipy import ndimage
+from zarr.storage import LocalStore
+
+import pipeline
+from pipeline.config import validate_config
+from pipeline.errors import Interrupted
+from pipeline.job_plan import build_plan
+from pipeline.sources import arrays
 
 from test_resume import (  # noqa: F401 (start is a fixture)
     assert_same_bytes, cli, done_count, events, kill, result, sources, start, status, wait_until,
@@ -24,20 +33,45 @@ RNG = np.random.default_rng(11)
 EDGE = np.array([[1, 1, 1], [1, -8, 1], [1, 1, 1]], dtype=float)
 
 
-def _job(root: Path, paths: Any, store: str, steps: list[dict[str, Any]] | None = None, **input_keys: Any) -> Path:
+def _job(
+    root: Path, paths: Any, store: str, steps: list[dict[str, Any]] | None = None, *,
+    output: dict[str, Any] | None = None, execution: dict[str, Any] | None = None, **input_keys: Any,
+) -> Path:
     config = root / f"{store}.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "input": {"paths": paths, **input_keys},
                 "steps": steps or [{"convolve": {"kernel": "edge"}}],
-                "output": {"path": str(root / store)},
-                "execution": {"scheduler": "threads", "compute_dtype": "float64"},
+                "output": {"path": str(root / store), **(output or {})},
+                "execution": {"scheduler": "threads", "compute_dtype": "float64", **(execution or {})},
             }
         ),
         encoding="utf-8",
     )
     return config
+
+
+@pytest.fixture
+def chunk_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Counter[str]]:
+    """Reads of stored chunks from local Zarr stores in this process (zarr fetches every chunk it
+    decodes through its store's ``get``): a function of a store's root, counting its chunk keys."""
+    reads: Counter[tuple[Path, str]] = Counter()
+    original = LocalStore.get
+
+    async def get(self: LocalStore, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        if key.startswith("c/") or "/c/" in key:
+            reads[(Path(str(self.root)), key)] += 1
+        return await original(self, key, prototype, byte_range)
+
+    monkeypatch.setattr(LocalStore, "get", get)
+
+    def of(store: Path) -> Counter[str]:
+        found = Counter({key: count for (root, key), count in reads.items() if root == store})
+        reads.clear()
+        return found
+
+    return of
 
 
 def _ok(run) -> None:
@@ -264,3 +298,139 @@ def test_remote_arrays_are_read_through_fsspec(tmp_path: Path) -> None:
         out = result(store)
         for index, image in enumerate(images):
             np.testing.assert_allclose(out[index], _edge(image), rtol=1e-5, atol=1e-5)
+
+
+def _chunked_zarr(path: Path, images: np.ndarray, per_chunk: int = 16) -> zarr.Array:
+    stored = zarr.create_array(path, shape=images.shape, chunks=(per_chunk, *images.shape[1:]), dtype=images.dtype,
+                               dimension_names=("image", "y", "x"))
+    stored[:] = images
+    return stored
+
+
+def test_a_store_of_ours_with_16_images_per_chunk_is_read_a_stored_chunk_per_task(
+    tmp_path: Path, chunk_reads: Callable[[Path], Counter[str]]
+) -> None:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for index in range(40):
+        iio.imwrite(folder / f"s{index:02d}.png", RNG.integers(0, 256, (24, 30), dtype=np.uint8))
+    blur = [{"convolve": {"kernel": "blur"}}]
+    pipeline.run(str(_job(tmp_path, str(folder / "*.png"), "a.zarr", blur, output={"images_per_chunk": 16})))
+    stored = zarr.open_group(tmp_path / "a.zarr", mode="r")["0"]
+    assert stored.chunks == (16, 24, 30)  # the tool's own grouping: chunks [0, 16), [16, 32), [32, 40)
+    chunk_reads(tmp_path / "a.zarr")
+
+    pipeline.run(str(_job(tmp_path, str(tmp_path / "a.zarr"), "b.zarr")))
+    reads = chunk_reads(tmp_path / "a.zarr")
+    assert reads == Counter({"0/c/0/0/0": 1, "0/c/1/0/0": 1, "0/c/2/0/0": 1})  # each stored chunk read once
+    out = zarr.open_group(tmp_path / "b.zarr", mode="r")["0"]
+    assert out.chunks == (16, 24, 30)  # and written as it was read: 16 images a chunk
+    values = stored[:]
+    for index in range(40):
+        np.testing.assert_allclose(out[index], _edge(values[index]).astype(np.float32), rtol=1e-6, atol=1e-4)
+    plan = build_plan(validate_config(yaml.safe_load((tmp_path / "b.zarr.yaml").read_text())))
+    assert plan.spec.images_per_task == 16
+    assert plan.result().numblocks[0] == 3  # one task per stored chunk along the image axis
+
+
+def test_grouped_reads_are_exact_after_an_interrupt_and_an_append_mid_chunk(
+    tmp_path: Path, chunk_reads: Callable[[Path], Counter[str]]
+) -> None:
+    images = RNG.uniform(0, 1, (40, 20, 26))
+    array = _chunked_zarr(tmp_path / "in.zarr", images[:20])
+    _chunked_zarr(tmp_path / "all.zarr", images)
+    one_batch = {"batch_size": 16}
+    config = str(_job(tmp_path, str(tmp_path / "in.zarr"), "out.zarr", execution=one_batch))
+
+    def stop_after_the_first_batch(event: dict[str, Any]) -> None:
+        if event["event"] == "batch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        pipeline.run(config, progress=stop_after_the_first_batch)
+    assert done_count(tmp_path / "out.zarr") == 16
+    chunk_reads(tmp_path / "in.zarr")
+    assert pipeline.run(config).processed == 4  # images 16..19: the rest of chunk [16, 32)
+    assert chunk_reads(tmp_path / "in.zarr") == Counter({"c/1/0/0": 1})
+
+    array.resize((40, 20, 26))
+    array[20:] = images[20:]
+    chunk_reads(tmp_path / "in.zarr")  # writing into chunk [16, 32) read it
+    assert pipeline.run(config, append=True).processed == 20  # from image 20, inside the second chunk
+    assert chunk_reads(tmp_path / "in.zarr") == Counter({"c/1/0/0": 1, "c/2/0/0": 1})
+    assert status(tmp_path / "out.zarr") == "complete"
+    assert zarr.open_group(tmp_path / "out.zarr", mode="r")["0"].chunks == (16, 20, 26)
+
+    pipeline.run(str(_job(tmp_path, str(tmp_path / "all.zarr"), "reference.zarr", execution=one_batch)))
+    assert_same_bytes(result(tmp_path / "out.zarr"), result(tmp_path / "reference.zarr"))
+    out = result(tmp_path / "out.zarr")
+    for index in range(40):
+        np.testing.assert_allclose(out[index], _edge(images[index]).astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+def test_sources_that_are_not_one_array_in_order_are_read_one_image_per_task(
+    tmp_path: Path, chunk_reads: Callable[[Path], Counter[str]]
+) -> None:
+    first, second = RNG.uniform(0, 1, (20, 12, 14)), RNG.uniform(0, 1, (20, 12, 14))
+    _chunked_zarr(tmp_path / "a.zarr", first)
+    _chunked_zarr(tmp_path / "b.zarr", second)
+    config = _job(tmp_path, [str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], "out.zarr")
+    plan = build_plan(validate_config(yaml.safe_load(config.read_text())))
+    assert plan.spec.images_per_task == 1 and plan.chunks[0] == 1  # b's chunks do not fall on the collection's grid
+    pipeline.run(str(config))
+    out = result(tmp_path / "out.zarr")
+    for index, image in enumerate([*first, *second]):
+        np.testing.assert_allclose(out[index], _edge(image), rtol=1e-6, atol=1e-6)
+
+    # Runs inside a task: consecutive indices of one array are read together, the others alone.
+    sources = [f"{tmp_path / 'a.zarr'}#{i}" for i in (17, 18, 19)] + [f"{tmp_path / 'b.zarr'}#{i}" for i in (0, 5)]
+    stack = arrays.array_stack(sources, array=plan.spec.array, shape=(12, 14), chunks=(12, 14), dtype="float64",
+                               groups=(len(sources),))
+    assert stack.chunks[0] == (3, 1, 1)
+    chunk_reads(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(stack.compute(scheduler="sync"), np.concatenate([first[17:], second[[0, 5]]]))
+    assert chunk_reads(tmp_path / "a.zarr") == Counter({"c/1/0/0": 1})
+
+
+def test_an_unreadable_chunk_skips_its_images_one_by_one(tmp_path: Path) -> None:
+    images = RNG.uniform(0, 1, (32, 10, 12))
+    _chunked_zarr(tmp_path / "in.zarr", images)
+    (tmp_path / "in.zarr" / "c" / "1" / "0" / "0").write_bytes(b"not a chunk")
+    summary = pipeline.run(str(_job(tmp_path, str(tmp_path / "in.zarr"), "out.zarr", on_error="skip")))
+    assert (summary.processed, summary.unreadable) == (16, 16)
+    out = result(tmp_path / "out.zarr")
+    for index in range(16):
+        np.testing.assert_allclose(out[index], _edge(images[index]), rtol=1e-6, atol=1e-6)
+    assert np.isnan(out[16:]).all()
+
+
+def test_a_npy_stack_is_grouped_as_small_files_are_and_a_glob_of_stacks_is_not(tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", RNG.uniform(0, 1, (40, 16, 16)))
+    np.save(tmp_path / "two.npy", RNG.uniform(0, 1, (40, 16, 16)))
+    alone = build_plan(validate_config(yaml.safe_load(_job(tmp_path, str(tmp_path / "one.npy"), "a.zarr").read_text())))
+    assert alone.spec.images_per_task == 1024 * 1024 // (16 * 16 * 8)  # as many as fit 1 MiB, as for files
+    both = build_plan(validate_config(yaml.safe_load(_job(tmp_path, str(tmp_path / "*.npy"), "b.zarr").read_text())))
+    assert both.spec.images_per_task == 1
+
+
+def test_each_npy_header_is_read_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    images = [RNG.uniform(0, 1, (12, 10)) for _ in range(4)]
+    for index, image in enumerate(images):
+        np.save(folder / f"a{index}.npy", image)
+    opened: Counter[str] = Counter()
+    original = arrays._open
+
+    def counting(path: str, options: Any) -> Any:
+        opened[Path(path).name] += 1
+        return original(path, options)
+
+    monkeypatch.setattr(arrays, "_open", counting)
+    # A batch per file: every batch's graph is built from the headers read when the files were listed.
+    summary = pipeline.run(str(_job(tmp_path, str(folder / "*.npy"), "out.zarr", execution={"batch_size": 1})))
+    assert summary.processed == 4
+    assert opened == Counter({f"a{index}.npy": 1 for index in range(4)})
+    out = result(tmp_path / "out.zarr")
+    for index, image in enumerate(images):
+        np.testing.assert_allclose(out[index], _edge(image), rtol=1e-6, atol=1e-6)

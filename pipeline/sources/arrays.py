@@ -9,7 +9,12 @@ along the first axis) work as for files.
 
 Tasks read their block, with its halo, straight from the store (as tiles of huge TIFFs are read
 from the file): Zarr by slicing, ``.npy`` through a memory map (ranged reads for remote files),
-so no array is ever loaded whole and tasks depend on nothing but the store.
+so no array is ever loaded whole and tasks depend on nothing but the store. Consecutive images of
+one array may be read by one task (``array_stack``'s ``groups``): a stored chunk holding several
+images along the image axis is then read and decompressed once, not once per image.
+
+Each entry's metadata is read once per run, when it is listed: the plan and every batch's graph
+reuse the ``ArrayInput`` the listing resolved.
 """
 
 from __future__ import annotations
@@ -64,6 +69,11 @@ class ArrayInput:
     def images(self) -> int:
         return self.shape[self.roles.index("image")] if "image" in self.roles else 1
 
+    @property
+    def image_chunk(self) -> int:
+        """Images per stored chunk along the image axis (a ``.npy`` file is one chunk; 1 without the axis)."""
+        return self.chunks[self.roles.index("image")] if "image" in self.roles else 1
+
     def image_shape(self) -> tuple[int, ...]:
         """One image's shape in our axis order: ([c | z,] y, x)."""
         sizes = dict(zip(self.roles, self.shape))
@@ -86,16 +96,32 @@ class ArrayInput:
 
 def list_array_sources(
     entries: Sequence[str], *, volume: bool, options: Options = None, allow_incomplete: bool = False
-) -> list[str]:
-    """Every image the entries name: ``<entry>#<index>`` along an image axis, or the entry itself."""
+) -> tuple[list[str], dict[str, ArrayInput]]:
+    """Every image the entries name (``<entry>#<index>`` along an image axis, or the entry itself),
+    and the array each named entry resolved to, by the entry as its sources spell it.
+
+    This is where each array's metadata (a ``.npy`` file's header) is read: the plan and the
+    batches' graphs take these instead of reading it again.
+    """
     sources: list[str] = []
+    arrays: dict[str, ArrayInput] = {}
     for entry in entries:
         for name in expand_entry(entry, options):
-            array = resolve_array(name, volume=volume, options=options, allow_incomplete=allow_incomplete)
+            array = arrays[name] = resolve_array(name, volume=volume, options=options, allow_incomplete=allow_incomplete)
             sources.extend([name] if "image" not in array.roles else [f"{name}#{i}" for i in range(array.images)])
     if not sources:
         raise InputError(f"input.paths: {', '.join(map(repr, entries))} names no arrays (no .npy files match)")
-    return sources
+    return sources, arrays
+
+
+def in_array_order(sources: Sequence[str]) -> bool:
+    """``sources`` are images 0, 1, 2, … of one array: groups on the collection's grid are on the array's.
+
+    >>> in_array_order(["a.zarr#0", "a.zarr#1"]), in_array_order(["a.zarr#0", "b.zarr#0"])
+    (True, False)
+    """
+    entry, index = split_source(sources[0]) if sources else ("", None)
+    return index == 0 and all(source == f"{entry}#{position}" for position, source in enumerate(sources))
 
 
 def expand_entry(entry: str, options: Options) -> list[str]:
@@ -265,57 +291,110 @@ def _open(path: str, options: Options):
 def array_stack(
     sources: Sequence[str], *, array: ArrayInput, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
     halo: Mapping[int, int] | None = None, scale: str = "native", options: Options = None, allow_incomplete: bool = False,
+    arrays: Mapping[str, ArrayInput] | None = None, groups: Sequence[int] | None = None,
 ) -> da.Array:
     """(image, [c | z,] y, x) of ``sources``; chunks of ``chunks`` per image, each read with its ``halo``.
 
     ``shape`` and ``chunks`` are one image's, in our axis order; ``halo`` ({axis: samples}, axes of
     the stack) widens each block by that much of its neighbours where the image has them, read
     from the store (the layout of dask's ``overlap`` with ``boundary="none"``).
+
+    ``groups`` cuts ``sources`` into runs of consecutive images (one each by default); a run that
+    holds consecutive indices of one array is read by one task, in one slice along the image axis,
+    so that the stored chunks it covers are each read once. Sources that are not consecutive are
+    read one to a task. ``arrays`` are the entries the listing resolved (``list_array_sources``):
+    only entries missing from it are opened here.
     """
     halo = dict(halo or {})
     regions = [block_regions(size, step, halo.get(axis + 1, 0)) for axis, (size, step) in enumerate(zip(shape, chunks))]
-    block_chunks = ((1,), *(tuple(stop - start for start, stop in axis) for axis in regions))
+    block_chunks = tuple(tuple(stop - start for start, stop in axis) for axis in regions)
+    checked: dict[str, ArrayInput] = {}
     images = []
-    for source in sources:
-        entry, index = split_source(source)
-        found = array if entry == array.entry else resolve_array(entry, volume="z" in array.roles, options=options, allow_incomplete=allow_incomplete)
-        if found.image_shape() != array.image_shape() or found.roles != array.roles:
-            raise InputError(
-                f"array {entry!r} holds images of shape {found.image_shape()} but {array.entry!r}, the first, holds "
-                f"{array.image_shape()}; all images of a collection must have the same size and channels", entry,
+    first = 0
+    for size in groups if groups is not None else (1,) * len(sources):
+        for entry, index, count in _runs(sources[first : first + size]):
+            found = checked.get(entry)
+            if found is None:
+                found = checked[entry] = _matching(entry, array, arrays or {}, scale, options, allow_incomplete)
+            images.append(
+                da.map_blocks(
+                    _read_block, chunks=((count,), *block_chunks), dtype=dtype,
+                    meta=np.empty((0,) * (1 + len(shape)), dtype=dtype),
+                    entry=absolute(found.entry), path=found.path, kind=found.kind, index=index, count=count,
+                    roles=found.roles, regions=regions, out_dtype=dtype, scale=scale, options=dict(options or {}),
+                )
             )
-        if scale == "native" and found.dtype != array.dtype:
-            raise InputError(
-                f"array {entry!r} holds {found.dtype} but {array.entry!r}, the first, holds {array.dtype}; "
-                f"set input.scale: unit to read arrays of several types together", entry,
-            )
-        images.append(
-            da.map_blocks(
-                _read_block, chunks=block_chunks, dtype=dtype, meta=np.empty((0,) * (1 + len(shape)), dtype=dtype),
-                entry=absolute(found.entry), path=found.path, kind=found.kind, index=index, roles=found.roles,
-                regions=regions, out_dtype=dtype, scale=scale, options=dict(options or {}),
-            )
-        )
+        first += size
     return da.concatenate(images, axis=0)
 
 
-def _read_block(
-    *, entry: str, path: str, kind: str, index: int | None, roles: tuple[str, ...], regions: list[list[tuple[int, int]]],
-    out_dtype: str, scale: str, options: dict[str, Any], block_id: tuple[int, ...],
+def _runs(sources: Sequence[str]) -> list[tuple[str, int | None, int]]:
+    """(entry, first index, count) of each run of consecutive indices of one array, in order.
+
+    >>> _runs(["a.npy#3", "a.npy#4", "b.npy#5", "c.npy"])
+    [('a.npy', 3, 2), ('b.npy', 5, 1), ('c.npy', None, 1)]
+    """
+    runs: list[tuple[str, int | None, int]] = []
+    for source in sources:
+        entry, index = split_source(source)
+        if runs and index is not None and runs[-1][0] == entry and runs[-1][1] is not None and sum(runs[-1][1:]) == index:
+            runs[-1] = (entry, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((entry, index, 1))
+    return runs
+
+
+def _matching(
+    entry: str, array: ArrayInput, resolved: Mapping[str, ArrayInput], scale: str, options: Options, allow_incomplete: bool
+) -> ArrayInput:
+    """The array ``entry`` names (as listed, or opened now), refused unless its images match the first's."""
+    found = resolved.get(entry) or (
+        array if entry == array.entry
+        else resolve_array(entry, volume="z" in array.roles, options=options, allow_incomplete=allow_incomplete)
+    )
+    if found.image_shape() != array.image_shape() or found.roles != array.roles:
+        raise InputError(
+            f"array {entry!r} holds images of shape {found.image_shape()} but {array.entry!r}, the first, holds "
+            f"{array.image_shape()}; all images of a collection must have the same size and channels", entry,
+        )
+    if scale == "native" and found.dtype != array.dtype:
+        raise InputError(
+            f"array {entry!r} holds {found.dtype} but {array.entry!r}, the first, holds {array.dtype}; "
+            f"set input.scale: unit to read arrays of several types together", entry,
+        )
+    return found
+
+
+def _read_block(*, index: int | None, count: int, block_id: tuple[int, ...], **where: Any) -> np.ndarray:
+    """Images ``index:index+count`` of the array (the array itself when it has no image axis), this block of each.
+
+    A run that cannot be read is read again image by image, so that the error names the image
+    (``input.on_error: skip`` then leaves out that one, not the run).
+    """
+    try:
+        return _read_images(index, count, block_id, **where)
+    except Exception as exc:
+        if count > 1 and index is not None:
+            alone = [_read_block(index=i, count=1, block_id=block_id, **where) for i in range(index, index + count)]
+            return np.concatenate(alone)
+        raise InputError.unreadable(where["entry"] + (f"#{index}" if index is not None else ""), exc) from None
+
+
+def _read_images(
+    index: int | None, count: int, block_id: tuple[int, ...], *, entry: str, path: str, kind: str,
+    roles: tuple[str, ...], regions: list[list[tuple[int, int]]], out_dtype: str, scale: str, options: dict[str, Any],
 ) -> np.ndarray:
     ours = [role for role in ("c", "z", "y", "x") if role in roles]
     wanted = {role: slice(*axis[i]) for role, axis, i in zip(ours, regions, block_id[1:])}
-    selection = tuple(index if role == "image" else wanted[role] for role in roles)
-    try:
-        stored = _open_array(entry, path, kind, options)
-        block = np.asarray(stored[selection])
-    except Exception as exc:
-        raise InputError.unreadable(entry + (f"#{index}" if index is not None else ""), exc) from None
-    left = [role for role in roles if role != "image"]
-    block = np.transpose(block, [left.index(role) for role in ours]).astype(out_dtype)
+    if index is not None:
+        wanted["image"] = slice(index, index + count)
+    stored = _open_array(entry, path, kind, options)
+    block = np.asarray(stored[tuple(wanted[role] for role in roles)])
+    order = [role for role in ("image", *ours) if role in roles]
+    block = np.transpose(block, [roles.index(role) for role in order]).astype(out_dtype)
     if scale == "unit" and full_scale(stored.dtype) != 1.0:
         block /= block.dtype.type(full_scale(stored.dtype))
-    return block[np.newaxis]
+    return block if "image" in roles else block[np.newaxis]
 
 
 def _open_array(entry: str, path: str, kind: str, options: dict[str, Any]) -> Any:

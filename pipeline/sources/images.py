@@ -69,6 +69,8 @@ class ImageSpec:
     # fsspec options for remote files (input.storage_options); handed to every decode task
     storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     array: ArrayInput | None = None  # the inputs are arrays (Zarr, OME-Zarr, .npy), described by the first
+    # every array the listing resolved, by entry: the batches' graphs read no array's metadata again
+    arrays: Mapping[str, ArrayInput] = field(default_factory=dict, compare=False, repr=False)
     allow_incomplete: bool = False  # read a store of ours that is not complete (input.allow_incomplete)
 
     @property
@@ -114,6 +116,7 @@ def probe(
     scale: Scale = "native",
     allow_incomplete: bool = False,
     gray_from: GrayFrom = "luma",
+    arrays: Mapping[str, ArrayInput] | None = None,
 ) -> ImageSpec:
     """Open one file (header only where the format allows) for the collection's image shape.
 
@@ -121,12 +124,14 @@ def probe(
     worker's ``budget``, unless ``recorded_tile`` (what the store a run resumes recorded it read:
     a tile, or None for whole images) fixes the tiles: every task must write whole chunks of that
     store. Slabs need no such record: a volume's store holds one slice per chunk.
+
+    ``arrays``, the arrays the listing resolved (array inputs), are kept in the spec and not read again.
     """
     options = dict(storage_options or {})
     if is_array_entry(split_source(path)[0]):
         return _probe_array(
             path, color=color, tile=tile, layout=layout, options=options, budget=budget,
-            recorded_tile=recorded_tile, scale=scale, allow_incomplete=allow_incomplete,
+            recorded_tile=recorded_tile, scale=scale, allow_incomplete=allow_incomplete, arrays=arrays or {},
         )
     if layout == "volume":
         check_size(path, max_pixels, options)
@@ -178,6 +183,7 @@ def probe(
 def _probe_array(
     source: str, *, color: Color, tile: str | int, layout: str, options: dict[str, Any], budget: BlockBudget,
     recorded_tile: tuple[int, int] | None | Literal["unset"], scale: Scale, allow_incomplete: bool,
+    arrays: Mapping[str, ArrayInput],
 ) -> ImageSpec:
     """The spec of an array input: its image shape, and blocks of whole chunks of the array.
 
@@ -185,7 +191,9 @@ def _probe_array(
     tiles of whole array chunks that fit, or by the tile ``input.tile`` sets, rounded to chunks.
     """
     entry, _ = split_source(source)
-    array = resolve_array(entry, volume=layout == "volume", options=options, allow_incomplete=allow_incomplete)
+    array = arrays.get(entry) or resolve_array(
+        entry, volume=layout == "volume", options=options, allow_incomplete=allow_incomplete
+    )
     shape = array.image_shape()
     if "c" in array.roles:
         if color == "gray" and shape[0] != 1:
@@ -203,7 +211,7 @@ def _probe_array(
         shape = (1, *shape)
     common = dict(
         color=color, reference=entry, raw_shape=array.shape, dtype=array.dtype, scale=scale,
-        storage_options=options, array=array, allow_incomplete=allow_incomplete, frames=array.images,
+        storage_options=options, array=array, allow_incomplete=allow_incomplete, frames=array.images, arrays=arrays,
     )
     if "z" in array.roles:
         slab = slab_depth(budget.bytes, plane_bytes=budget.itemsize * shape[1] * shape[2], halo=budget.reach(3)[0])
@@ -239,7 +247,7 @@ def stack_images(
     halo = {axis: reach for axis, reach in (halo or {}).items() if reach}
     ndim = 1 + len(spec.shape)
     if spec.array is not None:
-        return _array_images(sources, spec, dtype=dtype, halo=halo)
+        return _array_images(sources, spec, dtype=dtype, halo=halo, start=start)
     if spec.volume:
         _only_along(halo, (1,), "volumes are read with halos along z only")
         return stack_volumes(
@@ -288,8 +296,11 @@ def _grouped(count: int, start: int, size: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(edges, edges[1:]) if b > a)
 
 
-def _array_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str, halo: dict[int, int]) -> da.Array:
-    """Array inputs as the stack: gray reads of a one-channel array drop its c axis after reading."""
+def _array_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str, halo: dict[int, int], start: int) -> da.Array:
+    """Array inputs as the stack: gray reads of a one-channel array drop its c axis after reading.
+
+    Whole images come ``spec.images_per_task`` to a task on the collection's grid, as files do.
+    """
     array = spec.array
     squeeze = "c" in array.roles and spec.color == "gray"
     added = "c" not in array.roles and "z" not in array.roles and spec.color != "gray"
@@ -299,7 +310,8 @@ def _array_images(sources: Sequence[str], spec: ImageSpec, *, dtype: str, halo: 
     shift = {axis + (1 if squeeze else -1 if added else 0): reach for axis, reach in halo.items()}
     stack = array_stack(
         sources, array=array, shape=shape, chunks=chunks, dtype=dtype, halo=shift, scale=spec.scale,
-        options=spec.storage_options, allow_incomplete=spec.allow_incomplete,
+        options=spec.storage_options, allow_incomplete=spec.allow_incomplete, arrays=spec.arrays,
+        groups=_grouped(len(sources), start, spec.images_per_task),
     )
     if squeeze:
         return stack[:, 0]
