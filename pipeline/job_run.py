@@ -22,6 +22,7 @@ from pipeline.errors import Interrupted, OutputError, PipelineError, Terminated,
 from pipeline.events import Reporter
 from pipeline.execution import Executor, open_executor
 from pipeline.batches import batch_size, write_batches
+from pipeline.channel_display import result_channels
 from pipeline.job_plan import JobPlan, build_plan, list_inputs, list_sources
 from pipeline.sinks.grouped import create_grouped_root, member_path, record_groups, stored_groups
 from pipeline.sinks.layout import SPACE_UNITS, shard_shape
@@ -319,6 +320,7 @@ def _open_or_create(
         ome_version="0.4" if config.output.format == "ome-0.4" else "0.5",
         pixel_size=pixel_size,
         unit=unit,
+        channels=result_channels(plan),
     )
     provenance = {
         "version": __version__,

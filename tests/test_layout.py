@@ -46,6 +46,11 @@ def test_ome_versions_put_the_metadata_where_their_readers_look() -> None:
     old = ome_metadata(("image", "y", "x"), 2, "0.4")
     assert "ome" not in old and old["multiscales"][0]["version"] == "0.4"
     assert [d["path"] for d in old["multiscales"][0]["datasets"]] == ["0", "1"]
+    # omero channels sit beside the multiscales: under ome in 0.5, at the top in 0.4; none unless given.
+    channel = {"label": "DAPI", "color": "0000FF", "window": {"min": 0, "max": 255, "start": 0, "end": 255}, "active": True}
+    assert ome_metadata(("image", "c", "y", "x"), channels=[channel])["ome"]["omero"] == {"channels": [channel]}
+    assert ome_metadata(("image", "c", "y", "x"), 1, "0.4", channels=[channel])["omero"] == {"channels": [channel]}
+    assert "omero" not in ome_metadata(("image", "c", "y", "x"))["ome"] and "omero" not in old
 
 
 def test_threads_writing_one_image_each_into_shards_lose_nothing(tmp_path: Path) -> None:

@@ -34,3 +34,21 @@ def test_napari_opens_every_level_of_the_result(small_images, tmp_path: Path, wr
     group = zarr.open_group(str(store), mode="r")
     np.testing.assert_array_equal(np.asarray(data[0]), group["0"][:])
     np.testing.assert_array_equal(np.asarray(data[1]), group["1"][:])
+
+
+def test_napari_names_and_colours_the_channels_an_ome_zarr_input_named(tmp_path: Path) -> None:
+    import pipeline
+    from test_channel_display import COLOURS, LABELS, WINDOWS, _ome_input
+
+    channels = [{"label": label, "color": colour, "window": window} for label, colour, window in zip(LABELS, COLOURS, WINDOWS)]
+    source = _ome_input(tmp_path / "in.zarr", np.zeros((2, 2, 16, 16), dtype=np.uint16), channels)
+    store = tmp_path / "out.zarr"
+    pipeline.run({
+        "input": {"paths": str(source), "color": "keep"}, "steps": [{"convolve": {"kernel": "edge"}}],
+        "output": {"path": str(store)}, "execution": {"scheduler": "sync"},
+    })
+    ((_, metadata, kind),) = napari_layers(store)
+    assert kind == "image" and metadata["channel_axis"] == 1
+    assert metadata["name"] == [f"result: {label}" for label in LABELS]
+    assert metadata["contrast_limits"] == [[w["start"], w["end"]] for w in WINDOWS]
+    assert [list(colormap.colors[-1][:3]) for colormap in metadata["colormap"]] == [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]

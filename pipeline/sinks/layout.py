@@ -38,6 +38,8 @@ class StoreLayout:
     ome_version: OmeVersion = "0.5"  # 0.4 is written as a Zarr v2 store, for readers that need it
     pixel_size: tuple[float, ...] | None = None  # physical size of a pixel along each space axis
     unit: str | None = None  # of pixel_size, one of SPACE_UNITS
+    # OME-NGFF ``omero`` channels (label, color, window, active), one per channel of the result's c axis
+    channels: tuple[dict[str, Any], ...] | None = None
 
     @property
     def zarr_format(self) -> int:
@@ -124,6 +126,7 @@ def ome_metadata(
     *,
     pixel_size: Sequence[float] | None = None,
     unit: str | None = None,
+    channels: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """OME-NGFF ``multiscales`` for the result at ``0``, ``1``, …: axes in NGFF's order.
 
@@ -132,6 +135,8 @@ def ome_metadata(
     ``ome`` (Zarr v3); 0.4 puts ``multiscales`` at the top of the attributes (Zarr v2).
     Space axes carry ``unit`` and their scale is ``pixel_size``, doubled in y and x per level.
     ``type`` and ``metadata`` say how the levels were made (NGFF's strict schemas require them).
+    ``channels`` become the ``omero`` metadata beside the multiscales, where viewers find each
+    channel's name, colour and contrast window.
     """
     def axis(name: str) -> dict[str, str]:
         if name in ("z", "y", "x"):
@@ -152,9 +157,10 @@ def ome_metadata(
             for level in range(levels)
         ],
     }
+    omero = {"omero": {"channels": [dict(channel) for channel in channels]}} if channels else {}
     if version == "0.4":
-        return {"multiscales": [{"version": "0.4", **multiscale}]}
-    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
+        return {"multiscales": [{"version": "0.4", **multiscale}], **omero}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale], **omero}}
 
 
 def _downscaling(ndim: int) -> dict[str, Any]:

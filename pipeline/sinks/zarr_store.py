@@ -194,7 +194,8 @@ def create_store(
         if layout.ome:
             attributes.update(
                 ome_metadata(
-                    layout.dimension_names, layout.levels, layout.ome_version, pixel_size=layout.pixel_size, unit=layout.unit
+                    layout.dimension_names, layout.levels, layout.ome_version,
+                    pixel_size=layout.pixel_size, unit=layout.unit, channels=layout.channels,
                 )
             )
         v2 = layout.zarr_format == 2

@@ -49,6 +49,16 @@ _OUR_ATTRS = "pipeline"  # the attributes this pipeline's stores keep their prov
 
 
 @dataclass(frozen=True)
+class ChannelDisplay:
+    """How an OME-Zarr's ``omero`` metadata shows one channel, as far as it says so validly."""
+
+    label: str
+    color: str | None = None  # RRGGBB hex
+    window: tuple[float, float, float, float] | None = None  # min, max, start, end, in the stored values
+    active: bool | None = None
+
+
+@dataclass(frozen=True)
 class ArrayInput:
     """One array an input entry names, and how its axes map onto the pipeline's."""
 
@@ -63,6 +73,7 @@ class ArrayInput:
     pixel_size: tuple[float, ...] | None = None  # along the space axes (z, y, x present), from OME metadata
     unit: str | None = None
     channel_names: tuple[str, ...] | None = None
+    channel_display: tuple[ChannelDisplay, ...] | None = None  # the omero channels, one per channel listed
     note: str | None = None  # e.g. "axis 't' read as images"
 
     @property
@@ -172,7 +183,7 @@ def resolve_array(entry: str, *, volume: bool = False, options: Options = None, 
         array = node["0"]
         found = _from_zarr_array(entry, "0", array, "pipeline", volume=volume)
         size, unit = config.get("pixel_size"), config.get("unit")
-        return _with_scale(found, tuple(size) if size else None, unit)
+        return _with_channels(_with_scale(found, tuple(size) if size else None, unit), attrs)
     multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
     if multiscales:
         return _from_ome(entry, node, multiscales[0], attrs, volume=volume)
@@ -206,10 +217,35 @@ def _from_ome(entry: str, group: Any, multiscale: dict[str, Any], attrs: dict[st
     space = [i for i, axis in enumerate(axes) if isinstance(axis, dict) and axis.get("type") == "space"]
     size = tuple(float(scale[i]) for i in space) if scale and space else None
     units = {axis.get("unit") for axis in axes if isinstance(axis, dict) and axis.get("type") == "space"} - {None}
-    omero = (attrs.get("ome") or attrs).get("omero") or {}
-    labels = tuple(str(channel.get("label", "")) for channel in omero.get("channels", [])) or None
     found = _with_scale(found, size, units.pop() if len(units) == 1 else None)
-    return ArrayInput(**{**found.__dict__, "channel_names": labels})
+    return _with_channels(found, attrs)
+
+
+def _with_channels(found: ArrayInput, attrs: dict[str, Any]) -> ArrayInput:
+    """The omero channels' labels (recorded in provenance) and how they are shown (carried to the result)."""
+    omero = (attrs.get("ome") or attrs).get("omero") or {}
+    channels = [channel for channel in omero.get("channels", []) if isinstance(channel, dict)]
+    display = tuple(_display(channel) for channel in channels) or None
+    labels = tuple(channel.label for channel in display) if display else None
+    return ArrayInput(**{**found.__dict__, "channel_names": labels, "channel_display": display})
+
+
+def _display(channel: dict[str, Any]) -> ChannelDisplay:
+    """One omero channel; a colour or window that is not valid OME-NGFF is left out rather than refused."""
+    color = channel.get("color")
+    valid_color = isinstance(color, str) and len(color) == 6 and all(c in "0123456789abcdefABCDEF" for c in color)
+    window = channel.get("window")
+    bounds = [window.get(key) for key in ("min", "max", "start", "end")] if isinstance(window, dict) else []
+    finite = len(bounds) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bounds
+    ) and bounds[0] <= bounds[1]
+    active = channel.get("active")
+    return ChannelDisplay(
+        label=str(channel.get("label", "")),
+        color=color.upper() if valid_color else None,
+        window=tuple(float(v) for v in bounds) if finite else None,  # type: ignore[arg-type]
+        active=active if isinstance(active, bool) else None,
+    )
 
 
 def _with_scale(found: ArrayInput, size: tuple[float, ...] | None, unit: str | None) -> ArrayInput:

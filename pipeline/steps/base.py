@@ -9,6 +9,8 @@ of step kinds) and declares:
 * its ``output``: the per-image shape and axes it makes of its input's (``valid``/``full`` shrink or
   grow y and x, ``layer`` sets the channel axis, ``pool`` divides y and x);
 * the ``value_range`` of its values for inputs in a range (so integer outputs are cast safely);
+* whether it ``keeps_channels``: its output's channel c is still its input's channel c (so an
+  input's channel names and colours still apply), or it makes new ones (a layer's feature maps);
 * its ``block`` function: NumPy block → NumPy block, tested alone against an oracle;
 * how it takes part in the graph (``fusion``): ``pointwise`` and ``neighbourhood`` steps run inside
   one overlapped pass with their neighbours; a ``resize`` step (its output's size differs) ends a
@@ -55,6 +57,8 @@ class Step(ABC):
     fusion: ClassVar[Fusion] = "pointwise"
     # True when the step leaves every image in [0, 1], so an integer output spans its full range.
     unit_range: ClassVar[bool] = False
+    # False when the output's channels are new ones (a layer's maps): the input's names no longer apply.
+    keeps_channels: ClassVar[bool] = True
 
     @property
     @abstractmethod

@@ -38,6 +38,7 @@ RECORDED_VALUES = 4096
 class LayerStep(WindowedStep):
     kind = "layer"
     adds_channels = True  # gray images get a channel axis (of 1) before the bank
+    keeps_channels = False  # channel k is the k-th kernel's map, whatever the input's channels were
 
     def __init__(self, weights: np.ndarray, bias: np.ndarray | None, *, source: str, mode: str = "same",
                  boundary: str = "reflect", cval: float = 0.0, correlate: bool = True, stride: tuple[int, ...] = (1,),
