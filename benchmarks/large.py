@@ -255,7 +255,7 @@ def create_store(path: str, shape: tuple[int, ...], chunks: tuple[int, ...]):
     """A plain Zarr v3 float32 array with the pipeline's default codec."""
     import zarr
 
-    from pipeline.sinks.zarr_store import CODECS
+    from pipeline.sinks.codecs import CODECS
 
     return zarr.create_array(store=path, shape=shape, chunks=chunks, dtype="float32",
                              compressors=CODECS["blosc-lz4"](), fill_value=0, zarr_format=3, overwrite=True)
@@ -462,8 +462,8 @@ def main() -> None:
     if args.variant != "libvips":  # libvips writes a TIFF with its own threads: no zarr, no caps
         import zarr  # noqa: F401  (the other cases write zarr)
 
-        from pipeline.execution import limit_library_threads
-        from pipeline.sinks.zarr_store import CODECS  # noqa: F401
+        from pipeline.sinks.codecs import CODECS  # noqa: F401  (the codec table alone: no dask)
+        from pipeline.threads import limit_library_threads
 
         # 2 worker threads x 1 library thread = 2 cores, as the pipeline limits itself (no oversubscription).
         limit_library_threads(1)
