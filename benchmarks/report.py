@@ -87,9 +87,13 @@ def ratios(results: list[dict], memory: dict | None) -> list[dict[str, Any]]:
         add_info(f"{name}:dask-image / {name}:pipeline", kernel,
                  other["summary"]["median_s"] / pipe["summary"]["median_s"] if other else None)
         vips = find(results, f"{name}:libvips", kernel)
-        if vips:
+        if vips and vips.get("summary"):
             add(f"{name}:pipeline / {name}:libvips", kernel, pipe["summary"]["median_s"] / vips["summary"]["median_s"],
                 LIBVIPS_TARGET, "max")
+            raw = find(results, f"{name}:pipeline-raw", kernel)  # both writing uncompressed: the same work
+            if raw and raw.get("summary"):
+                add(f"{name}:pipeline-raw / {name}:libvips", kernel,
+                    raw["summary"]["median_s"] / vips["summary"]["median_s"], LIBVIPS_TARGET, "max")
         add(f"{name}:pipeline peak RSS MiB (< {name} as float32)", kernel, pipe["summary"]["peak_rss_mib"],
             round(pipe["float32_mib"], 1), "max")
     return out
