@@ -5,8 +5,10 @@ content. Each mosaic is a 4x4 grid of the samples in a different order with diff
 rotations (seeded by the mosaic's index), so no two images are alike and nothing can be cached
 between them. Files are built once under benchmarks/work/ (git-ignored) and reused by later runs.
 
-A collection of n images is a folder of n symlinks named img-0000.jpg ... into the mosaic pool, so
-the 10xN memory collection lists 10N distinct paths while reusing the N mosaics' files.
+A collection of n images is a folder of n symlinks named img-0000.jpg ... into the mosaic pool. The
+10xN memory collection reuses the N mosaics' files through hard links instead: the pipeline lists a
+file reached by several symlinks once (they resolve to one path), while hard links are files of their
+own, so it lists 10N images that share the N mosaics' bytes on disk and in the page cache.
 """
 
 from __future__ import annotations
@@ -73,13 +75,19 @@ def ensure_pool(count: int) -> list[Path]:
 
 
 def ensure_collection(images: int, *, distinct: int | None = None) -> Path:
-    """A folder of ``images`` symlinks cycling over ``distinct`` mosaics (default: all different)."""
+    """A folder of ``images`` links cycling over ``distinct`` mosaics (default: all different):
+    symlinks, or hard links where mosaics repeat (see the module's docstring)."""
     distinct = distinct or images
     pool = ensure_pool(distinct)
     folder = WORK / (f"n{images}" if distinct == images else f"n{images}-of-{distinct}")
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(images):
         link = folder / f"img-{i:04d}.jpg"
+        if distinct < images:
+            if link.is_symlink() or not (link.exists() and os.path.samefile(link, pool[i % distinct])):
+                link.unlink(missing_ok=True)
+                os.link(pool[i % distinct], link)
+            continue
         target = os.path.relpath(pool[i % distinct], folder)
         if not (link.is_symlink() and os.readlink(link) == target):
             link.unlink(missing_ok=True)
