@@ -77,35 +77,72 @@ def _choices(text: str, allowed: list[str], parser: argparse.ArgumentParser) -> 
     return chosen
 
 
-def bench_case(case: str, kernel: str | None, folder: Path, args: argparse.Namespace, checks: list) -> dict:
-    """Time one case and kernel ``repeats`` times, then check what its last run wrote."""
-    label = kernel or "none"
-    row = {"case": case, "kernel": label, "images": args.images, "runs": [], "note": ""}
-    if args.quick and case == "scipy-loop" and kernel == "31x31":
-        row["note"] = "skipped (--quick)"
-        return row
-    out = OUT / f"{case}-{label}.zarr"
-    files = collection_files(folder)
-    try:
-        limit = _subset_if_slow(case, kernel, folder, out, args)
-        if limit:
-            row["note"] = f"timed on {limit} of {args.images} images, seconds ×{args.images / limit:.2f} (extrapolated)"
-        for repeat in range(args.repeats):
-            shutil.rmtree(out, ignore_errors=True)  # no case pays for deleting an earlier store
-            run = measure(command(case, kernel, str(folder), str(out), limit=limit), cwd=str(ROOT))
-            seconds = run.seconds * (args.images / limit if limit else 1)
-            row["runs"].append({"seconds": seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
-                                "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
-            console.print(f"  {case:<12} {label:<6} run {repeat + 1}/{args.repeats}: {seconds:7.2f} s, "
+class Timed:
+    """One case (and kernel) timed once per round; its last run's store is checked, then deleted.
+
+    ``prepare`` may say the case is skipped or time it on a subset; ``once`` runs it one time. Only
+    one store is ever on disk: each run's is deleted after it, the last one after its check.
+    """
+
+    def __init__(self, case: str, kernel: str | None, folder: Path, args: argparse.Namespace) -> None:
+        self.case, self.kernel, self.folder, self.args = case, kernel, folder, args
+        self.label = kernel or "none"
+        self.row: dict = {"case": case, "kernel": self.label, "images": args.images, "runs": [], "note": ""}
+        self.out = OUT / f"{case}-{self.label}.zarr"
+        self.limit: int | None = None
+        self.done = False  # skipped or failed: no more rounds
+
+    def prepare(self) -> None:
+        if self.args.quick and self.case == "scipy-loop" and self.kernel == "31x31":
+            self.row["note"], self.done = "skipped (--quick)", True
+            return
+        try:
+            self.limit = _subset_if_slow(self.case, self.kernel, self.folder, self.out, self.args)
+        except RunFailed as exc:
+            _record_failure(self.row, f"{self.case} {self.label}", exc)
+            self.done = True
+            return
+        if self.limit:
+            self.row["note"] = (f"timed on {self.limit} of {self.args.images} images, "
+                                f"seconds ×{self.args.images / self.limit:.2f} (extrapolated)")
+
+    def once(self, repeat: int, checks: list) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)  # no case pays for deleting an earlier store
+        try:
+            run = measure(command(self.case, self.kernel, str(self.folder), str(self.out), limit=self.limit), cwd=str(ROOT))
+            seconds = run.seconds * (self.args.images / self.limit if self.limit else 1)
+            self.row["runs"].append({"seconds": seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
+                                     "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
+            console.print(f"  {self.case:<12} {self.label:<6} run {repeat + 1}/{self.args.repeats}: {seconds:7.2f} s, "
                           f"peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
-        row["summary"] = report.summarize(row["runs"])
-        # Timing is over: check the last run's store, then free the disk for the next case.
-        checks.append(check_store(case, kernel, str(out), files[:limit] if limit else files).to_dict())
-    except RunFailed as exc:
-        _record_failure(row, f"{case} {label}", exc)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return row
+            if repeat == self.args.repeats - 1:
+                self.row["summary"] = report.summarize(self.row["runs"])
+                files = collection_files(self.folder)
+                checks.append(check_store(self.case, self.kernel, str(self.out),
+                                          files[: self.limit] if self.limit else files).to_dict())
+        except RunFailed as exc:
+            _record_failure(self.row, f"{self.case} {self.label}", exc)
+            self.done = True
+        finally:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+
+def interleaved(jobs: list, repeats: int, checks: list) -> None:
+    """Round r runs every job once, in turn: a change in the shared machine's speed during the
+    benchmark then touches every case alike, and the ratios of medians compare the same rounds."""
+    for job in jobs:
+        job.prepare()
+    for repeat in range(repeats):
+        for job in jobs:
+            if not job.done:
+                job.once(repeat, checks)
+
+
+def bench_case(case: str, kernel: str | None, folder: Path, args: argparse.Namespace, checks: list) -> dict:
+    """Time one case and kernel ``repeats`` times on its own, then check what its last run wrote."""
+    job = Timed(case, kernel, folder, args)
+    interleaved([job], args.repeats, checks)
+    return job.row
 
 
 def _record_failure(row: dict, what: str, exc: Exception) -> None:
@@ -155,7 +192,7 @@ def memory_case(results: list[dict], args: argparse.Namespace, checks: list) -> 
 
 
 def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]:
-    """One big image (see large.py): the floors, the pipeline and dask-image, each ``repeats`` times."""
+    """One big image (see large.py): the floors, the pipeline, dask-image and libvips, in rounds."""
     workload = large.workloads(args.large_scale)[name]
     path, built = large.ensure_input(workload)
     with open(path, "rb") as source:  # every run then reads the file from the page cache
@@ -166,41 +203,49 @@ def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]
                   f"({'built now' if built else 'cached'}), {workload.float32_mib:.0f} MiB as float32"
                   + (f", tiles and store chunks {tile}x{tile}" if tile else
                      f", slabs of {large.slab_depth(workload)} slices, one slice per chunk"), highlight=False)
-    return [bench_large(workload, variant, tile, args, checks) for variant in large.variants(workload)]
+    jobs = [TimedLarge(workload, variant, tile, args) for variant in large.variants(workload)]
+    interleaved(jobs, args.repeats, checks)
+    return [job.row for job in jobs]
 
 
-def bench_large(workload: large.Workload, variant: str, tile: int | None, args: argparse.Namespace,
-                checks: list) -> dict:
-    """As bench_case; the store (about 0.5 GiB at full size) is deleted after every run but the
-    last, which is checked and then deleted too: at most one such store is on disk at a time."""
-    case = f"{workload.name}:{variant}"
-    label = workload.kernel if variant in large.CONVOLVING else "none"
-    row = {"case": case, "kernel": label, "images": 1, "workload": workload.name, "input": workload.describe(),
-           "shape": list(workload.shape), "float32_mib": workload.float32_mib, "runs": [], "note": ""}
-    missing = large.libvips_missing() if variant == "libvips" else None
-    if missing:
-        row["note"] = missing
-        console.print(f"  {case:<17} {missing}", highlight=False)
-        return row
-    out = OUT / f"{workload.name}-{variant}.zarr"
-    try:
-        for repeat in range(args.repeats):
-            shutil.rmtree(out, ignore_errors=True)
-            run = measure(large.command(variant, workload, str(out), tile), cwd=str(ROOT))
-            row["runs"].append({"seconds": run.seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
-                                "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
-            console.print(f"  {case:<17} {label:<6} run {repeat + 1}/{args.repeats}: {run.seconds:7.2f} s, "
+class TimedLarge:
+    """As ``Timed``, for a variant of a large workload; its store (about 0.5 GiB at full size) is
+    deleted after every run, the last one after its check: at most one is on disk at a time."""
+
+    def __init__(self, workload: large.Workload, variant: str, tile: int | None, args: argparse.Namespace) -> None:
+        self.workload, self.variant, self.tile, self.args = workload, variant, tile, args
+        self.case = f"{workload.name}:{variant}"
+        self.label = workload.kernel if variant in large.CONVOLVING else "none"
+        self.row: dict = {"case": self.case, "kernel": self.label, "images": 1, "workload": workload.name,
+                          "input": workload.describe(), "shape": list(workload.shape),
+                          "float32_mib": workload.float32_mib, "runs": [], "note": ""}
+        self.out = OUT / f"{workload.name}-{variant}.zarr"
+        self.done = False
+
+    def prepare(self) -> None:
+        missing = large.libvips_missing() if self.variant == "libvips" else None
+        if missing:
+            self.row["note"], self.done = missing, True
+            console.print(f"  {self.case:<17} {missing}", highlight=False)
+
+    def once(self, repeat: int, checks: list) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)
+        try:
+            run = measure(large.command(self.variant, self.workload, str(self.out), self.tile), cwd=str(ROOT))
+            self.row["runs"].append({"seconds": run.seconds, "measured_seconds": run.seconds,
+                                     "inner_seconds": run.inner_seconds, "peak_rss_mib": run.peak_rss_mib,
+                                     "tree_rss_mib": run.tree_rss_mib})
+            console.print(f"  {self.case:<17} {self.label:<6} run {repeat + 1}/{self.args.repeats}: {run.seconds:7.2f} s, "
                           f"peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
-            if repeat < args.repeats - 1:
-                shutil.rmtree(out, ignore_errors=True)
-        row["summary"] = report.summarize(row["runs"])
-        check = large.check_store(workload, variant, str(out), tile).to_dict()
-        checks.append(check | {"crops": large.describe_crops(workload, tile)})
-    except RunFailed as exc:
-        _record_failure(row, f"{case} {label}", exc)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return row
+            if repeat == self.args.repeats - 1:
+                self.row["summary"] = report.summarize(self.row["runs"])
+                check = large.check_store(self.workload, self.variant, str(self.out), self.tile).to_dict()
+                checks.append(check | {"crops": large.describe_crops(self.workload, self.tile)})
+        except RunFailed as exc:
+            _record_failure(self.row, f"{self.case} {self.label}", exc)
+            self.done = True
+        finally:
+            shutil.rmtree(self.out, ignore_errors=True)
 
 
 def main() -> int:
@@ -220,9 +265,10 @@ def main() -> int:
                   highlight=False)
 
     results, checks = [], []
-    for case in collection:
-        for kernel in (args.kernels if case in CONVOLVING else [None]):
-            results.append(bench_case(case, kernel, folder, args, checks))
+    jobs = [Timed(case, kernel, folder, args) for case in collection
+            for kernel in (args.kernels if case in CONVOLVING else [None])]
+    interleaved(jobs, args.repeats, checks)
+    results.extend(job.row for job in jobs)
     memory = memory_case(results, args, checks) if "memory" in args.only else None
     for name in workloads:
         results.extend(large_cases(name, args, checks))
