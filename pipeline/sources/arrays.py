@@ -72,13 +72,17 @@ class ArrayInput:
     names: tuple[str, ...]  # the array's own axis names ("" where it has none)
     pixel_size: tuple[float, ...] | None = None  # along the space axes (z, y, x present), from OME metadata
     unit: str | None = None
-    channel_names: tuple[str, ...] | None = None
     channel_display: tuple[ChannelDisplay, ...] | None = None  # the omero channels, one per channel listed
     note: str | None = None  # e.g. "axis 't' read as images"
 
     @property
     def images(self) -> int:
         return self.shape[self.roles.index("image")] if "image" in self.roles else 1
+
+    @property
+    def channel_names(self) -> tuple[str, ...] | None:
+        """The omero channels' labels (what provenance records)."""
+        return tuple(channel.label for channel in self.channel_display) if self.channel_display else None
 
     @property
     def image_chunk(self) -> int:
@@ -222,12 +226,11 @@ def _from_ome(entry: str, group: Any, multiscale: dict[str, Any], attrs: dict[st
 
 
 def _with_channels(found: ArrayInput, attrs: dict[str, Any]) -> ArrayInput:
-    """The omero channels' labels (recorded in provenance) and how they are shown (carried to the result)."""
+    """The omero channels: their labels (recorded in provenance) and how they are shown (carried to the result)."""
     omero = (attrs.get("ome") or attrs).get("omero") or {}
     channels = [channel for channel in omero.get("channels", []) if isinstance(channel, dict)]
     display = tuple(_display(channel) for channel in channels) or None
-    labels = tuple(channel.label for channel in display) if display else None
-    return ArrayInput(**{**found.__dict__, "channel_names": labels, "channel_display": display})
+    return ArrayInput(**{**found.__dict__, "channel_display": display})
 
 
 def _display(channel: dict[str, Any]) -> ChannelDisplay:
