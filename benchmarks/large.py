@@ -412,9 +412,7 @@ def check_store(workload: Workload, variant: str, store: str, tile: int | None):
         array = zarr.open_group(store, mode="r")["0"] if variant in CLI_VARIANTS else zarr.open_array(store, mode="r")
         codec = describe_codec(array)
         label = f"{len(boxes)} crops + all chunks"
-        problems = layout_problems(array, (1, *workload.shape), codec if variant != "pipeline-raw" else "lz4 shuffle")
-        if variant == "pipeline-raw" and codec != "none":
-            problems.append(f"codec {codec}, not none")
+        problems = layout_problems(array, (1, *workload.shape), codec, compressed=variant != "pipeline-raw")
         if not problems and array.nchunks_initialized != array.nchunks:  # a run that stopped early
             problems.append(f"{array.nchunks - array.nchunks_initialized} of {array.nchunks} chunks never written")
     worst = float("nan")

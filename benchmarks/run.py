@@ -78,19 +78,59 @@ def _choices(text: str, allowed: list[str], parser: argparse.ArgumentParser) -> 
 
 
 class Timed:
-    """One case (and kernel) timed once per round; its last run's store is checked, then deleted.
+    """One case timed once per round; its last run's store is checked, then deleted.
 
-    ``prepare`` may say the case is skipped or time it on a subset; ``once`` runs it one time. Only
-    one store is ever on disk: each run's is deleted after it, the last one after its check.
+    ``prepare`` may say the case is skipped; ``once`` runs it one time. Only one store is ever on
+    disk: each run's is deleted after it, the last one after its check. Subclasses say what runs
+    (``argv``), how its seconds scale (``factor``) and how its store is checked (``check``).
     """
 
-    def __init__(self, case: str, kernel: str | None, folder: Path, args: argparse.Namespace) -> None:
-        self.case, self.kernel, self.folder, self.args = case, kernel, folder, args
-        self.label = kernel or "none"
-        self.row: dict = {"case": case, "kernel": self.label, "images": args.images, "runs": [], "note": ""}
-        self.out = OUT / f"{case}-{self.label}.zarr"
-        self.limit: int | None = None
+    width = 12  # of the case's name in the progress lines
+    factor = 1.0
+
+    def __init__(self, case: str, label: str, row: dict, out: Path, args: argparse.Namespace) -> None:
+        self.case, self.label, self.out, self.args = case, label, out, args
+        self.row = {"case": case, "kernel": label, **row, "runs": [], "note": ""}
         self.done = False  # skipped or failed: no more rounds
+
+    def prepare(self) -> None: ...
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def check(self) -> dict:
+        raise NotImplementedError
+
+    def once(self, repeat: int, checks: list) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)  # no case pays for deleting an earlier store
+        try:
+            run = measure(self.argv(), cwd=str(ROOT))
+            seconds = run.seconds * self.factor
+            self.row["runs"].append({"seconds": seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
+                                     "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
+            console.print(f"  {self.case:<{self.width}} {self.label:<6} run {repeat + 1}/{self.args.repeats}: "
+                          f"{seconds:7.2f} s, peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
+            if repeat == self.args.repeats - 1:
+                self.row["summary"] = report.summarize(self.row["runs"])
+                checks.append(self.check())
+        except RunFailed as exc:
+            self.fail(exc)
+        finally:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+    def fail(self, exc: Exception) -> None:
+        _record_failure(self.row, f"{self.case} {self.label}", exc)
+        self.done = True
+
+
+class TimedCase(Timed):
+    """A case (and kernel) of the collection; the 31x31 scipy loop may be timed on a subset."""
+
+    def __init__(self, case: str, kernel: str | None, folder: Path, args: argparse.Namespace) -> None:
+        label = kernel or "none"
+        super().__init__(case, label, {"images": args.images}, OUT / f"{case}-{label}.zarr", args)
+        self.kernel, self.folder = kernel, folder
+        self.limit: int | None = None
 
     def prepare(self) -> None:
         if self.args.quick and self.case == "scipy-loop" and self.kernel == "31x31":
@@ -99,32 +139,19 @@ class Timed:
         try:
             self.limit = _subset_if_slow(self.case, self.kernel, self.folder, self.out, self.args)
         except RunFailed as exc:
-            _record_failure(self.row, f"{self.case} {self.label}", exc)
-            self.done = True
+            self.fail(exc)
             return
         if self.limit:
+            self.factor = self.args.images / self.limit
             self.row["note"] = (f"timed on {self.limit} of {self.args.images} images, "
-                                f"seconds ×{self.args.images / self.limit:.2f} (extrapolated)")
+                                f"seconds ×{self.factor:.2f} (extrapolated)")
 
-    def once(self, repeat: int, checks: list) -> None:
-        shutil.rmtree(self.out, ignore_errors=True)  # no case pays for deleting an earlier store
-        try:
-            run = measure(command(self.case, self.kernel, str(self.folder), str(self.out), limit=self.limit), cwd=str(ROOT))
-            seconds = run.seconds * (self.args.images / self.limit if self.limit else 1)
-            self.row["runs"].append({"seconds": seconds, "measured_seconds": run.seconds, "inner_seconds": run.inner_seconds,
-                                     "peak_rss_mib": run.peak_rss_mib, "tree_rss_mib": run.tree_rss_mib})
-            console.print(f"  {self.case:<12} {self.label:<6} run {repeat + 1}/{self.args.repeats}: {seconds:7.2f} s, "
-                          f"peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
-            if repeat == self.args.repeats - 1:
-                self.row["summary"] = report.summarize(self.row["runs"])
-                files = collection_files(self.folder)
-                checks.append(check_store(self.case, self.kernel, str(self.out),
-                                          files[: self.limit] if self.limit else files).to_dict())
-        except RunFailed as exc:
-            _record_failure(self.row, f"{self.case} {self.label}", exc)
-            self.done = True
-        finally:
-            shutil.rmtree(self.out, ignore_errors=True)
+    def argv(self) -> list[str]:
+        return command(self.case, self.kernel, str(self.folder), str(self.out), limit=self.limit)
+
+    def check(self) -> dict:
+        files = collection_files(self.folder)
+        return check_store(self.case, self.kernel, str(self.out), files[: self.limit] if self.limit else files).to_dict()
 
 
 def interleaved(jobs: list, repeats: int, checks: list) -> None:
@@ -140,7 +167,7 @@ def interleaved(jobs: list, repeats: int, checks: list) -> None:
 
 def bench_case(case: str, kernel: str | None, folder: Path, args: argparse.Namespace, checks: list) -> dict:
     """Time one case and kernel ``repeats`` times on its own, then check what its last run wrote."""
-    job = Timed(case, kernel, folder, args)
+    job = TimedCase(case, kernel, folder, args)
     interleaved([job], args.repeats, checks)
     return job.row
 
@@ -208,44 +235,30 @@ def large_cases(name: str, args: argparse.Namespace, checks: list) -> list[dict]
     return [job.row for job in jobs]
 
 
-class TimedLarge:
-    """As ``Timed``, for a variant of a large workload; its store (about 0.5 GiB at full size) is
-    deleted after every run, the last one after its check: at most one is on disk at a time."""
+class TimedLarge(Timed):
+    """A variant of a large workload; its store is about 0.5 GiB at full size."""
+
+    width = 17
 
     def __init__(self, workload: large.Workload, variant: str, tile: int | None, args: argparse.Namespace) -> None:
-        self.workload, self.variant, self.tile, self.args = workload, variant, tile, args
-        self.case = f"{workload.name}:{variant}"
-        self.label = workload.kernel if variant in large.CONVOLVING else "none"
-        self.row: dict = {"case": self.case, "kernel": self.label, "images": 1, "workload": workload.name,
-                          "input": workload.describe(), "shape": list(workload.shape),
-                          "float32_mib": workload.float32_mib, "runs": [], "note": ""}
-        self.out = OUT / f"{workload.name}-{variant}.zarr"
-        self.done = False
+        row = {"images": 1, "workload": workload.name, "input": workload.describe(), "shape": list(workload.shape),
+               "float32_mib": workload.float32_mib}
+        super().__init__(f"{workload.name}:{variant}", workload.kernel if variant in large.CONVOLVING else "none",
+                         row, OUT / f"{workload.name}-{variant}.zarr", args)
+        self.workload, self.variant, self.tile = workload, variant, tile
 
     def prepare(self) -> None:
         missing = large.libvips_missing() if self.variant == "libvips" else None
         if missing:
             self.row["note"], self.done = missing, True
-            console.print(f"  {self.case:<17} {missing}", highlight=False)
+            console.print(f"  {self.case:<{self.width}} {missing}", highlight=False)
 
-    def once(self, repeat: int, checks: list) -> None:
-        shutil.rmtree(self.out, ignore_errors=True)
-        try:
-            run = measure(large.command(self.variant, self.workload, str(self.out), self.tile), cwd=str(ROOT))
-            self.row["runs"].append({"seconds": run.seconds, "measured_seconds": run.seconds,
-                                     "inner_seconds": run.inner_seconds, "peak_rss_mib": run.peak_rss_mib,
-                                     "tree_rss_mib": run.tree_rss_mib})
-            console.print(f"  {self.case:<17} {self.label:<6} run {repeat + 1}/{self.args.repeats}: {run.seconds:7.2f} s, "
-                          f"peak RSS {run.peak_rss_mib:6.0f} MiB", highlight=False)
-            if repeat == self.args.repeats - 1:
-                self.row["summary"] = report.summarize(self.row["runs"])
-                check = large.check_store(self.workload, self.variant, str(self.out), self.tile).to_dict()
-                checks.append(check | {"crops": large.describe_crops(self.workload, self.tile)})
-        except RunFailed as exc:
-            _record_failure(self.row, f"{self.case} {self.label}", exc)
-            self.done = True
-        finally:
-            shutil.rmtree(self.out, ignore_errors=True)
+    def argv(self) -> list[str]:
+        return large.command(self.variant, self.workload, str(self.out), self.tile)
+
+    def check(self) -> dict:
+        check = large.check_store(self.workload, self.variant, str(self.out), self.tile).to_dict()
+        return check | {"crops": large.describe_crops(self.workload, self.tile)}
 
 
 def main() -> int:
@@ -265,7 +278,7 @@ def main() -> int:
                   highlight=False)
 
     results, checks = [], []
-    jobs = [Timed(case, kernel, folder, args) for case in collection
+    jobs = [TimedCase(case, kernel, folder, args) for case in collection
             for kernel in (args.kernels if case in CONVOLVING else [None])]
     interleaved(jobs, args.repeats, checks)
     results.extend(job.row for job in jobs)

@@ -73,13 +73,16 @@ def check_store(case: str, kernel: str | None, store: str, files: list[str]) -> 
     return Check(case, label, f"images {indices}", worst, codec, not problems, "; ".join(problems))
 
 
-def layout_problems(array, expected_shape: tuple[int, ...], codec: str) -> list[str]:
-    """What differs from the layout every case must write: shape, float32, blosc-lz4 + shuffle."""
+def layout_problems(array, expected_shape: tuple[int, ...], codec: str, *, compressed: bool = True) -> list[str]:
+    """What differs from the layout every case must write: shape, float32, blosc-lz4 + shuffle
+    (or, with ``compressed=False``, no codec at all)."""
     problems = []
     if tuple(array.shape) != expected_shape:
         problems.append(f"shape {tuple(array.shape)} != {expected_shape}")
     if array.dtype != np.float32:
         problems.append(f"dtype {array.dtype} != float32")
-    if "lz4" not in codec or "shuffle" not in codec:
+    if compressed and ("lz4" not in codec or "shuffle" not in codec):
         problems.append(f"codec {codec} is not blosc-lz4 + shuffle")
+    if not compressed and codec != "none":
+        problems.append(f"codec {codec}, not none")
     return problems
