@@ -495,8 +495,8 @@ class _DaskWithoutXarray:
     """
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        starting = sys.modules.get("dask.array.core")
-        if name == "xarray" and starting is not None and not hasattr(starting, "Array"):
+        starting = sys.modules.get("dask.array.core") if name == "xarray" else None  # every other import: no look-up
+        if starting is not None and not hasattr(starting, "Array"):
             raise ModuleNotFoundError("xarray is not imported by dask.array in the CLI", name=name)
         return None
 
