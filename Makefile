@@ -43,7 +43,10 @@ $(BENCH_STAMP): $(DEV_STAMP) pyproject.toml
 # layer workload (benchmarks/layers.py), many small images (benchmarks/small_files.py) and learning
 # (benchmarks/learn.py; `make bench TORCH=1` also times PyTorch learning the same kernel); see
 # benchmarks/README.md. Pass options with ARGS, e.g. `make bench ARGS=--quick`.
+# The package is byte-compiled first, as an installed one is: an editable install under
+# PYTHONDONTWRITEBYTECODE (set on some build machines) would compile its modules at every start.
 bench: $(BENCH_STAMP)
+	$(BIN)/python -m compileall -q pipeline
 	$(BIN)/python benchmarks/run.py $(ARGS)
 	$(BIN)/python benchmarks/layers.py $(if $(findstring --quick,$(ARGS)),--quick,)
 	$(BIN)/python benchmarks/small_files.py $(if $(findstring --quick,$(ARGS)),--quick,)

@@ -478,26 +478,45 @@ def preview(
 
 
 def main() -> None:
-    if "dask.array" not in sys.modules:
-        sys.meta_path.insert(0, _DaskWithoutXarray())  # type: ignore[arg-type]
+    if "dask" not in sys.modules:
+        sys.meta_path.insert(0, _DaskWithoutOptionalImports())  # type: ignore[arg-type]
     app()
 
 
-class _DaskWithoutXarray:
-    """An import finder that keeps ``dask.array`` from importing xarray (and pandas) as it starts.
+class _DaskWithoutOptionalImports:
+    """An import finder that keeps dask from importing, as it starts, optional modules the CLI never uses.
 
-    dask.array imports xarray, when installed, only to take a ``DataArray``'s own chunks in
-    ``from_array``; the CLI never hands it one, and the import costs 0.4-0.8 s of every command
-    (a third of a short run). Only that import is refused (while ``dask.array.core`` runs its
-    module body, before it defines ``Array``), and dask's optional import takes the refusal as
-    "not installed"; xarray imports as usual afterwards. The Python API (``import pipeline``) does
-    not install it: a notebook may hand DataArrays to dask.
+    dask imports each of these, when installed, only in a module body and inside ``try``/``except
+    ImportError``; together 0.5-0.9 s of every command, most of it xarray's:
+
+    - ``dask.array.core`` imports xarray (and pandas) to take a ``DataArray``'s own chunks in
+      ``from_array``; the CLI never hands it one (0.4-0.8 s);
+    - ``dask.array.chunk_types`` imports scipy.sparse to accept sparse matrices as chunks;
+    - ``dask.array.fft`` imports scipy.fftpack to wrap its transforms (``da.fft`` is not used);
+    - ``dask.system`` imports psutil for the CPU affinity, which on Linux it already reads from
+      ``os.sched_getaffinity``;
+    - ``dask.widgets`` imports jinja2 for the HTML shown in notebooks
+    (the last four together about 60 ms).
+
+    Each import is refused only while that one module runs its body (its spec is ``_initializing``),
+    and dask takes the refusal as "not installed"; every module imports as usual afterwards (the
+    FFT strategy's scipy.fft, xarray for ``to_xarray``). The Python API (``import pipeline``) does
+    not install it: a notebook may hand DataArrays or sparse chunks to dask.
     """
 
+    REFUSED = {
+        "xarray": "dask.array.core",
+        "scipy.sparse": "dask.array.chunk_types",
+        "scipy.fftpack": "dask.array.fft",
+        "psutil": "dask.system",
+        "jinja2": "dask.widgets.widgets",
+    }
+
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        starting = sys.modules.get("dask.array.core") if name == "xarray" else None  # every other import: no look-up
-        if starting is not None and not hasattr(starting, "Array"):
-            raise ModuleNotFoundError("xarray is not imported by dask.array in the CLI", name=name)
+        importer = self.REFUSED.get(name)  # every other import: one dict look-up
+        starting = sys.modules.get(importer) if importer else None
+        if starting is not None and getattr(getattr(starting, "__spec__", None), "_initializing", False):
+            raise ModuleNotFoundError(f"{name} is not imported by {importer} in the CLI", name=name)
         return None
 
 

@@ -182,24 +182,33 @@ def test_an_existing_store_of_another_job_needs_overwrite(job, run_cli):
 def test_a_full_disk_leaves_a_resumable_store(images, job, store, run_cli, monkeypatch):
     from zarr.storage import _local
 
-    real_put = _local._put
+    from pipeline.sinks import chunk_files
+
+    # Chunks are written by zarr's LocalStore and, whole ones, by the workers (chunk_files.py):
+    # the disk fills for both.
+    real_put, real_chunk_put = _local._put, chunk_files._put
     calls = {"n": 0}
 
-    def put_until_full(path, value, exclusive=False):
-        if "/0/c/" in str(path):
-            calls["n"] += 1
-            if calls["n"] > 2:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real_put(path, value, exclusive=exclusive)
+    def filling(put):
+        def put_until_full(path, *args, **kwargs):
+            if "/0/c/" in str(path):
+                calls["n"] += 1
+                if calls["n"] > 2:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return put(path, *args, **kwargs)
+
+        return put_until_full
 
     config = job()
-    monkeypatch.setattr(_local, "_put", put_until_full)
+    monkeypatch.setattr(_local, "_put", filling(real_put))
+    monkeypatch.setattr(chunk_files, "_put", filling(real_chunk_put))
     assert_error(run_cli("run", config, "--batch-size", "1"), 4, "No space left on device", "rerun to resume")
     attrs = read_store(store)[1]
     assert attrs["status"] == "failed"
     assert zarr.open_group(str(store))["ledger/done"][:].tolist() == [1, 1, 0, 0]
 
     monkeypatch.setattr(_local, "_put", real_put)
+    monkeypatch.setattr(chunk_files, "_put", real_chunk_put)
     result = run_cli("run", config, "--batch-size", "1")
     assert_ok(result)
     assert result.stdout.startswith("complete: 2 images processed, 2 already written")

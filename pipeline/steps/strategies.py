@@ -53,7 +53,6 @@ from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from pipeline.steps.opencv_filters import (
     CV_BORDERS, CV_DTYPES, PlaneFilter, filter_along, opencv_dft_taps, refilter_tail,
@@ -402,6 +401,8 @@ def _scipy(block: np.ndarray, plan: KernelStrategy, edge_mode: str, keep: tuple[
         flipped = plan.weights[(slice(None, None, -1),) * plan.weights.ndim].astype(block.dtype)
         same = signal.oaconvolve(_pad(block, plan, edge_mode), flipped, mode="valid").astype(block.dtype, copy=False)
         return _kept(same, keep)
+    from scipy import ndimage  # imported when a block needs it: 2-D jobs on OpenCV never do (45 ms)
+
     if any(m // 2 >= n for m, n in zip(plan.weights.shape, block.shape)):
         # scipy.ndimage.correlate misreads `reflect` for kernels far longer than the axis
         # (scipy 1.17): extend the block ourselves, then keep the samples that need no border.
@@ -464,6 +465,8 @@ def _pass_along(
     leading = axis < block.ndim - 2  # rows of whole planes: long enough to pay for OpenCV's calls
     if leading and sub.dtype.type in CV_DTYPES and edge_mode in CV_BORDERS and _within([(before, after)], [high - low]):
         return filter_along(sub, vector, axis, before, edge_mode, wanted_rows)
+    from scipy import ndimage
+
     filtered = ndimage.correlate1d(sub, vector, axis=axis, mode=edge_mode, origin=origin)
     return filtered[(slice(None),) * axis + (wanted_rows,)]
 
