@@ -326,7 +326,7 @@ def test_without_the_tail_strip_opencvs_scalar_tail_shows(weights, monkeypatch: 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_a_volume_sample_has_the_same_bytes_in_any_slab(dtype) -> None:
-    """z passes are OpenCV column filters over bands of y*x columns; y and x passes run on planes."""
+    """z passes are sums of whole rows over bands of y*x columns; y and x passes run on planes."""
     volume = (RNG.normal(size=(30, 7, 61)) * 10.0 ** RNG.uniform(-3, 3, (30, 7, 61))).astype(dtype)
     plan = _plan(GAUSS3D, dtype)
     whole = correlate_block(volume, plan, edge_mode="reflect", cval=0.0)

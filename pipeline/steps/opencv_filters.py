@@ -12,7 +12,6 @@ in two ways, both handled here or by the cost model:
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import cv2
@@ -26,9 +25,6 @@ CV_BORDERS = {
     "constant": cv2.BORDER_CONSTANT,  # zero; non-zero cval is shifted out first
 }
 CV_DTYPES = (np.float32, np.float64)
-# Columns per OpenCV call for passes along a leading axis: a band of a slab and its halo stays in L2
-# (8192 measured fastest on 1024² slices, 10% ahead of 16384 and 30% of 2048).
-OPENCV_COLUMNS = 1 << 13
 # Vector width for `refilter_tail`. Measured on this build (OpenCV 5.0, x86-64 with AVX-512; its
 # filters run AVX2 vectors): filtering blocks of every width from 20 to 300 and comparing with the
 # whole image (3x3, 5x5, 7x7 dense; 3- and 15-tap separable; float32 and float64), 32 bytes (8
@@ -77,35 +73,3 @@ def refilter_tail(
     filtered = np.empty_like(strip)
     filter_plane(strip, filtered)
     target[:, width - tail :] = filtered[:, width - tail - start : width - start]
-
-
-def filter_along(
-    block: np.ndarray, vector: np.ndarray, axis: int, anchor: int, edge_mode: str, rows: slice
-) -> np.ndarray:
-    """A 1-D correlation along ``axis``, its ``rows`` only, as OpenCV column filters.
-
-    The block is seen as matrices (``axis``, everything after it): along z of a C-ordered volume
-    each matrix row is a whole slice, and OpenCV's SIMD column filter runs about three times faster
-    than ``ndimage.correlate1d``. It goes through bands of columns small enough to stay in cache,
-    and only the wanted rows of each band are copied out. The last band's columns past whole vectors
-    are computed again as the others (``refilter_tail``): a 1-tap row filter mixes no columns.
-    """
-    block = np.ascontiguousarray(block)
-    matrices = block.reshape(math.prod(block.shape[:axis]), block.shape[axis], -1)
-    kept = range(block.shape[axis])[rows]
-    out = np.empty((matrices.shape[0], len(kept), matrices.shape[2]), dtype=block.dtype)
-    band = np.empty((matrices.shape[1], min(OPENCV_COLUMNS, matrices.shape[2])), dtype=block.dtype)
-    column, row = vector.astype(block.dtype).reshape(-1, 1), np.ones((1, 1), dtype=block.dtype)
-    border = CV_BORDERS[edge_mode]
-
-    def filter_band(source: np.ndarray, target: np.ndarray) -> None:
-        cv2.sepFilter2D(source, -1, row, column, dst=target, anchor=(0, anchor), borderType=border)
-
-    for matrix, target in zip(matrices, out):
-        for first in range(0, matrix.shape[1], OPENCV_COLUMNS):
-            columns = slice(first, first + OPENCV_COLUMNS)
-            width = len(range(matrix.shape[1])[columns])
-            filter_band(matrix[:, columns], band[:, :width])
-            refilter_tail(filter_band, matrix[:, columns], band[:, :width], (0, 0), border)
-            target[:, columns] = band[rows, :width]
-    return out.reshape(*block.shape[:axis], len(kept), *block.shape[axis + 1 :])

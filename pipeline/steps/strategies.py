@@ -6,7 +6,8 @@ origin)`` (the oracle), only faster:
 * ``direct`` — OpenCV ``filter2D`` for 2-D float blocks (one ``sepFilter2D`` pass for a kernel along
   one axis), ``scipy.ndimage.correlate`` otherwise;
 * ``separable`` — the kernel is split into ``r`` outer products of 1-D vectors (the SVD), each one
-  1-D pass per axis (OpenCV ``sepFilter2D`` in 2-D, ``scipy.ndimage.correlate1d`` in N-D), and the
+  1-D pass per axis (OpenCV ``sepFilter2D`` on (y, x) planes, sums of whole rows along the leading
+  axes of a float block (``leading_passes``), ``scipy.ndimage.correlate1d`` otherwise), and the
   ``r`` results are summed. A split is accepted when it reproduces the kernel to a few ulp of the
   compute dtype (``separation_tolerance``), not only exactly: a Gaussian pasted as a float32
   matrix is an outer product rounded to float32, of full rank to an exact test, and its separable
@@ -54,9 +55,8 @@ from typing import Any, Literal, Sequence
 import cv2
 import numpy as np
 
-from pipeline.steps.opencv_filters import (
-    CV_BORDERS, CV_DTYPES, PlaneFilter, filter_along, opencv_dft_taps, refilter_tail,
-)
+from pipeline.steps.leading_passes import filter_along
+from pipeline.steps.opencv_filters import CV_BORDERS, CV_DTYPES, PlaneFilter, opencv_dft_taps, refilter_tail
 
 Strategy = Literal["direct", "separable", "fft", "box"]
 STRATEGIES: tuple[str, ...] = ("direct", "separable", "fft")  # what a job may ask for; "box" only by auto
@@ -462,8 +462,8 @@ def _pass_along(
         low, high = 0, size
     sub = block[(slice(None),) * axis + (slice(low, high),)]
     wanted_rows = slice(start - low, stop - low)
-    leading = axis < block.ndim - 2  # rows of whole planes: long enough to pay for OpenCV's calls
-    if leading and sub.dtype.type in CV_DTYPES and edge_mode in CV_BORDERS and _within([(before, after)], [high - low]):
+    leading = axis < block.ndim - 2  # rows of whole planes: long enough to pay for a call per tap
+    if leading and sub.dtype.type in CV_DTYPES and _within([(before, after)], [high - low]):
         return filter_along(sub, vector, axis, before, edge_mode, wanted_rows)
     from scipy import ndimage
 
