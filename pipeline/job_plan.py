@@ -421,8 +421,8 @@ def _lazy_result(
     """The result of ``sources``, image ``start`` of the collection first: groups of images keep to its grid."""
     images = stack_images(sources, spec, dtype=dtype, start=start)
 
-    def with_halo(depth: dict[int, int]) -> da.Array:
-        return stack_images(sources, spec, dtype=dtype, halo=depth)
+    def with_halo(depth: dict[int, int], raw: bool = False) -> da.Array:
+        return stack_images(sources, spec, dtype=dtype, halo=depth, raw=raw)
 
     # Tiles and slabs can be read again with their halo; whole images have no neighbours to read.
     haloed = with_halo if spec.tile is not None or spec.volume else None

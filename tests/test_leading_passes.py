@@ -89,3 +89,23 @@ def test_border_rules_read_the_rows_scipy_reads() -> None:
     assert source_rows(5, 2, 2, "nearest").tolist() == [0, 0, 0, 1, 2, 3, 4, 4, 4]
     assert source_rows(5, 2, 2, "wrap").tolist() == [3, 4, 0, 1, 2, 3, 4, 0, 1]
     assert source_rows(5, 2, 2, "constant").tolist() == [-1, -1, 0, 1, 2, 3, 4, -1, -1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["box 5", "gauss 7", "signed 3"])
+@pytest.mark.parametrize("stored, dtype", [(np.uint16, np.float32), (np.int16, np.float32), (np.uint8, np.float64)],
+                         ids=["uint16 in float32", "int16 in float32", "uint8 in float64"])
+def test_raw_integers_give_the_bytes_of_converting_first(mode: str, name: str, stored, dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A volume's raw slab, converted band by band as it is read: the bytes of the converted slab."""
+    info = np.iinfo(stored)
+    block = RNG.integers(info.min, info.max, (10, 4, 53), endpoint=True).astype(stored)
+    vector = VECTORS[name]
+    for band in (16 * np.dtype(dtype).itemsize, 1 << 17):
+        monkeypatch.setattr(leading_passes, "BAND_BYTES", band)
+        for rows in (slice(None), slice(2, 8)):
+            got = filter_along(block, vector, 0, vector.size // 2, mode, rows, dtype)
+            want = filter_along(block.astype(dtype), vector, 0, vector.size // 2, mode, rows)
+            assert got.dtype == dtype and np.array_equal(got, want), (band, rows)
+    # no sum wraps in the integers' own type
+    top = np.full((6, 2, 8), info.max, dtype=stored)
+    np.testing.assert_array_equal(filter_along(top, np.ones(5), 0, 2, "nearest", slice(None), dtype), 5.0 * info.max)

@@ -417,3 +417,42 @@ def test_a_box_is_separable_where_blocks_are_cut_and_never_a_box_by_request() ->
     assert choose_strategy(gauss, (0, 0), engine="opencv", dtype=F32, whole=True).strategy == "separable"
     # a 3-D box is filtered along z too: not one plane's box
     assert choose_strategy(np.full((5, 31, 31), 1.0), (0, 0, 0), engine="opencv", dtype=F32, whole=True).strategy != "box"
+
+
+# --- raw integers: a volume's slab in the type its file stores ---------------------------------
+
+RAW_KERNELS = {
+    "gaussian 3-D": GAUSS3D,
+    "box 5x5x5": np.full((5, 5, 5), 1 / 125),
+    "box 2x4x3": np.full((2, 4, 3), 1 / 24),
+    "z only": np.array([0.25, 0.5, 0.25]).reshape(3, 1, 1),
+    "rank 2 in 3-D": np.multiply.outer(np.array([1.0, 2.0, 1.0]), _rank(2, 5)),
+    "plane only": DENSE[5, 5][None],
+    "dense 3x3x3": RNG.normal(size=(3, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("mode, cval", BORDERS, ids=[f"{m} {c}" for m, c in BORDERS])
+@pytest.mark.parametrize("name", list(RAW_KERNELS))
+def test_raw_integers_give_the_bytes_of_converting_first(name: str, mode: str, cval: float) -> None:
+    """Whatever path a kernel takes, a block of uint16 computed in float32 is the converted block's result."""
+    weights = RAW_KERNELS[name]
+    plan = _plan(weights, F32, edge_mode=mode)
+    raw = RNG.integers(0, 65535, (11, 9, 37), endpoint=True).astype(np.uint16)
+    keep = (slice(2, 9), slice(None), slice(None))
+    got = correlate_block(raw, plan, edge_mode=mode, cval=cval, keep=keep, dtype=F32)
+    want = correlate_block(raw.astype(np.float32), plan, edge_mode=mode, cval=cval, keep=keep)
+    assert got.dtype == F32 and np.array_equal(got, want)
+
+
+def test_raw_blocks_are_read_unconverted_only_by_separable_passes_along_z() -> None:
+    from pipeline.steps.strategies import takes_raw
+
+    def says(name: str, mode: str = "reflect", cval: float = 0.0) -> bool:
+        return takes_raw(_plan(RAW_KERNELS[name], F32, edge_mode=mode), mode, cval, 3)
+
+    assert says("gaussian 3-D") and says("box 5x5x5")
+    assert says("box 5x5x5", "constant", 0.0) and not says("box 5x5x5", "constant", 2.5)  # cval is padded in first
+    # planned direct (ndimage.correlate converts first), or not filtering z at all
+    for name in ("box 2x4x3", "z only", "rank 2 in 3-D", "plane only", "dense 3x3x3"):
+        assert _plan(RAW_KERNELS[name], F32).strategy == "direct" and not says(name), name

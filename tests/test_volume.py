@@ -175,3 +175,45 @@ def test_fft_results_follow_the_slabs_to_a_few_ulp_and_the_plan_says_so(stacks: 
     planned = bind_convolution(Convolution(weights, strategy="fft"), ndim=4, spatial_ndim=3, dtype=np.dtype("float32"))
     assert not planned.kernel.reproducible
     np.testing.assert_allclose(results[2], results[9], rtol=0, atol=8 * np.finfo(np.float32).eps * np.abs(results[9]).max())
+
+
+@pytest.mark.parametrize("steps", [[GAUSS_3D], [{"convolve": {"kernel": "box", "params": {"size": 5, "ndim": 3}}}],
+                                   [GAUSS_3D, {"activation": "relu"}]],
+                         ids=["gaussian", "box", "gaussian + relu"])
+def test_slabs_come_raw_to_a_pass_along_z_with_the_same_bytes(stacks: Path, steps: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A separable kernel along z reads the uint16 slabs as stored (half the bytes, no converted copy):
+    the store's bytes are those of slabs converted to float32 by the source."""
+    from pipeline.sources import volume
+    from pipeline.steps.convolve import ConvolveStep
+
+    read: list[str] = []
+    real = volume._read_slab
+
+    def counted(*, block_id: tuple[int, ...], **options) -> np.ndarray:
+        read.append(options["out_dtype"])
+        return real(block_id=block_id, **options)
+
+    monkeypatch.setattr(volume, "_read_slab", counted)
+    budget = _slab_budget(4, 4)
+    raw = _plan(stacks, steps, budget=budget, dtype="float32").result().compute(scheduler="sync")
+    assert set(read) == {"<u2"}
+    monkeypatch.setattr(ConvolveStep, "takes_raw", lambda self, *args: False)
+    read.clear()
+    converted = _plan(stacks, steps, budget=budget, dtype="float32").result().compute(scheduler="sync")
+    assert set(read) == {"float32"} and raw.dtype == converted.dtype == np.float32
+    assert np.array_equal(raw, converted)
+    volume_0 = tifffile.imread(sorted(stacks.glob("*.tif"))[0]).astype(np.float64)
+    kernel = steps[0]["convolve"]
+    expected = ndimage.correlate(volume_0, build_kernel(kernel["kernel"], kernel["params"]).weights, mode="reflect")
+    np.testing.assert_allclose(raw[0], np.maximum(expected, 0) if len(steps) > 1 else expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stored, compute, raw", [("uint16", "float32", "<u2"), ("uint8", "float32", "|u1"),
+                                                  ("int32", "float32", "float32"), ("int32", "float64", "<i4"),
+                                                  ("float32", "float32", "float32"), ("float64", "float32", "float32")])
+def test_raw_slabs_only_where_the_compute_dtype_holds_them_exactly(stored: str, compute: str, raw: str) -> None:
+    from pipeline.sources.volume import stored_dtype
+
+    assert stored_dtype((4, 5, 6), stored, "native", compute) == raw
+    assert stored_dtype((4, 5, 6), stored, "unit", compute) == compute  # divided by the type's maximum
+    assert stored_dtype((4, 5, 6, 3), stored, "native", compute) == compute  # RGB pages: mixed to luma

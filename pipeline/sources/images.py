@@ -230,7 +230,7 @@ def _probe_array(
 
 def stack_images(
     sources: Sequence[str], spec: ImageSpec, *, dtype: str = "float32", halo: dict[int, int] | None = None,
-    start: int = 0,
+    start: int = 0, raw: bool = False,
 ) -> da.Array:
     """A lazy (image, [c], y, x) stack of ``sources``, one chunk and one decode task per image.
 
@@ -242,7 +242,9 @@ def stack_images(
     the storage options: each task opens its own file, whatever process it runs in. Huge TIFFs
     (``spec.tile``) are read by tiles instead, one task per tile, and volumes by slabs. Those can
     also be read with a ``halo`` ({axis: samples}, as dask's ``overlap`` takes it): each chunk then
-    holds that much of its neighbours too, read from the file.
+    holds that much of its neighbours too, read from the file. ``raw`` asks for a volume's slabs in
+    the pixel type its files store, where ``dtype`` holds it exactly (``stack_volumes``); other
+    sources come in ``dtype`` whatever it says.
     """
     halo = {axis: reach for axis, reach in (halo or {}).items() if reach}
     ndim = 1 + len(spec.shape)
@@ -252,7 +254,7 @@ def stack_images(
         _only_along(halo, (1,), "volumes are read with halos along z only")
         return stack_volumes(
             sources, shape=spec.shape, raw_shape=spec.raw_shape, slab=spec.chunks[0], dtype=dtype,
-            reference=spec.reference, halo=halo.get(1, 0), depth=spec.depth, scale=spec.scale,
+            reference=spec.reference, halo=halo.get(1, 0), depth=spec.depth, scale=spec.scale, raw=raw,
         )
     if spec.tile is not None:
         _only_along(halo, (ndim - 2, ndim - 1), "tiles are read with halos along y and x only")

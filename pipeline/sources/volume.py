@@ -51,9 +51,15 @@ def volume_shape(path: str, raw: tuple[int, ...]) -> tuple[int, ...]:
 
 def stack_volumes(
     sources: Sequence[str], *, shape: tuple[int, ...], raw_shape: tuple[int, ...], slab: int, dtype: str,
-    reference: str, halo: int = 0, depth: str | None = None, scale: str = "native",
+    reference: str, halo: int = 0, depth: str | None = None, scale: str = "native", raw: bool = False,
 ) -> da.Array:
-    """(volume, z, y, x), one chunk per slab of slices, each with ``halo`` slices more on each side."""
+    """(volume, z, y, x), one chunk per slab of slices, each with ``halo`` slices more on each side.
+
+    ``raw``: slabs in the pixel type the files store (``depth``) when ``dtype`` holds every value of
+    it exactly (16-bit integers in float32), for a first step that converts them as it reads them
+    (``strategies.correlate_block``); in ``dtype`` otherwise.
+    """
+    dtype = stored_dtype(raw_shape, depth, scale, dtype) if raw else dtype
     regions = block_regions(shape[0], slab, halo)
     volumes = []
     for source in sources:
@@ -80,6 +86,16 @@ def stack_volumes(
             )
         )
     return da.concatenate(volumes, axis=0)
+
+
+def stored_dtype(raw_shape: tuple[int, ...], depth: str | None, scale: str, dtype: str) -> str:
+    """The type a raw slab is read in: the stored one where it converts to ``dtype`` exactly and as is
+    (gray pages on their own scale), ``dtype`` otherwise."""
+    if depth is None or scale != "native" or len(raw_shape) != 3:
+        return dtype
+    stored = np.dtype(depth)
+    exact = stored.kind in "uif" and np.can_cast(stored, dtype, casting="safe")
+    return stored.str if exact and stored != np.dtype(dtype) else dtype
 
 
 def _read_slab(

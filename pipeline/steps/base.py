@@ -82,6 +82,11 @@ class Step(ABC):
     def block(self, block: np.ndarray, image: ImageShape) -> np.ndarray:
         """The step on one block of images (leading image axis), whose per-image layout is ``image``."""
 
+    def takes_raw(self, ndim: int, image: ImageShape, dtype: np.dtype) -> bool:
+        """Whether ``block(..., compute=dtype)`` converts a block of raw integers (a volume's slab in
+        the type its file stores) as it reads it, so that the first pass is handed them unconverted."""
+        return False
+
     def check(self, image: ImageShape) -> None:
         """Refuse, with a ValueError or KernelError in the config's words, an input the step cannot take."""
 

@@ -18,7 +18,9 @@ as they are computed, so the K full-size maps of an image never exist, only the 
 
 A source that can read its chunks again with a halo (tiles of a huge TIFF, slabs of a volume)
 replaces the halo exchange for the first pass: each block is read with its halo, filtered, and only
-its own samples are returned, so a task depends on no neighbour's.
+its own samples are returned, so a task depends on no neighbour's. When the pass's first step
+converts raw integers as it reads them (``Step.takes_raw``: a separable kernel along z), a volume's
+slabs come in the type their file stores (16-bit: half the bytes, and no converted copy of the slab).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from pipeline.steps.convolve import Convolution, ConvolveStep
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-# Reads the source again with each chunk widened by a halo ({axis: samples}, dask's overlap layout).
-HaloedSource = Callable[[dict[int, int]], da.Array]
+# Reads the source again with each chunk widened by a halo ({axis: samples}, dask's overlap layout);
+# raw=True asks for the pixel type the files store where the compute dtype holds it exactly.
+HaloedSource = Callable[..., da.Array]
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,8 @@ def chain(
 
 
 def _with_channel_axis(haloed: HaloedSource) -> HaloedSource:
-    def read(depth: dict[int, int]) -> da.Array:
-        return haloed({axis - 1: reach for axis, reach in depth.items() if axis > 1})[:, np.newaxis]
+    def read(depth: dict[int, int], raw: bool = False) -> da.Array:
+        return haloed({axis - 1: reach for axis, reach in depth.items() if axis > 1}, raw=raw)[:, np.newaxis]
 
     return read
 
@@ -214,8 +217,10 @@ def overlapped_pass(
     )
     if not depth:  # every block holds its neighbours (whole images): a plain blockwise task fuses
         return array.map_blocks(_pass_block, **options), out
-    if reread:
-        source = haloed(depth)  # each task reads, filters and trims its own block: no neighbour's
+    if reread:  # each task reads, filters and trims its own block: no neighbour's
+        raw = steps[0].takes_raw(array.ndim, image, array.dtype) and not bands_into_pool(steps)
+        source = haloed(depth, raw=raw)
+        options["compute"] = np.dtype(array.dtype)
     else:
         source = da.overlap.overlap(array, depth=depth, boundary={axis: "periodic" if wrap else "none" for axis in depth})
     return source.map_blocks(_pass_haloed, halo=depth, wrapped=wrap, periodic=periodic, **options), out
@@ -240,12 +245,19 @@ def overlapped_pass_array(array: da.Array, steps: Sequence[Step], image: ImageSh
 
 def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape, keep: tuple[slice, ...] | None = None,
                 grid: tuple[tuple[int, ...], ...], periodic: bool = False, origin: tuple[int, ...] | None = None,
-                block_info: dict | None = None) -> np.ndarray:
+                block_info: dict | None = None, compute: np.dtype | None = None) -> np.ndarray:
     """The steps in turn; the last neighbourhood step returns only ``keep``, the rest runs on that.
 
     ``origin`` is where the block's first sample lies in the image (spatial axes): engines whose
     bytes depend on how their work is cut (BLAS) line it up with the image, whatever the tiling.
+    ``compute``: the pass's dtype, when the block may come in its file's type (``Step.takes_raw``).
     """
+    raw = {}
+    if compute is not None and block.dtype != compute:
+        if steps[0].takes_raw(block.ndim, image, compute) and not bands_into_pool(steps):
+            raw = {"compute": compute}  # the first step converts as it reads
+        else:
+            block = block.astype(compute)
     if origin is None and block_info is not None:
         origin = tuple(start for start, _ in _location(block_info, grid)[-image.spatial_ndim:])
     last = max((i for i, step in enumerate(steps) if step.fusion == "neighbourhood"), default=-1)
@@ -255,7 +267,8 @@ def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape
         if index == last and bands_into_pool(steps[index:]):
             return banded(block, step, steps[index + 1 :], image, keep=keep, periodic=periodic, origin=origin)
         if step.fusion == "neighbourhood":
-            block = step.block(block, image, keep=keep if index == last else None, periodic=periodic, origin=origin)
+            extra = raw if index == 0 else {}
+            block = step.block(block, image, keep=keep if index == last else None, periodic=periodic, origin=origin, **extra)
         else:
             block = step.block(block, image)
         image = step.output(image)

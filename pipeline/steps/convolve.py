@@ -28,7 +28,9 @@ import numpy as np
 from pipeline.errors import KernelError
 from pipeline.steps.base import ImageShape
 from pipeline.steps.kernels import build_kernel
-from pipeline.steps.strategies import STRATEGIES, KernelStrategy, choose_engine, correlate_block, choose_strategy
+from pipeline.steps.strategies import (
+    STRATEGIES, KernelStrategy, choose_engine, choose_strategy, correlate_block, takes_raw,
+)
 from pipeline.steps.windowed import WindowedStep
 
 if TYPE_CHECKING:
@@ -160,9 +162,18 @@ class ConvolveStep(WindowedStep):
         return {} if split is None else {"separation": split.record()}
 
     def same_block(self, block: np.ndarray, image: ImageShape, *, keep: tuple[slice, ...] | None = None,
-                   periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
-        bound = self.bound(block.ndim, image.spatial_ndim, block.dtype, periodic=periodic, whole=image.whole)
-        return correlate_block(block, bound.kernel, edge_mode=bound.edge_mode, cval=bound.cval, keep=keep)
+                   periodic: bool = False, origin: tuple[int, ...] | None = None, compute: np.dtype | None = None
+                   ) -> np.ndarray:
+        dtype = block.dtype if compute is None else np.dtype(compute)
+        bound = self.bound(block.ndim, image.spatial_ndim, dtype, periodic=periodic, whole=image.whole)
+        return correlate_block(block, bound.kernel, edge_mode=bound.edge_mode, cval=bound.cval, keep=keep, dtype=dtype)
+
+    def takes_raw(self, ndim: int, image: ImageShape, dtype: np.dtype) -> bool:
+        """A ``same`` separable kernel along z and more converts a raw slab in its z passes."""
+        if self.mode != "same" or self.wraps:
+            return False
+        bound = self.bound(ndim, image.spatial_ndim, dtype, periodic=False, whole=image.whole)
+        return takes_raw(bound.kernel, bound.edge_mode, bound.cval, ndim)
 
     def value_range(self, low: float, high: float) -> tuple[float, float]:
         outside = {"full": 0.0, "same": self.cval if self.boundary == "constant" else None}.get(self.mode)

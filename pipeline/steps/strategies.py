@@ -289,13 +289,20 @@ def _engine_for(strategy: str, weights: np.ndarray, engine: Engine, dtype: np.dt
 
 
 def correlate_block(
-    block: np.ndarray, plan: KernelStrategy, *, edge_mode: str, cval: float, keep: tuple[slice, ...] | None = None
+    block: np.ndarray, plan: KernelStrategy, *, edge_mode: str, cval: float, keep: tuple[slice, ...] | None = None,
+    dtype: np.dtype | None = None,
 ) -> np.ndarray:
     """``scipy.ndimage.correlate(block, plan.weights, mode=edge_mode, cval=cval, origin=plan.origin)[keep]``.
 
     ``keep`` (default: everything) is the region wanted; separable passes along the leading axes
     (z in a volume) compute only the samples it needs, the other strategies crop their result.
+    ``dtype`` (default: the block's) is the compute dtype: a block of integers it holds exactly (a
+    volume's raw slab, ``takes_raw``) is converted by the passes along z as they read it, which
+    gives the bytes of converting it first; any other path converts it first.
     """
+    dtype = block.dtype if dtype is None else np.dtype(dtype)
+    if block.dtype != dtype and not takes_raw(plan, edge_mode, cval, block.ndim):
+        block = block.astype(dtype)
     if plan.weights.size == 1:
         return _kept(block, keep) * block.dtype.type(plan.weights.flat[0])
     if edge_mode == "constant" and cval != 0:
@@ -303,9 +310,20 @@ def correlate_block(
         padded = np.pad(block, pads, mode="constant", constant_values=cval)
         result = correlate_block(padded, plan, edge_mode="constant", cval=0.0)
         return _kept(result[tuple(slice(before, before + n) for (before, _), n in zip(pads, block.shape))], keep)
+    if block.dtype != dtype:
+        return _scipy(block, plan, edge_mode, keep, dtype)
     if _opencv_can(block, plan, edge_mode):
         return _kept(_opencv(block, plan, edge_mode), keep)
-    return _scipy(block, plan, edge_mode, keep)
+    return _scipy(block, plan, edge_mode, keep, dtype)
+
+
+def takes_raw(plan: KernelStrategy, edge_mode: str, cval: float, ndim: int) -> bool:
+    """Whether ``correlate_block`` reads a block of raw integers without converting it first: a
+    separable kernel whose every term filters along a leading axis (z), whose passes convert as they
+    read (``leading_passes.filter_along``)."""
+    if plan.strategy != "separable" or plan.weights.size == 1 or (edge_mode == "constant" and cval != 0):
+        return False
+    return ndim >= 3 and all(any(vector.size > 1 for vector in term[: ndim - 2]) for term in plan.factors)
 
 
 def _kept(array: np.ndarray, keep: tuple[slice, ...] | None) -> np.ndarray:
@@ -388,11 +406,13 @@ def _box_filter(weights: np.ndarray, anchor: tuple[int, int], border: int) -> Pl
     return scaled
 
 
-def _scipy(block: np.ndarray, plan: KernelStrategy, edge_mode: str, keep: tuple[slice, ...] | None) -> np.ndarray:
+def _scipy(
+    block: np.ndarray, plan: KernelStrategy, edge_mode: str, keep: tuple[slice, ...] | None, dtype: np.dtype
+) -> np.ndarray:
     if plan.strategy == "separable":
         total = None
         for term in plan.factors:
-            part = _separable_term(block, term, plan.origin, edge_mode, keep)
+            part = _separable_term(block, term, plan.origin, edge_mode, keep, dtype)
             total = part if total is None else total + part
         return total
     if plan.strategy == "fft":
@@ -413,20 +433,22 @@ def _scipy(block: np.ndarray, plan: KernelStrategy, edge_mode: str, keep: tuple[
 
 def _separable_term(
     block: np.ndarray, term: tuple[np.ndarray, ...], origin: tuple[int, ...], edge_mode: str,
-    keep: tuple[slice, ...] | None = None,
+    keep: tuple[slice, ...] | None = None, dtype: np.dtype | None = None,
 ) -> np.ndarray:
     """One outer-product term as 1-D passes: leading axes (z) first, then (y, x) with OpenCV.
 
     In a volume this filters each plane once with OpenCV's SIMD sepFilter2D instead of two
     scipy passes over the whole block. A pass along one axis mixes nothing across the others, so
     each axis is cropped to ``keep`` as soon as its pass is done (or at once, if none filters it):
-    a slab read with a halo of slices is filtered in y and x only on the slices it keeps.
+    a slab read with a halo of slices is filtered in y and x only on the slices it keeps. A block of
+    raw integers (``dtype`` its compute dtype) is converted by the first pass that reads it.
     """
+    dtype = block.dtype if dtype is None else np.dtype(dtype)
     keep = keep or (slice(None),) * block.ndim
     plane_axes = (block.ndim - 2, block.ndim - 1)
     use_opencv = (
         block.ndim >= 3
-        and block.dtype.type in CV_DTYPES
+        and dtype.type in CV_DTYPES
         and edge_mode in CV_BORDERS
         and _within([_reach_of(term[a].size, origin[a]) for a in plane_axes], [block.shape[a] for a in plane_axes])
     )
@@ -434,7 +456,8 @@ def _separable_term(
     part = block[tuple(wanted if term[axis].size == 1 else slice(None) for axis, wanted in enumerate(keep))]
     for axis, vector in enumerate(term):
         if vector.size > 1 and not later[axis]:
-            part = _pass_along(part, vector, axis, origin[axis], edge_mode, keep[axis])
+            part = _pass_along(part, vector, axis, origin[axis], edge_mode, keep[axis], dtype)
+    part = part.astype(dtype, copy=False)  # raw integers no pass has read (a term not filtering z)
     if not use_opencv or (term[-1].size == 1 and term[-2].size == 1):
         return part
     planar = KernelStrategy(
@@ -449,9 +472,12 @@ def _separable_term(
 
 
 def _pass_along(
-    block: np.ndarray, vector: np.ndarray, axis: int, origin: int, edge_mode: str, wanted: slice
+    block: np.ndarray, vector: np.ndarray, axis: int, origin: int, edge_mode: str, wanted: slice,
+    dtype: np.dtype | None = None,
 ) -> np.ndarray:
-    """``correlate1d(block, vector, axis)[wanted along axis]``, computed on the samples it reads only."""
+    """``correlate1d(block, vector, axis)[wanted along axis]``, computed on the samples it reads only,
+    in ``dtype`` (default: the block's; raw integers are converted as they are read)."""
+    dtype = block.dtype if dtype is None else np.dtype(dtype)
     size = block.shape[axis]
     start, stop, _ = wanted.indices(size)
     before, after = _reach_of(vector.size, origin)
@@ -463,10 +489,11 @@ def _pass_along(
     sub = block[(slice(None),) * axis + (slice(low, high),)]
     wanted_rows = slice(start - low, stop - low)
     leading = axis < block.ndim - 2  # rows of whole planes: long enough to pay for a call per tap
-    if leading and sub.dtype.type in CV_DTYPES and _within([(before, after)], [high - low]):
-        return filter_along(sub, vector, axis, before, edge_mode, wanted_rows)
+    if leading and dtype.type in CV_DTYPES and _within([(before, after)], [high - low]):
+        return filter_along(sub, vector, axis, before, edge_mode, wanted_rows, dtype)
     from scipy import ndimage
 
+    sub = sub.astype(dtype, copy=False)
     filtered = ndimage.correlate1d(sub, vector, axis=axis, mode=edge_mode, origin=origin)
     return filtered[(slice(None),) * axis + (wanted_rows,)]
 

@@ -89,12 +89,19 @@ class WindowedStep(Step):
         return KernelError(message)
 
     def block(self, block: np.ndarray, image: ImageShape, keep: tuple[slice, ...] | None = None,
-              periodic: bool = False, origin: tuple[int, ...] | None = None) -> np.ndarray:
-        """The step on a whole block: pad for ``full``, the same-sized correlation, crop, stride."""
+              periodic: bool = False, origin: tuple[int, ...] | None = None, compute: np.dtype | None = None
+              ) -> np.ndarray:
+        """The step on a whole block: pad for ``full``, the same-sized correlation, crop, stride.
+
+        ``compute``: the block holds raw integers to be computed in that dtype (``takes_raw``).
+        """
         spatial = len(self.window)
         lead = block.ndim - spatial
+        if compute is not None and block.dtype != compute and not self.takes_raw(block.ndim, image, compute):
+            block = block.astype(compute)
         if self.mode == "same":
-            out = self.same_block(block, image, keep=keep, periodic=periodic, origin=origin)
+            raw = {} if compute is None or block.dtype == compute else {"compute": compute}
+            out = self.same_block(block, image, keep=keep, periodic=periodic, origin=origin, **raw)
         else:
             if self.mode == "full":
                 block = np.pad(block, ((0, 0),) * lead + tuple((m - 1, m - 1) for m in self.window))
