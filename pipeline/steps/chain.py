@@ -220,7 +220,8 @@ def overlapped_pass(
     if reread:  # each task reads, filters and trims its own block: no neighbour's
         raw = steps[0].takes_raw(array.ndim, image, array.dtype) and not bands_into_pool(steps)
         source = haloed(depth, raw=raw)
-        options["compute"] = np.dtype(array.dtype)
+        if raw:  # the first step converts the blocks as it reads them
+            options["compute"] = np.dtype(array.dtype)
     else:
         source = da.overlap.overlap(array, depth=depth, boundary={axis: "periodic" if wrap else "none" for axis in depth})
     return source.map_blocks(_pass_haloed, halo=depth, wrapped=wrap, periodic=periodic, **options), out
@@ -250,14 +251,10 @@ def _pass_block(block: np.ndarray, *, steps: tuple[Step, ...], image: ImageShape
 
     ``origin`` is where the block's first sample lies in the image (spatial axes): engines whose
     bytes depend on how their work is cut (BLAS) line it up with the image, whatever the tiling.
-    ``compute``: the pass's dtype, when the block may come in its file's type (``Step.takes_raw``).
+    ``compute``: the pass's dtype, when the chain chose to hand the first step its blocks in their
+    file's type (``Step.takes_raw``): that step converts them as it reads them.
     """
-    raw = {}
-    if compute is not None and block.dtype != compute:
-        if steps[0].takes_raw(block.ndim, image, compute) and not bands_into_pool(steps):
-            raw = {"compute": compute}  # the first step converts as it reads
-        else:
-            block = block.astype(compute)
+    raw = {} if compute is None or block.dtype == compute else {"compute": compute}
     if origin is None and block_info is not None:
         origin = tuple(start for start, _ in _location(block_info, grid)[-image.spatial_ndim:])
     last = max((i for i, step in enumerate(steps) if step.fusion == "neighbourhood"), default=-1)

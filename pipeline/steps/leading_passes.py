@@ -107,10 +107,11 @@ def _weighted_sum(
     # A constant border: each output sums the taps that read inside the block, in the same order
     # and by the same operations as above, so an output far from the border has the same bytes.
     for row in range(rows):
-        parts = [source[_read_at(outputs, read, row)] for outputs, read in reads if outputs.start <= row < outputs.stop]
-        taken = [weight for (outputs, _), weight in zip(reads, weights) if outputs.start <= row < outputs.stop]
-        if parts:
-            _sum_rows(target[row], parts, np.asarray(taken, dtype=weights.dtype), constant, None)
+        taps = [(_read_at(outputs, read, row), weight) for (outputs, read), weight in zip(reads, weights)
+                if outputs.start <= row < outputs.stop]  # in tap order
+        if taps:
+            taken = np.asarray([weight for _, weight in taps], dtype=weights.dtype)
+            _sum_rows(target[row], [source[at] for at, _ in taps], taken, constant, None)
         else:
             target[row] = 0
 

@@ -433,7 +433,7 @@ def _scipy(
 
 def _separable_term(
     block: np.ndarray, term: tuple[np.ndarray, ...], origin: tuple[int, ...], edge_mode: str,
-    keep: tuple[slice, ...] | None = None, dtype: np.dtype | None = None,
+    keep: tuple[slice, ...] | None, dtype: np.dtype,
 ) -> np.ndarray:
     """One outer-product term as 1-D passes: leading axes (z) first, then (y, x) with OpenCV.
 
@@ -443,7 +443,6 @@ def _separable_term(
     a slab read with a halo of slices is filtered in y and x only on the slices it keeps. A block of
     raw integers (``dtype`` its compute dtype) is converted by the first pass that reads it.
     """
-    dtype = block.dtype if dtype is None else np.dtype(dtype)
     keep = keep or (slice(None),) * block.ndim
     plane_axes = (block.ndim - 2, block.ndim - 1)
     use_opencv = (
@@ -472,12 +471,10 @@ def _separable_term(
 
 
 def _pass_along(
-    block: np.ndarray, vector: np.ndarray, axis: int, origin: int, edge_mode: str, wanted: slice,
-    dtype: np.dtype | None = None,
+    block: np.ndarray, vector: np.ndarray, axis: int, origin: int, edge_mode: str, wanted: slice, dtype: np.dtype
 ) -> np.ndarray:
     """``correlate1d(block, vector, axis)[wanted along axis]``, computed on the samples it reads only,
-    in ``dtype`` (default: the block's; raw integers are converted as they are read)."""
-    dtype = block.dtype if dtype is None else np.dtype(dtype)
+    in ``dtype`` (raw integers are converted as they are read)."""
     size = block.shape[axis]
     start, stop, _ = wanted.indices(size)
     before, after = _reach_of(vector.size, origin)

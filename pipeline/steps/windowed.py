@@ -93,14 +93,15 @@ class WindowedStep(Step):
               ) -> np.ndarray:
         """The step on a whole block: pad for ``full``, the same-sized correlation, crop, stride.
 
-        ``compute``: the block holds raw integers to be computed in that dtype (``takes_raw``).
+        ``compute``: the block holds raw integers to be computed in that dtype (``takes_raw``, which
+        only a ``same`` convolution says); ``same_block`` converts them as it reads them.
         """
         spatial = len(self.window)
         lead = block.ndim - spatial
-        if compute is not None and block.dtype != compute and not self.takes_raw(block.ndim, image, compute):
+        if compute is not None and self.mode != "same":
             block = block.astype(compute)
         if self.mode == "same":
-            raw = {} if compute is None or block.dtype == compute else {"compute": compute}
+            raw = {} if compute is None else {"compute": compute}
             out = self.same_block(block, image, keep=keep, periodic=periodic, origin=origin, **raw)
         else:
             if self.mode == "full":
