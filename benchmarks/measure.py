@@ -10,7 +10,9 @@ also samples the RSS summed over the measured process tree every 20 ms, as a cro
 case a case ever starts worker processes (sampling can miss short spikes; wait4 cannot).
 
 Wall time, taken in the wrapper, is from start to exit, so it includes interpreter start-up and
-imports; cases.py and ``pipeline run`` also print their in-process time, which is kept too.
+imports; cases.py and ``pipeline run`` also print their in-process time, which is kept too. The
+page cache is synced before every run (not timed), so no run pays for writing back its predecessor's
+output.
 
     python benchmarks/measure.py REPORT.json -- COMMAND ARGS...
 """
@@ -49,6 +51,11 @@ class RunFailed(RuntimeError):
 
 def measure(argv: list[str], *, cwd: str, env: dict[str, str] | None = None) -> Run:
     """Run ``argv`` in a fresh process; raise RunFailed with its output if it exits non-zero."""
+    # Every case writes hundreds of MB to the page cache and the benchmark deletes the store before
+    # the next run: without a sync, the kernel writes back one run's output and frees its blocks
+    # while the next run is being timed, whichever case that is. Each run starts from a quiet disk;
+    # its own writes are not synced, as no case syncs them.
+    os.sync()
     # Output goes to files, not pipes: nobody has to drain a pipe while the wrapper waits.
     with tempfile.TemporaryDirectory() as scratch, open(f"{scratch}/out", "w+") as out, \
             open(f"{scratch}/err", "w+") as err:

@@ -64,7 +64,7 @@ def test_directory_without_images(tmp_path: Path) -> None:
 def test_listing_does_not_open_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for index in range(50):
         (tmp_path / f"{index}.png").write_bytes(b"")
-    monkeypatch.setattr(images.iio, "imread", lambda *a, **k: pytest.fail("listing decoded a file"))
+    monkeypatch.setattr(iio, "imread", lambda *a, **k: pytest.fail("listing decoded a file"))
     assert len(list_images(str(tmp_path))) == 50
 
 
@@ -73,9 +73,9 @@ def test_building_the_graph_opens_only_the_first_file(tmp_path: Path, monkeypatc
     for index in range(1, 2000):  # empty files: opening any of them would fail
         (tmp_path / f"{index:04d}.png").write_bytes(b"")
     probed: list[str] = []
-    real_improps = images.iio.improps
-    monkeypatch.setattr(images.iio, "improps", lambda p, **k: probed.append(p) or real_improps(p, **k))
-    monkeypatch.setattr(images.iio, "imread", lambda *a, **k: pytest.fail("graph building decoded a file"))
+    real_improps = iio.improps
+    monkeypatch.setattr(iio, "improps", lambda p, **k: probed.append(p) or real_improps(p, **k))
+    monkeypatch.setattr(iio, "imread", lambda *a, **k: pytest.fail("graph building decoded a file"))
     collection = open_collection(str(tmp_path))
     assert probed == [str(first)]
     assert collection.array.shape == (2000, 5, 4)

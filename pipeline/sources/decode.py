@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import cv2
-import imageio.v3 as iio
 import numpy as np
 import tifffile
-from PIL import Image
 
 from pipeline.budget import ImageBudget, format_size
 from pipeline.errors import InputError
 from pipeline.sources.frames import TIFF_SUFFIXES, read_frame, split_source
+from pipeline.sources.image_libraries import imageio, pillow
 from pipeline.sources.listing import FILE, IMAGE_SUFFIXES, kind_of
 from pipeline.storage import is_remote, opened, read_bytes
 
@@ -86,7 +85,7 @@ def _declared(
                     pages = tiff.pages if frame is None else [tiff.pages[frame]]
                     pixels = sum(page.imagewidth * page.imagelength for page in pages)
                     return Declared(pages[0].imagewidth, pages[0].imagelength, len(pages), pixels)
-            with Image.open(source) as image:
+            with pillow().open(source) as image:
                 frames = getattr(image, "n_frames", 1) if frame is None else 1
                 return Declared(image.width, image.height, frames, image.width * image.height * frames)
     except Exception as exc:
@@ -134,7 +133,7 @@ def decode(
             return pixels, pixels.ndim == 3
     try:
         pixels = _plain_png(path) if path.lower().endswith(".png") else None
-        pixels = iio.imread(path) if pixels is None else pixels
+        pixels = imageio().imread(path) if pixels is None else pixels
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
     return _one_frame(path, pixels), False
@@ -150,7 +149,7 @@ def _plain_png(path: str) -> np.ndarray | None:
     imageio spends longer than the decoding of a thumbnail on opening its plugin and reading the
     file's metadata; for these modes it then returns ``np.asarray`` of the Pillow image, as here.
     """
-    with Image.open(path) as image:
+    with pillow().open(path) as image:
         if image.format != "PNG" or image.mode not in PLAIN_PNG_MODES or getattr(image, "n_frames", 1) != 1:
             return None
         return np.array(image)
@@ -188,7 +187,7 @@ def _decode_bytes(
         if pixels is not None:
             return pixels, pixels.ndim == 3
     try:
-        pixels = iio.imread(data, extension=image_suffix(path))
+        pixels = imageio().imread(data, extension=image_suffix(path))
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
     return _one_frame(path, pixels), False

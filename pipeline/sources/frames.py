@@ -15,12 +15,11 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-import imageio.v3 as iio
 import numpy as np
 import tifffile
-from PIL import Image
 
 from pipeline.errors import InputError
+from pipeline.sources.image_libraries import imageio, pillow
 from pipeline.storage import is_remote, opened, read_bytes
 
 Options = Mapping[str, Any] | None
@@ -70,7 +69,7 @@ def frame_count(path: str, storage_options: Options = None) -> int:
             if path.lower().endswith(TIFF_SUFFIXES):
                 with tifffile.TiffFile(source) as tiff:
                     return len(tiff.pages)
-            with Image.open(source) as image:
+            with pillow().open(source) as image:
                 return int(getattr(image, "n_frames", 1))
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
@@ -93,7 +92,7 @@ def read_frame(path: str, frame: int, storage_options: Options = None) -> np.nda
         source: Any = io.BytesIO(read_bytes(path, storage_options)) if is_remote(path) else path
         if path.lower().endswith(TIFF_SUFFIXES):
             return tifffile.imread(source, key=frame)
-        return iio.imread(source, index=frame, extension=os.path.splitext(path)[1].lower())
+        return imageio().imread(source, index=frame, extension=os.path.splitext(path)[1].lower())
     except Exception as exc:
         raise InputError.unreadable(path, exc) from None
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import dask.array as da
-import imageio.v3 as iio
 import numpy as np
-from PIL import Image
 
 from pipeline.budget import BlockBudget, ImageBudget, slab_depth
 from pipeline.errors import InputError, ShapeMismatch
@@ -21,6 +19,7 @@ from pipeline.pixels import Color, GrayFrom, Scale, channels_after, check_depth,
 from pipeline.sources.arrays import ArrayInput, array_stack, resolve_array
 from pipeline.sources.decode import check_size, decode, image_suffix
 from pipeline.sources.frames import TIFF_SUFFIXES, check_frames, frame_count, is_array_entry, split_source
+from pipeline.sources.image_libraries import imageio
 from pipeline.sources.listing import IMAGE_SUFFIXES, list_images
 from pipeline.sources.tiled import budget_tile, choose_tile, fits_whole, tiff_layout, tiled_stack
 from pipeline.sources.volume import stack_dtype, stack_shape, stack_volumes, volume_shape
@@ -30,8 +29,6 @@ __all__ = ["IMAGE_SUFFIXES", "ImageCollection", "ImageSpec", "list_images", "pro
 
 # Refuse images declaring more pixels than this before decoding them (input.max_pixels).
 DEFAULT_MAX_PIXELS = 1 << 30
-# Our own limit replaces Pillow's, which would refuse large trusted images with its own error.
-Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -360,7 +357,7 @@ def declared_header(source: str, storage_options: Mapping[str, Any] | None = Non
         return shape, dtype
     try:
         with opened(path, storage_options) as file:  # one frame, of animations too
-            props = iio.improps(file, extension=image_suffix(path), index=frame or 0)
+            props = imageio().improps(file, extension=image_suffix(path), index=frame or 0)
             return tuple(props.shape), np.dtype(props.dtype)
     except Exception as exc:  # imageio raises many types for unreadable files
         raise InputError.unreadable(path, exc) from None

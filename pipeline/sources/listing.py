@@ -24,8 +24,6 @@ import stat
 from pathlib import PurePath
 from typing import Any, Iterator, Mapping
 
-from natsort import natsort_keygen, natsorted, ns
-
 from pipeline.errors import InputError, PipelineError
 from pipeline.storage import explain, filesystem, is_remote, local_or_url
 
@@ -36,13 +34,20 @@ _SPECIAL = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCH
 
 log = logging.getLogger(__name__)
 
-_NATSORT_PATH = natsort_keygen(alg=ns.PATH)
 _NUMBERS = re.compile(r"(\d+)")
 _DECIMAL = re.compile(r"\.\d").match
 
 # A listed name, its scandir entry (None when it was not scanned: a literal name) and the real
 # path of its folder, ending in a separator: a plain entry's real path is that and its name.
 Candidate = tuple[str, "os.DirEntry[str] | None", str]
+
+
+@functools.cache
+def _natsort_path() -> Any:
+    """natsort's ``ns.PATH`` key, for the few names ``natural_key`` leaves to it (natsort takes 10 ms to import)."""
+    from natsort import natsort_keygen, ns
+
+    return natsort_keygen(alg=ns.PATH)
 
 
 def list_images(
@@ -84,7 +89,7 @@ def natural_key(path: str) -> tuple[Any, ...]:
     """
     folder, base = os.path.split(path)
     if not path.isascii() or base in ("", "."):  # (no file name: natsort keys the folder's)
-        return _NATSORT_PATH(path)
+        return _natsort_path()(path)
     suffixes: list[str] = []
     # PurePath(base).suffixes, without building a path
     found = [] if base.endswith(".") else ["." + part for part in base.lstrip(".").split(".")[1:]]
@@ -272,7 +277,7 @@ def _subfolders(folder: str, real: str, part: str) -> Iterator[tuple[str, str]]:
 
 
 def _left_out_message(left_out: Mapping[str, str]) -> str:
-    first = natsorted(left_out, alg=ns.PATH)[0]
+    first = min(left_out, key=natural_key)
     if len(left_out) == 1:
         return f"input.paths: left out 1 entry that is not a regular file: {first!r} ({left_out[first]})"
     return (
