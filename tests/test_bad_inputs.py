@@ -111,10 +111,10 @@ def test_an_unsupported_format(tmp_path, job, run_cli):
 def test_a_decompression_bomb_is_refused_before_decoding(images, job, run_cli, monkeypatch):
     import cv2
 
-    import pipeline.sources.images as source
+    from pipeline.sources.image_libraries import imageio
 
     monkeypatch.setattr(cv2, "imread", lambda *a: pytest.fail("decoded a file above the limit"))
-    monkeypatch.setattr(source.iio, "imread", lambda *a, **k: pytest.fail("decoded a file above the limit"))
+    monkeypatch.setattr(imageio(), "imread", lambda *a, **k: pytest.fail("decoded a file above the limit"))
     message = assert_error(run_cli("run", job(input_extra={"max_pixels": 1000})), 3, "declares 3,072 pixels")
     assert "input.max_pixels = 1,000" in message
 
