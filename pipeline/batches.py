@@ -1,8 +1,9 @@
 """Writing a plan's pending images batch by batch, each recorded in the ledger once it is on disk.
 
-A batch is one dask computation: its chunk writes, then the ledger entry. With ``input.on_error:
-skip`` an unreadable file is recorded and its batch computed again without it. Batches and writes
-never let two tasks write one zarr chunk or shard at once.
+A batch is one dask computation: its chunk writes, each task recording its chunks of images in
+the ledger's progress as they land, then the batch's ledger entry. With ``input.on_error: skip`` an
+unreadable file is recorded and its batch computed again without it. Batches and writes never let
+two tasks write one zarr chunk or shard at once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pipeline.events import Reporter
 from pipeline.execution import Executor
 from pipeline.job_plan import JobPlan
 from pipeline.sinks.layout import shard_shape
-from pipeline.sinks.ledger import mark_done, mark_unreadable, pending_batches
-from pipeline.sinks.writes import write_lazily
+from pipeline.sinks.ledger import (
+    Progress, begin_batch, mark_done, mark_unreadable, pending_batches, progress_array, settle_batch,
+)
+from pipeline.sinks.writes import task_blocks, write_lazily
 from pipeline.sinks.zarr_store import level_arrays, open_result
 from pipeline.pixels import check_depth
 from pipeline.sources.frames import source_file
@@ -71,12 +74,17 @@ def write_batches(
     # Workers may run in another directory (tcp:// schedulers): they get the absolute path.
     target = open_result(absolute(path), mode="r+", storage_options=config.output.storage_options)
     stores = level_arrays(target.group)  # opened once: each is a read of its zarr.json
+    settle_batch(target.group)  # what an interrupted batch finished is recorded before the next begins
+    layout = _progress_layout(plan, stores, batches[0][0]) if batches else []
+    progress = progress_array(target.group, sum(blocks for _, blocks in layout), stores[0].chunks[0]) if batches else None
     written = unreadable = 0
     for start, stop in batches:
         began = time.perf_counter()
         stats = file_stats([source_file(source) for source in plan.sources[start:stop]], config.input.storage_options)
-        skipped = _write_batch(config, plan, target, stores, executor, reporter, start, stop)
-        mark_done(target.group, start, stop, stats)
+        token = begin_batch(target.group, start, stop, stats)
+        levels = [Progress(progress, column, blocks, token) for column, blocks in layout]
+        skipped = _write_batch(config, plan, target, stores, levels, executor, reporter, start, stop)
+        mark_done(target.group, start, stop)
         written += stop - start - skipped
         unreadable += skipped
         seconds = time.perf_counter() - began
@@ -94,9 +102,15 @@ def write_batches(
     return written, unreadable
 
 
+def _progress_layout(plan: JobPlan, stores: list[Any], first: int) -> list[tuple[int, int]]:
+    """Per level, its first column in the ledger's progress and its tasks per chunk of images."""
+    blocks = [task_blocks(level, store) for level, store in zip(plan.levels(first, first + 1), stores)]
+    return [(int(sum(blocks[:level])), count) for level, count in enumerate(blocks)]
+
+
 def _write_batch(
-    config: PipelineConfig, plan: JobPlan, target: Any, stores: list[Any], executor: Executor, reporter: Reporter,
-    start: int, stop: int,
+    config: PipelineConfig, plan: JobPlan, target: Any, stores: list[Any], progress: list[Progress],
+    executor: Executor, reporter: Reporter, start: int, stop: int,
 ) -> int:
     """Write images ``start:stop``; with ``on_error: skip`` leave out unreadable files, return how many.
 
@@ -114,7 +128,7 @@ def _write_batch(
     while True:
         ranges = _ranges_without(start, stop, excluded)
         writes = [
-            [write_lazily(level, store, start=a) for level, store in zip(plan.levels(a, b), stores)]
+            [write_lazily(level, store, start=a, progress=kept) for level, store, kept in zip(plan.levels(a, b), stores, progress)]
             for a, b in ranges
         ]
         # Ranges around a skipped image may share a shard or a chunk of images: written one after

@@ -13,14 +13,19 @@ from pipeline.sinks.ledger import (
     LEDGER,
     UNREADABLE,
     WRITTEN,
+    Progress,
+    begin_batch,
     create_ledger,
     done_flags,
     file_stats,
     mark_done,
     mark_unreadable,
     pending_batches,
+    progress_array,
+    record_progress,
     recorded_stats,
     resize_ledger,
+    settle_batch,
 )
 
 
@@ -174,3 +179,111 @@ def test_file_stats_sees_a_rewritten_file(tmp_path: Path) -> None:
     os.utime(path, ns=(before[0, 1] + 10**9, before[0, 1] + 10**9))
     after = file_stats([str(path)])
     assert (before != after).all()
+
+
+# --------------------------------------------------------------------------------------------
+# progress inside a batch: what a killed batch finished counts, and nothing else
+
+
+@pytest.fixture
+def ten(tmp_path: Path) -> zarr.Group:
+    group = zarr.open_group(str(tmp_path / "ten.zarr"), mode="w")
+    create_ledger(group, 10)
+    return group
+
+
+def _stats(count: int, base: int = 100) -> np.ndarray:
+    return np.arange(base, base + 2 * count, dtype=np.int64).reshape(count, 2)
+
+
+def test_a_batch_whose_blocks_are_all_recorded_reads_as_written_and_is_settled(ten: zarr.Group, tmp_path: Path) -> None:
+    # two levels: level 0 written by 2 tasks a chunk of images (tiles), level 1 by one; chunks of 2 images
+    progress = progress_array(ten, 3, 2)
+    token = begin_batch(ten, 2, 8, _stats(6))
+    level0, level1 = Progress(progress, 0, 2, token), Progress(progress, 2, 1, token)
+    for block in (0, 1):
+        record_progress(level0, 2, 4, block)
+    record_progress(level1, 2, 4, 0)  # images 2-3: every block on disk
+    record_progress(level0, 4, 6, 0)
+    record_progress(level1, 4, 6, 0)  # images 4-5: one tile of level 0 missing
+    record_progress(level0, 6, 8, 1)  # images 6-7: one block only
+
+    reopened = zarr.open_group(str(tmp_path / "ten.zarr"), mode="r")
+    assert done_flags(reopened).tolist() == [0, 0, WRITTEN, WRITTEN, 0, 0, 0, 0, 0, 0]
+    assert reopened[f"{LEDGER}/done"][:].sum() == 0  # read as written, not yet recorded
+    np.testing.assert_array_equal(recorded_stats(reopened)[2:8], _stats(6))  # stats come with the batch
+
+    assert settle_batch(ten) == 2
+    assert ten[f"{LEDGER}/done"][:].tolist() == [0, 0, WRITTEN, WRITTEN, 0, 0, 0, 0, 0, 0]
+    assert settle_batch(ten) == 0  # idempotent
+
+
+def test_blocks_of_an_abandoned_attempt_do_not_count(ten: zarr.Group) -> None:
+    progress = progress_array(ten, 1, 2)
+    first = begin_batch(ten, 0, 4, _stats(4))
+    record_progress(Progress(progress, 0, 1, first), 0, 2, 0)
+    record_progress(Progress(progress, 0, 1, first), 2, 4, 0)
+    # the next batch begins before anyone settled the first: its token is new, so the old blocks are not its
+    second = begin_batch(ten, 0, 4, _stats(4, base=7))
+    assert second != first
+    assert done_flags(ten).tolist() == [0] * 10
+    record_progress(Progress(progress, 0, 1, second), 2, 4, 0)
+    assert done_flags(ten).tolist() == [0, 0, WRITTEN, WRITTEN] + [0] * 6
+
+
+def test_unreadable_images_stay_unreadable_when_their_batch_is_settled(ten: zarr.Group) -> None:
+    progress = progress_array(ten, 1, 1)
+    token = begin_batch(ten, 0, 3, _stats(3))
+    mark_unreadable(ten, 1, "b.png", "truncated")
+    for image in (0, 2):
+        record_progress(Progress(progress, 0, 1, token), image, image + 1, 0)
+    assert settle_batch(ten) == 2
+    assert done_flags(ten)[:3].tolist() == [WRITTEN, UNREADABLE, WRITTEN]
+
+
+def test_progress_is_remade_for_another_layout_and_grows_with_the_ledger(ten: zarr.Group) -> None:
+    first = progress_array(ten, 2, 4)
+    assert (first.shape, tuple(first.chunks)) == ((10, 2), (4, 1))
+    assert progress_array(ten, 2, 4).shape == (10, 2)  # the same layout: kept
+    token = begin_batch(ten, 0, 4, _stats(4))
+    record_progress(Progress(first, 0, 2, token), 0, 4, 0)
+    remade = progress_array(ten, 3, 4)  # another task layout: made anew, empty
+    assert remade.shape == (10, 3) and (remade[:] == 0).all()
+    resize_ledger(ten, 13)
+    assert ten[f"{LEDGER}/progress"].shape == (13, 3)
+
+
+def test_progress_on_a_local_disk_is_a_journal_of_whole_records(ten: zarr.Group, tmp_path: Path) -> None:
+    """Records appended by the tasks; a torn or corrupt one is ignored; a new batch empties the journal."""
+    progress = progress_array(ten, 1, 4)
+    token = begin_batch(ten, 0, 10, _stats(10))
+    record_progress(Progress(progress, 0, 1, token), 0, 4, 0)
+    record_progress(Progress(progress, 0, 1, token), 4, 8, 0)
+    journal = tmp_path / "ten.zarr" / LEDGER / "progress" / "journal"
+    assert journal.stat().st_size == 40
+    assert not any(path.name.startswith("c") for path in journal.parent.iterdir())  # no chunk files
+    assert done_flags(ten)[:10].tolist() == [WRITTEN] * 8 + [0] * 2
+
+    data = bytearray(journal.read_bytes())
+    data[25] ^= 0xFF  # the second record's first image: its checksum no longer matches
+    journal.write_bytes(bytes(data) + data[:7])  # and a torn record at the end
+    assert done_flags(ten)[:10].tolist() == [WRITTEN] * 4 + [0] * 6
+
+    # a record appended after a torn one is off the records' boundaries: lost too, never misread
+    record_progress(Progress(progress, 0, 1, token), 8, 10, 0)
+    assert done_flags(ten)[:10].tolist() == [WRITTEN] * 4 + [0] * 6
+    assert settle_batch(ten) == 4
+    begin_batch(ten, 4, 10, _stats(6))
+    assert journal.stat().st_size == 0
+
+
+def test_progress_on_an_object_store_is_written_into_its_chunks() -> None:
+    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    create_ledger(group, 6)
+    progress = progress_array(group, 2, 2)
+    token = begin_batch(group, 0, 6, _stats(6))
+    for block in (0, 1):
+        record_progress(Progress(progress, 0, 2, token), 0, 4, block)
+    record_progress(Progress(progress, 0, 2, token), 4, 6, 1)
+    assert progress[:].tolist() == [[token, token]] * 4 + [[0, token]] * 2
+    assert done_flags(group).tolist() == [WRITTEN] * 4 + [0, 0]

@@ -249,6 +249,38 @@ def test_killed_run_is_finished_by_a_rerun(
     assert done_count(store) == IMAGES
 
 
+def test_a_run_killed_inside_a_batch_loses_only_its_unfinished_chunks(
+    slow_job: SlowJob, tmp_path: Path, start: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """Chunks of one image in batches of 15: the chunks a killed batch finished are not computed again."""
+    store = tmp_path / "inside.zarr"
+    args = [*slow_job.run_args(store), "--set", "execution.batch_size=15", "--set", "output.images_per_chunk=1"]
+
+    def chunk_files() -> list[int]:  # images whose chunk is on disk (a chunk is renamed into place whole)
+        return sorted(int(path.name) for path in (store / "0" / "c").glob("*") if (path / "0" / "0").is_file())
+
+    victim = start(*args)
+    wait_until(victim, lambda: (store / "0" / "c").is_dir() and len(chunk_files()) >= 4, "4 chunks on disk")
+    kill(victim)
+    on_disk = chunk_files()
+    assert done_count(store) == 0, "the first batch ended before the run could be killed"
+    assert len(on_disk) < 15 and max(on_disk) < 15  # inside the first batch (in dask's order, not the images')
+
+    # one chunk may have landed without its record (killed in between): that one is written again
+    shown = cli("inspect", store, cwd=tmp_path)
+    written = int(re.search(r"(\d+)/30 images written", shown.stdout).group(1))
+    assert written in (len(on_disk) - 1, len(on_disk)), shown.stdout
+
+    rerun = cli(*args, "--log-format", "json", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    log = events(rerun.stdout)
+    assert log[0]["event"] == "start" and log[0]["done"] == written and log[0]["pending"] == IMAGES - written
+    assert (log[-1]["processed"], log[-1]["skipped"]) == (IMAGES - written, written)
+    assert status(store) == "complete"
+    assert_same_bytes(result(store), result(slow_job.reference))
+    assert done_count(store) == IMAGES
+
+
 def test_rerun_of_a_complete_store_processes_nothing(slow_job: SlowJob, tmp_path: Path) -> None:
     store = tmp_path / "complete.zarr"
     shutil.copytree(slow_job.reference, store)
