@@ -22,7 +22,7 @@ from pipeline.execution import Executor
 from pipeline.job_plan import JobPlan
 from pipeline.sinks.layout import shard_shape
 from pipeline.sinks.ledger import (
-    Progress, begin_batch, mark_done, mark_unreadable, pending_batches, progress_array, settle_batch,
+    Progress, begin_batch, end_batch, mark_done, mark_unreadable, pending_batches, progress_array, settle_batch,
 )
 from pipeline.sinks.writes import task_blocks, write_lazily
 from pipeline.sinks.zarr_store import level_arrays, open_result
@@ -85,6 +85,7 @@ def write_batches(
         levels = [Progress(progress, column, blocks, token) for column, blocks in layout]
         skipped = _write_batch(config, plan, target, stores, levels, executor, reporter, start, stop)
         mark_done(target.group, start, stop)
+        end_batch(target.group)
         written += stop - start - skipped
         unreadable += skipped
         seconds = time.perf_counter() - began

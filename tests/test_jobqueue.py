@@ -120,12 +120,20 @@ def done_count(store: Path) -> int:
 
 
 def assert_same_store(actual: Path, expected: Path) -> None:
-    """Every file of the store byte for byte; the root's attributes but for what names the run."""
+    """Every file of the store byte for byte; the root's attributes but for what names the run, and the
+    ledger's but for its count of batches begun (a resumed store began more)."""
     files = sorted(str(path.relative_to(actual)) for path in actual.rglob("*") if path.is_file())
     assert files == sorted(str(path.relative_to(expected)) for path in expected.rglob("*") if path.is_file())
     for name in files:
-        if name != "zarr.json":
+        if name not in ("zarr.json", "ledger/zarr.json"):
             assert (actual / name).read_bytes() == (expected / name).read_bytes(), f"{name} differs"
+
+    def ledger(store: Path) -> dict[str, Any]:
+        meta = json.loads((store / "ledger" / "zarr.json").read_text())
+        assert set(meta["attributes"].pop("batch")) == {"token"}, "a batch begun is not recorded"
+        return meta
+
+    assert ledger(actual) == ledger(expected)
 
     def identity(store: Path) -> dict[str, Any]:
         attrs = json.loads((store / "zarr.json").read_text())["attributes"]

@@ -16,6 +16,7 @@ from pipeline.sinks.ledger import (
     Progress,
     begin_batch,
     create_ledger,
+    end_batch,
     done_flags,
     file_stats,
     mark_done,
@@ -287,3 +288,17 @@ def test_progress_on_an_object_store_is_written_into_its_chunks() -> None:
     record_progress(Progress(progress, 0, 2, token), 4, 6, 1)
     assert progress[:].tolist() == [[token, token]] * 4 + [[0, token]] * 2
     assert done_flags(group).tolist() == [WRITTEN] * 4 + [0, 0]
+
+
+def test_a_batch_recorded_in_done_is_forgotten(ten: zarr.Group, tmp_path: Path) -> None:
+    """Once done holds the batch, its records say nothing more (a ledger edited later is believed)."""
+    progress = progress_array(ten, 1, 2)
+    token = begin_batch(ten, 0, 4, _stats(4))
+    record_progress(Progress(progress, 0, 1, token), 0, 4, 0)
+    mark_done(ten, 0, 4)
+    end_batch(ten)
+    assert (tmp_path / "ten.zarr" / LEDGER / "progress" / "journal").stat().st_size == 0
+    assert ten[LEDGER].attrs["batch"] == {"token": token}
+    ten[f"{LEDGER}/done"][2:4] = 0
+    assert done_flags(ten)[:4].tolist() == [WRITTEN, WRITTEN, 0, 0]
+    assert begin_batch(ten, 2, 4, _stats(2)) == token + 1  # tokens keep counting
