@@ -14,16 +14,16 @@ Small arrays inside the store:
                                         the task itself as soon as they are on disk
 
 The ledger group's attributes hold the batch begun and not yet recorded in ``done``, ``{"start",
-"stop", "token"}``, with a token new to the store (once it is recorded, only the token stays). A run killed inside a batch thus loses only the images of its unfinished
-chunks: an image of that batch whose every block carries the batch's token is on disk, whole, and
-reads as written (``done_flags``); the next run records it in ``done`` before it begins a batch
-(``settle_batch``). A token of an earlier, abandoned attempt never counts, so a block left from
-it is written again.
+"stop", "token"}``, with a token new to the store (once it is recorded, only the token stays). A
+run killed inside a batch thus loses only the images of its unfinished chunks: an image of that
+batch whose every block carries the batch's token is on disk, whole, and reads as written
+(``done_flags``); the next run records it in ``done`` before it begins a batch (``settle_batch``).
+A token of an earlier, abandoned attempt never counts, so a block left from it is written again.
 
 On a local disk the tasks do not write ``ledger/progress``'s chunks: each appends a record of 20
 bytes (token, first and last image, column, CRC-32) to ``ledger/progress/journal``, which the
-batch's beginning and end empty. Creating a file costs about 1 ms on the ext4 disk the benchmarks run
-on, appending 7 µs: one more file per chunk of 16 small images made the 4,000-image job 7% slower.
+batch's beginning and end empty. Creating a file costs about 1 ms on the ext4 disk the benchmarks
+run on, appending 7 µs: one more file per chunk of 16 small images made the 4,000-image job 7% slower.
 Zarr never reads or lists files inside an array's folder other than its chunks, and a record that
 is not whole or whose checksum fails (two hosts appending over NFS) is ignored: its chunk is
 written again.
@@ -55,7 +55,7 @@ LEDGER = "ledger"
 LEDGER_CHUNK = 4096
 STATS = ("size", "mtime_ns")  # the columns of ledger/stats
 PROGRESS = "progress"
-BATCH_KEY = "batch"  # the ledger group's attribute: the batch begun last
+BATCH_KEY = "batch"  # the ledger group's attribute: the batch begun and not yet in done
 TOKEN_LIMIT = 2**31 - 1  # tokens count up to this, then start again at 1 (int32 progress)
 JOURNAL = "journal"  # inside ledger/progress's folder, on a local disk
 RECORD = struct.Struct("<iiii")  # token, start, stop, column; then the CRC-32 of these 16 bytes
