@@ -59,6 +59,7 @@ BATCH_KEY = "batch"  # the ledger group's attribute: the batch begun and not yet
 TOKEN_LIMIT = 2**31 - 1  # tokens count up to this, then start again at 1 (int32 progress)
 JOURNAL = "journal"  # inside ledger/progress's folder, on a local disk
 RECORD = struct.Struct("<iiii")  # token, start, stop, column; then the CRC-32 of these 16 bytes
+RECORD_SIZE = RECORD.size + 4
 
 
 def create_ledger(group: zarr.Group, count: int) -> None:
@@ -129,9 +130,7 @@ def begin_batch(group: zarr.Group, start: int, stop: int, stats: np.ndarray) -> 
     """Record the batch about to be written, with its files' stats; return its token, new to this store."""
     group[f"{LEDGER}/stats"][start:stop] = stats
     ledger = group[LEDGER]
-    journal = _journal(ledger[PROGRESS]) if PROGRESS in ledger else None
-    if journal is not None:  # the last batch's records: settled or not, no longer needed
-        journal.write_bytes(b"")
+    _empty_journal(ledger)  # the last batch's records: settled or not, no longer needed
     last = ledger.attrs.get(BATCH_KEY, {}).get("token", 0)
     token = int(last) % TOKEN_LIMIT + 1
     ledger.attrs[BATCH_KEY] = {"start": start, "stop": stop, "token": token}
@@ -144,8 +143,12 @@ def end_batch(group: zarr.Group) -> None:
     batch = ledger.attrs.get(BATCH_KEY)
     if batch and "start" in batch:
         ledger.attrs[BATCH_KEY] = {"token": batch["token"]}
+    _empty_journal(ledger)
+
+
+def _empty_journal(ledger: zarr.Group) -> None:
     journal = _journal(ledger[PROGRESS]) if PROGRESS in ledger else None
-    if journal is not None and journal.is_file():
+    if journal is not None:
         journal.write_bytes(b"")
 
 
@@ -160,7 +163,7 @@ def record_progress(progress: Progress, start: int, stop: int, block: int) -> No
     # one write of 20 bytes to a file opened for appending: whole, after every other task's
     handle = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        if os.write(handle, body + struct.pack("<I", zlib.crc32(body))) != RECORD.size + 4:
+        if os.write(handle, body + struct.pack("<I", zlib.crc32(body))) != RECORD_SIZE:
             raise OSError(28, "No space left on device")  # a short write: the disk is full
     finally:
         os.close(handle)
@@ -181,8 +184,7 @@ def _journaled(journal: Path, token: int, start: int, stop: int, blocks: int) ->
         data = journal.read_bytes()
     except FileNotFoundError:
         return found
-    size = RECORD.size + 4
-    for offset in range(0, len(data) - size + 1, size):
+    for offset in range(0, len(data) - RECORD_SIZE + 1, RECORD_SIZE):
         body = data[offset : offset + RECORD.size]
         if struct.unpack_from("<I", data, offset + RECORD.size)[0] != zlib.crc32(body):
             continue

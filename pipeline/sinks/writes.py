@@ -36,7 +36,7 @@ def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0, progre
     if hasattr(target, "with_config"):  # zarr >= 3.1; older ones keep comparing
         target = target.with_config({"write_empty_chunks": True})
     result = _aligned(result, target, start)
-    if progress is not None and progress.blocks != np.prod([len(sizes) for sizes in result.chunks[1:]], dtype=np.int64):
+    if progress is not None and progress.blocks != _blocks_per_chunk_of_images(result):
         raise ValueError(f"the write's blocks {result.chunks[1:]} are not the {progress.blocks} the ledger's progress has")
     grid = target.shards or target.chunks
     for axis, (sizes, step) in enumerate(zip(result.chunks, grid)):
@@ -56,7 +56,11 @@ def write_lazily(result: da.Array, target: zarr.Array, *, start: int = 0, progre
 
 def task_blocks(result: da.Array, target: zarr.Array) -> int:
     """How many tasks of ``write_lazily`` write each chunk of images: the blocks across the other axes."""
-    return int(np.prod([len(sizes) for sizes in _aligned(result, target, 0).chunks[1:]], dtype=np.int64))
+    return _blocks_per_chunk_of_images(_aligned(result, target, 0))
+
+
+def _blocks_per_chunk_of_images(result: da.Array) -> int:
+    return int(np.prod([len(sizes) for sizes in result.chunks[1:]], dtype=np.int64))
 
 
 def _aligned(result: da.Array, target: zarr.Array, start: int) -> da.Array:
